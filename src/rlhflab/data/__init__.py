@@ -1,0 +1,38 @@
+"""Feedback data: record types, strict readers and writers, chat rendering, shipped prompt sets."""
+
+from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set
+from rlhflab.data.readers import read_records, records_to_dataset, write_records
+from rlhflab.data.records import (
+    RECORD_TYPES,
+    Demonstration,
+    LanguageFeedback,
+    Preference,
+    Prompt,
+    Ranking,
+    Rating,
+    parse_scale,
+    ranking_to_preferences,
+    record_type,
+)
+from rlhflab.data.render import prompt_text, render_completion, render_prompt
+
+__all__ = [
+    "PROMPT_SETS",
+    "RECORD_TYPES",
+    "Demonstration",
+    "LanguageFeedback",
+    "Preference",
+    "Prompt",
+    "Ranking",
+    "Rating",
+    "load_prompt_set",
+    "parse_scale",
+    "prompt_text",
+    "ranking_to_preferences",
+    "read_records",
+    "record_type",
+    "records_to_dataset",
+    "render_completion",
+    "render_prompt",
+    "write_records",
+]

@@ -1,0 +1,269 @@
+"""Simulated annotators: feedback generated from an oracle R* through a model of human behaviour.
+
+Section 5 calls the map from R* to observed feedback (and back) Ω. Here it is explicit:
+- pairs follow Bradley-Terry, P(a ≻ b) = σ((R*(a) − R*(b)) / T)  (Eq. 8 with a temperature T);
+- rankings follow Plackett-Luce, sampled with the Gumbel-max trick on R*/T (Section 7.5);
+- ratings are R* plus Gaussian noise, binned onto the requested scale (Section 7.3.2);
+- language feedback is a templated critique of the noisy reward.
+An :class:`AnnotatorPool` draws one member per label, so a dataset mixes annotators who disagree:
+the "marginalisation over preferences" of Section 5.1 that a single reward model averages away.
+
+Every method takes a ``numpy.random.Generator``; the same seed gives the same records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rlhflab.data.records import LanguageFeedback, Preference, Prompt, Ranking, Rating, parse_scale
+from rlhflab.data.render import prompt_text, render_completion
+from rlhflab.errors import ConfigError
+
+DEFAULT_FEEDBACK_TEMPLATES: tuple[tuple[str, ...], ...] = (
+    ("Too negative; make it more upbeat.", "This reads as gloomy; find something positive to say."),
+    ("Neutral; add some warmth and positivity.", "Fine but flat; a more cheerful tone would help."),
+    ("Good: warm and positive.", "Lovely, upbeat reply; keep this tone."),
+)
+
+
+def _sigmoid(x: float) -> float:
+    # the two branches keep exp() from overflowing for large |x|
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass
+class SimulatedAnnotator:
+    """One simulated human whose latent objective is ``oracle`` (R*, Section 4.1).
+
+    name: recorded in each record's ``annotator`` field.
+    oracle: R*(context, output) -> float.
+    temperature: Bradley-Terry / Plackett-Luce temperature T; larger is noisier, 0 is a perfectly
+        consistent annotator (exact ties broken at random).
+    bias: added to the reward of the item shown first before comparing or ranking: a position bias
+        (Section 7.3.2 notes that presentation order biases annotators).
+    rating_noise: standard deviation of the Gaussian noise added to R* before a rating is binned.
+    reward_scale: the oracle's range (low, high), over which ratings are binned linearly.
+    record_margin: store the true reward gap |R*(a) − R*(b)| as each preference's ``margin``.
+    feedback_templates: critiques for the low, middle and high third of ``reward_scale``.
+    """
+
+    name: str
+    oracle: Callable[[str, str], float]
+    temperature: float = 1.0
+    bias: float = 0.0
+    rating_noise: float = 0.0
+    reward_scale: tuple[float, float] = (-1.0, 1.0)
+    record_margin: bool = False
+    feedback_templates: tuple[tuple[str, ...], ...] = field(default=DEFAULT_FEEDBACK_TEMPLATES)
+
+    def __post_init__(self):
+        if not self.temperature >= 0 or not math.isfinite(self.temperature):
+            raise ConfigError(f"annotator {self.name}: temperature must be finite and >= 0, got {self.temperature}")
+        if not self.rating_noise >= 0:
+            raise ConfigError(f"annotator {self.name}: rating_noise must be >= 0, got {self.rating_noise}")
+        low, high = self.reward_scale
+        if not high > low:
+            raise ConfigError(f"annotator {self.name}: reward_scale must be (low, high) with high > low")
+
+    def reward(self, prompt, completion) -> float:
+        """R*(c, o) on the text an annotator would read."""
+        return float(self.oracle(prompt_text(prompt), render_completion(completion)))
+
+    def compare(self, prompt, a, b, rng: np.random.Generator) -> Preference:
+        """A Bradley-Terry preference between ``a`` (shown first) and ``b`` (Eq. 8):
+        P(a ≻ b) = σ((R*(a) + bias − R*(b)) / T)."""
+        ra, rb = self.reward(prompt, a), self.reward(prompt, b)
+        # One uniform draw per label whatever the temperature, so annotators that differ only in T
+        # consume the random stream identically (common random numbers across a pool).
+        u = rng.random()
+        gap = ra + self.bias - rb
+        if self.temperature == 0:
+            a_wins = gap > 0 or (gap == 0 and u < 0.5)
+        else:
+            a_wins = u < _sigmoid(gap / self.temperature)
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        margin = abs(ra - rb) if self.record_margin else None
+        return Preference(prompt, chosen, rejected, margin=margin, annotator=self.name)
+
+    def rank(self, prompt, completions: Sequence, rng: np.random.Generator) -> Ranking:
+        """A Plackett-Luce ranking, best first: argsort of R*/T + Gumbel noise (the Gumbel-max trick
+        samples PL exactly). The first-shown completion gets ``bias``; T = 0 sorts by reward."""
+        if len(completions) < 2:
+            raise ConfigError(f"a ranking needs at least 2 completions, got {len(completions)}")
+        rewards = np.array([self.reward(prompt, c) for c in completions], dtype=float)
+        rewards[0] += self.bias
+        noise = rng.gumbel(size=len(completions))
+        if self.temperature == 0:
+            # lexsort: last key is primary; the Gumbel draws only break exact ties
+            order = np.lexsort((noise, -rewards))
+        else:
+            order = np.argsort(-(rewards / self.temperature + noise), kind="stable")
+        return Ranking(prompt, [completions[i] for i in order], annotator=self.name)
+
+    def _noisy_reward(self, prompt, completion, rng) -> float:
+        return self.reward(prompt, completion) + self.rating_noise * rng.standard_normal()
+
+    def _bin(self, value: float, k: int) -> int:
+        """Index 0..k-1 of ``value`` on ``reward_scale`` cut into k equal bins (clipped at the ends)."""
+        low, high = self.reward_scale
+        return int(min(k - 1, max(0, math.floor((value - low) / (high - low) * k))))
+
+    def rate(self, prompt, completion, rng: np.random.Generator, scale: str = "likert:5") -> Rating:
+        """A rating of R* + N(0, rating_noise²) on ``scale``: likert:K bins ``reward_scale`` into K equal
+        bins scored 1..K; binary is 1 above the midpoint; categorical bins into its categories
+        (score = index); continuous is the noisy reward itself."""
+        kind, param = parse_scale(scale)
+        noisy = self._noisy_reward(prompt, completion, rng)
+        if kind == "continuous":
+            score = noisy
+        elif kind == "binary":
+            score = 1.0 if noisy > sum(self.reward_scale) / 2 else 0.0
+        elif kind == "likert":
+            score = float(self._bin(noisy, param) + 1)
+        else:
+            score = float(self._bin(noisy, len(param)))
+        return Rating(prompt, completion, score, scale=scale, annotator=self.name)
+
+    def language_feedback(self, prompt, completion, rng: np.random.Generator) -> LanguageFeedback:
+        """A critique chosen by the third of ``reward_scale`` that R* + noise falls in; the phrasing
+        within that third is drawn from ``rng``."""
+        band = self._bin(self._noisy_reward(prompt, completion, rng), len(self.feedback_templates))
+        phrasings = self.feedback_templates[band]
+        text = phrasings[int(rng.integers(len(phrasings)))]
+        return LanguageFeedback(prompt, completion, text, annotator=self.name)
+
+
+class AnnotatorPool:
+    """A crowd of simulated annotators; each label comes from one member drawn with ``weights``.
+
+    The resulting dataset mixes members' preferences, as real crowdsourced data does; a single
+    deterministic reward model fit to it averages them (Section 5.1, marginalisation over preferences).
+    """
+
+    def __init__(self, members: Sequence[SimulatedAnnotator], weights: Sequence[float] | None = None):
+        if not members:
+            raise ConfigError("an annotator pool needs at least one member")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"annotator names must be unique, got {names}")
+        if weights is None:
+            weights = [1.0] * len(members)
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (len(members),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ConfigError(f"pool weights must be {len(members)} non-negative numbers with a positive sum, got {list(weights)}")
+        self.members = list(members)
+        self.weights = w / w.sum()
+
+    def draw(self, rng: np.random.Generator) -> SimulatedAnnotator:
+        return self.members[int(rng.choice(len(self.members), p=self.weights))]
+
+    def compare(self, prompt, a, b, rng: np.random.Generator) -> Preference:
+        return self.draw(rng).compare(prompt, a, b, rng)
+
+    def rank(self, prompt, completions: Sequence, rng: np.random.Generator) -> Ranking:
+        return self.draw(rng).rank(prompt, completions, rng)
+
+    def rate(self, prompt, completion, rng: np.random.Generator, scale: str = "likert:5") -> Rating:
+        return self.draw(rng).rate(prompt, completion, rng, scale=scale)
+
+    def language_feedback(self, prompt, completion, rng: np.random.Generator) -> LanguageFeedback:
+        return self.draw(rng).language_feedback(prompt, completion, rng)
+
+
+def make_pool(
+    oracle: Callable[[str, str], float],
+    n: int = 3,
+    base_temperature: float = 0.1,
+    max_bias: float = 0.1,
+    rating_noise: float = 0.1,
+    reward_scale: tuple[float, float] = (-1.0, 1.0),
+) -> AnnotatorPool:
+    """A pool of ``n`` equally weighted annotators sharing R* but not their behaviour.
+
+    Member i ("annotator-i") has temperature ``base_temperature · 2**i`` (from careful to careless)
+    and a position bias spread evenly over [−max_bias, +max_bias] (0 for a single member), so the
+    pool disagrees with itself the way real annotators do. The defaults suit rewards in [−1, 1]
+    such as the sentiment oracle, whose typical gaps are 0.1–1.
+    """
+    if n < 1:
+        raise ConfigError(f"a pool needs n >= 1 annotators, got {n}")
+    biases = np.linspace(-max_bias, max_bias, n) if n > 1 else [0.0]
+    members = [
+        SimulatedAnnotator(
+            name=f"annotator-{i}",
+            oracle=oracle,
+            temperature=base_temperature * 2**i,
+            bias=float(biases[i]),
+            rating_noise=rating_noise,
+            reward_scale=reward_scale,
+        )
+        for i in range(n)
+    ]
+    return AnnotatorPool(members)
+
+
+def _check_lengths(prompts, completions_per_prompt) -> list:
+    """The prompts as plain prompt values (Prompt records are unwrapped), checked against the completions."""
+    if len(prompts) != len(completions_per_prompt):
+        raise ConfigError(f"{len(prompts)} prompts but {len(completions_per_prompt)} lists of completions")
+    return [p.prompt if isinstance(p, Prompt) else p for p in prompts]
+
+
+def annotate_pairs(
+    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator, pairs_per_prompt: int = 1
+) -> list[Preference]:
+    """Preferences on up to ``pairs_per_prompt`` distinct pairs of each prompt's completions.
+
+    Pairs are drawn without replacement; which member of a pair is shown first is random, so a
+    position bias adds noise rather than a systematic lean toward earlier samples.
+    """
+    prompts = _check_lengths(prompts, completions_per_prompt)
+    out = []
+    for prompt, completions in zip(prompts, completions_per_prompt):
+        if len(completions) < 2:
+            raise ConfigError(f"prompt {prompt_text(prompt)[:60]!r} has {len(completions)} completion(s); pairs need 2")
+        pairs = list(itertools.combinations(range(len(completions)), 2))
+        picked = rng.choice(len(pairs), size=min(pairs_per_prompt, len(pairs)), replace=False)
+        for p in picked:
+            i, j = pairs[int(p)]
+            if rng.random() < 0.5:
+                i, j = j, i
+            out.append(annotator.compare(prompt, completions[i], completions[j], rng))
+    return out
+
+
+def annotate_rankings(
+    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator
+) -> list[Ranking]:
+    """One Plackett-Luce ranking of all completions per prompt (shown in a random order)."""
+    prompts = _check_lengths(prompts, completions_per_prompt)
+    out = []
+    for prompt, completions in zip(prompts, completions_per_prompt):
+        shown = [completions[i] for i in rng.permutation(len(completions))]
+        out.append(annotator.rank(prompt, shown, rng))
+    return out
+
+
+def annotate_ratings(
+    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator, scale: str = "likert:5"
+) -> list[Rating]:
+    """A rating on ``scale`` for every completion of every prompt."""
+    prompts = _check_lengths(prompts, completions_per_prompt)
+    parse_scale(scale)  # fail before any oracle call
+    return [annotator.rate(p, c, rng, scale=scale) for p, cs in zip(prompts, completions_per_prompt) for c in cs]
+
+
+def annotate_language_feedback(
+    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator
+) -> list[LanguageFeedback]:
+    """A templated critique for every completion of every prompt."""
+    prompts = _check_lengths(prompts, completions_per_prompt)
+    return [annotator.language_feedback(p, c, rng) for p, cs in zip(prompts, completions_per_prompt) for c in cs]

@@ -1,0 +1,19 @@
+"""Loading policies and reward models; the offline default-model registry."""
+
+from rlhflab.models.loading import (
+    load_policy,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+)
+from rlhflab.models.registry import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, resolve_model
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "DEFAULT_REWARD_BACKBONE",
+    "load_policy",
+    "load_reward_model",
+    "load_tokenizer",
+    "resolve_model",
+    "save_model",
+]

@@ -1,0 +1,203 @@
+"""Generation and log-prob computation: the hot path of every policy-optimisation method.
+
+Layout used throughout: a batch row is ``[left-padded prompt | right-padded completion]``, so the
+completion of every row starts at the same column and its tokens are the last ``T`` columns.
+Log-probs are computed only at completion positions (``logits_to_keep``), never the full
+sequence x vocabulary tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rlhflab.errors import ConfigError
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@dataclass
+class SequenceBatch:
+    """Prompt + completion token ids in the shared layout, and the masks that go with it."""
+
+    input_ids: torch.Tensor  # (B, P + T)
+    attention_mask: torch.Tensor  # (B, P + T)
+    completion_mask: torch.Tensor  # (B, T): 1 on completion tokens (EOS included)
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return self.completion_mask.shape[1]
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.num_completion_tokens:]
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask)))
+
+    def select(self, index) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.completion_mask[index])
+
+
+def join_prompt_completion(
+    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int
+) -> SequenceBatch:
+    prompts, prompt_mask = pad_left(prompt_ids, pad_id)
+    completions, completion_mask = pad_right(completion_ids, pad_id)
+    return SequenceBatch(
+        torch.cat([prompts, completions], dim=1),
+        torch.cat([prompt_mask, completion_mask], dim=1),
+        completion_mask,
+    )
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses, so scoring matches sampling."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logits(model, batch: SequenceBatch, output_hidden_states: bool = False):
+    """Logits predicting each completion token (B, T, V), and optionally the last hidden states at
+    the same positions (B, T, H). Only the last T + 1 positions go through the LM head."""
+    T = batch.num_completion_tokens
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids_from_mask(batch.attention_mask),
+        logits_to_keep=T + 1,
+        output_hidden_states=output_hidden_states,
+        use_cache=False,
+    )
+    logits = out.logits[:, -(T + 1):-1]
+    hidden = out.hidden_states[-1][:, -(T + 1):-1] if output_hidden_states else None
+    return logits, hidden
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token | prefix) for each position; logsumexp avoids a second V-sized tensor."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(o_t | c, o_<t) for every completion position (B, T); padding positions hold junk
+    and must be masked with ``batch.completion_mask``."""
+    logits, _ = completion_logits(model, batch)
+    return logprobs_from_logits(logits, batch.completion_ids, temperature)
+
+
+@torch.no_grad()
+def batched_completion_logprobs(model, batch: SequenceBatch, batch_size: int, temperature: float = 1.0) -> torch.Tensor:
+    """``completion_logprobs`` without gradients, in chunks of ``batch_size`` rows."""
+    parts = [
+        completion_logprobs(model, batch.select(slice(i, i + batch_size)), temperature)
+        for i in range(0, batch.input_ids.shape[0], batch_size)
+    ]
+    return torch.cat(parts, dim=0)
+
+
+@dataclass
+class Rollout:
+    """Sampled completions: ``num_samples`` consecutive rows per prompt."""
+
+    batch: SequenceBatch
+    prompt_index: torch.Tensor  # (B,) which prompt each row answers
+    completion_texts: list[str]
+    truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without an end-of-sequence token
+    extras: dict = field(default_factory=dict)
+
+
+def completion_mask_after_eos(tokens: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of tokens up to and including the first end-of-sequence token, and whether each row
+    never produced one."""
+    is_eos = torch.zeros_like(tokens, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= tokens == e
+    seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~seen_before).long(), ~is_eos.any(-1)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ConfigError("the policy has no end-of-sequence token; set tokenizer.eos_token")
+    return ids
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    num_samples: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+) -> Rollout:
+    """Sample ``num_samples`` completions per prompt (pure ancestral sampling by default, which the
+    KL-regularised objective assumes)."""
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    rows: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start: start + batch_size]
+        ids, mask = pad_left(chunk, pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=top_k,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+        )
+        new = out[:, ids.shape[1]:].cpu()
+        keep, _ = completion_mask_after_eos(new, eos_ids)
+        rows.extend(row[: int(k.sum())].tolist() for row, k in zip(new, keep))
+    model.train(was_training)
+    repeated_prompts = [p for p in prompt_ids for _ in range(num_samples)]
+    batch = join_prompt_completion(repeated_prompts, rows, pad_id)
+    _, truncated = completion_mask_after_eos(batch.completion_ids, eos_ids)
+    truncated = truncated | (batch.completion_mask.sum(-1) == 0)
+    texts = tokenizer.batch_decode([r for r in rows], skip_special_tokens=True)
+    index = torch.arange(len(prompt_ids)).repeat_interleave(num_samples)
+    return Rollout(batch, index, texts, truncated)

@@ -1,0 +1,1 @@
+"""Training: one loop (loop.py) and small per-method adapters."""

@@ -1,0 +1,403 @@
+"""Policy optimisation with a KL penalty (Sections 6.1-6.3, 7.6): PPO, A2C, REINFORCE, RLOO, GRPO.
+
+All five share one iteration, readable top to bottom in :meth:`PolicyOptimization.collect` and
+:meth:`PolicyOptimization.loss`:
+
+    rollout (sample, old log-probs and values in one pass, reference log-probs)
+    -> rewards (reward source, KL penalty to the reference, normalisation)
+    -> advantages (GAE with a critic | batch or leave-one-out baselines | group normalisation)
+    -> epochs of minibatch updates of the estimator's pure loss (``rlhflab.losses``)
+
+The objective is max E[R(c, o)] - beta * KL(pi || pi_ref), whose optimum is Eq. 17.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhflab.config import TrainConfig, option
+from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.errors import ConfigError
+from rlhflab.losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    entropy_from_logits,
+    gae_advantages,
+    grpo_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    policy_gradient_loss,
+    ppo_clip_loss,
+    reinforce_advantages,
+    rloo_advantages,
+    sft_loss,
+    value_loss,
+)
+from rlhflab.models.loading import save_model
+from rlhflab.rollout import (
+    SequenceBatch,
+    completion_logits,
+    join_prompt_completion,
+    logprobs_from_logits,
+    sample,
+)
+from rlhflab.train.loop import shard, split
+
+ESTIMATORS = ["ppo", "a2c", "reinforce", "rloo", "grpo"]
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """Online policy optimisation against a reward source, with a KL penalty to the reference."""
+
+    algorithm: str = option("ppo", "Policy-gradient estimator.", choices=ESTIMATORS)
+    policy: str = option("smollm2-135m-instruct", "Initial policy (also the reference pi_ref): registry name, hub id or path.")
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
+    reward: str = option("sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function.")
+    oracle: str | None = option(None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised).")
+    num_iterations: int = option(20, "Rollout-then-update iterations.")
+    prompts_per_iteration: int = option(8, "Prompts sampled per iteration (across all processes).")
+    samples_per_prompt: int = option(1, "Completions per prompt (>= 2 for RLOO and GRPO).")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "Sampling temperature (1.0 samples from pi itself, as the objective assumes).")
+    top_k: int = option(0, "Top-k sampling (0: off).")
+    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    kl_coef: float = option(0.05, "beta: weight of the KL penalty to the reference policy (Section 6.2).")
+    kl_estimator: str = option("k1", "Per-token KL estimator in the penalty.", choices=["k1", "k2", "k3"])
+    kl_in_loss: bool = option(False, "Put beta*KL(k3) in the loss (GRPO style) instead of in the reward (default for grpo).")
+    adaptive_kl: bool = option(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
+    target_kl: float = option(6.0, "Target sequence KL of the adaptive controller (nats).")
+    kl_horizon: int = option(10000, "Horizon of the adaptive KL controller.")
+    entropy_coef: float = option(0.0, "Entropy bonus weight.")
+    epochs: int = option(0, "Passes over each rollout (0: 4 for ppo, 1 otherwise).")
+    num_minibatches: int = option(1, "Minibatches (optimiser steps) per pass over a rollout.")
+    clip_eps: float = option(0.2, "PPO ratio clip epsilon (Eq. 16).")
+    value_clip_eps: float = option(0.2, "Value clipping range (0: unclipped).")
+    vf_coef: float = option(0.1, "Weight of the value loss.")
+    gamma: float = option(1.0, "Discount.")
+    lam: float = option(0.95, "GAE lambda.")
+    critic: str = option("shared", "Critic for ppo/a2c: a value head on the policy's trunk, or a separate value model.",
+                         choices=["shared", "separate"])
+    whiten_advantages: bool = option(True, "Normalise advantages per rollout (ppo, a2c).")
+    baseline: str = option("batch_mean", "REINFORCE baseline.", choices=["none", "batch_mean"])
+    scale_by_std: bool = option(True, "GRPO: divide group advantages by the group std (False: Dr. GRPO).")
+    reward_normalization: bool = option(False, "Standardise rewards with running mean/std.")
+    reward_clip: float = option(0.0, "Clip (normalised) rewards to [-c, c] (0: off).")
+    missing_eos_penalty: float = option(0.0, "Subtracted from the reward of completions cut at max_new_tokens.")
+    ptx_coef: float = option(0.0, "Weight of the pretraining-mix (PPO-ptx) language-modelling loss.")
+    ptx_data: str | None = option(None, "Demonstrations (prompt, completion) for the PPO-ptx term.")
+    generation_batch_size: int = option(64, "Prompts per generate call.")
+    learning_rate: float = option(1e-5, "Peak learning rate of AdamW.")
+    batch_size: int = option(8, "Unused by online methods (see prompts_per_iteration).")
+
+    def validate(self):
+        super().validate()
+        if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
+            raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (a group to compare within)")
+        if self.prompts_per_iteration <= 0 or self.num_iterations <= 0:
+            raise ConfigError("prompts_per_iteration and num_iterations must be positive")
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ConfigError("ptx_coef > 0 needs --ptx_data")
+
+    @property
+    def num_epochs_per_rollout(self) -> int:
+        return self.epochs or (4 if self.algorithm == "ppo" else 1)
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algorithm in ("ppo", "a2c")
+
+
+class PolicyWithValueHead(nn.Module):
+    """The policy and a scalar value head on its last hidden state: one forward gives both
+    pi(. | s_t) and V(s_t) (the critic shares the trunk)."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, batch: SequenceBatch):
+        logits, hidden = completion_logits(self.policy, batch, output_hidden_states=True)
+        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+class ValueModel(nn.Module):
+    """A separate critic: a transformer trunk (initialised from the policy) and a scalar head."""
+
+    def __init__(self, name_or_path: str, dtype):
+        super().__init__()
+        from transformers import AutoModel
+
+        from rlhflab.models.loading import disable_dropout
+        from rlhflab.models.registry import resolve_model
+
+        self.trunk = disable_dropout(AutoModel.from_pretrained(resolve_model(name_or_path), dtype=dtype))
+        self.value_head = nn.Linear(self.trunk.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, batch: SequenceBatch):
+        from rlhflab.rollout import position_ids_from_mask
+
+        T = batch.num_completion_tokens
+        hidden = self.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=position_ids_from_mask(batch.attention_mask)).last_hidden_state
+        return self.value_head(hidden[:, -(T + 1):-1]).squeeze(-1)
+
+
+class RunningMoments:
+    """Running mean/std of rewards (Chan et al. parallel update), checkpointed with the run."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += var * n + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state_dict(self):
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, s):
+        self.count, self.mean, self.m2 = s["count"], s["mean"], s["m2"]
+
+
+class PolicyOptimization:
+    """PPO / A2C / REINFORCE / RLOO / GRPO on the shared loop (see the module docstring)."""
+
+    def __init__(self, config: RLConfig, policy, tokenizer, prompts: list, reward_source, oracle=None,
+                 ptx_examples=None, reference=None):
+        self.config, self.tokenizer, self.prompts = config, tokenizer, prompts
+        self.reward_source, self.oracle = reward_source, oracle
+        self.ptx_examples = ptx_examples or []
+        self.name = config.algorithm
+        self.use_lora = hasattr(policy, "disable_adapter")
+        # With LoRA the reference is the same weights with adapters off: no second copy in memory.
+        self.reference = None if self.use_lora else (reference or copy.deepcopy(policy))
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+        if config.uses_critic and config.critic == "shared":
+            self.model = PolicyWithValueHead(policy)
+            self.critic = None
+        else:
+            self.model = policy
+            self.critic = ValueModel(config.policy, policy.dtype) if config.uses_critic else None
+        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                              if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.reward_moments = RunningMoments()
+        self.prompt_ids = [
+            tokenizer(render_prompt(p.prompt, tokenizer, config.use_chat_template), add_special_tokens=False).input_ids
+            for p in prompts
+        ]
+        self.contexts = [prompt_text(p.prompt) for p in prompts]
+        if len(prompts) < config.prompts_per_iteration:
+            raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")
+        self.experience = None
+
+    # ---- the loop's interface -------------------------------------------------------------------
+    def trainable_modules(self):
+        modules = {"policy": self.model}
+        if self.critic is not None:
+            modules["critic"] = self.critic
+        return modules
+
+    def bind(self, accelerator, modules):
+        self.accelerator = accelerator
+        self.model = modules["policy"]
+        self.critic = modules.get("critic")
+        if self.reference is not None:
+            self.reference.to(accelerator.device)
+
+    def num_iterations(self):
+        return self.config.num_iterations
+
+    def total_optimizer_steps(self):
+        return self.config.num_iterations * self.config.num_epochs_per_rollout * self.config.num_minibatches
+
+    def state_dict(self):
+        return {"kl_coef": self.kl_controller.state_dict(), "reward_moments": self.reward_moments.state_dict()}
+
+    def load_state_dict(self, state):
+        self.kl_controller.load_state_dict(state["kl_coef"])
+        self.reward_moments.load_state_dict(state["reward_moments"])
+
+    def save_final(self, run_dir: Path):
+        save_model(self._policy(), self.tokenizer, str(run_dir / "policy"))
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _policy(self):
+        """The bare causal LM (for generation and saving), whatever wraps it."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.policy if isinstance(model, PolicyWithValueHead) else model
+
+    def _forward(self, batch: SequenceBatch):
+        """Logits at completion positions and, for a shared critic, values — in one pass."""
+        if isinstance(self.accelerator.unwrap_model(self.model), PolicyWithValueHead):
+            return self.model(batch)
+        logits, _ = completion_logits(self.model, batch)
+        return logits, None
+
+    def _values(self, batch, shared_values):
+        if self.critic is not None:
+            return self.critic(batch)
+        return shared_values
+
+    @torch.no_grad()
+    def _reference_logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        if self.use_lora:
+            with self._policy().disable_adapter():
+                logits, _ = completion_logits(self._policy(), batch)
+        else:
+            logits, _ = completion_logits(self.reference, batch)
+        return logprobs_from_logits(logits, batch.completion_ids, self.config.temperature)
+
+    def _iteration_prompts(self, iteration: int) -> list[int]:
+        n, k = len(self.prompts), self.config.prompts_per_iteration
+        per_epoch = n // k
+        epoch, position = divmod(iteration, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+        return order[position * k: (position + 1) * k].tolist()
+
+    # ---- one iteration ------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, iteration: int) -> dict[str, float]:
+        cfg, device = self.config, self.accelerator.device
+        mine = shard(self._iteration_prompts(iteration), self.accelerator)
+        # 1. rollout
+        rollout = sample(self._policy(), self.tokenizer, [self.prompt_ids[i] for i in mine],
+                         num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                         batch_size=cfg.generation_batch_size)
+        batch = rollout.batch.to(device)
+        mask = batch.completion_mask.float()
+        # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs
+        self.model.eval()
+        logits, shared_values = self._forward(batch)
+        old_logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+        del logits
+        values = self._values(batch, shared_values) if cfg.uses_critic else None
+        self.model.train()
+        ref_logprobs = self._reference_logprobs(batch)
+        # 3. rewards: the reward source scores decoded text (any tokenizer), then shaping
+        contexts = [self.contexts[mine[int(i)]] for i in rollout.prompt_index]
+        scores = self.reward_source(contexts, rollout.completion_texts).to(device)
+        stats = {"reward": float(scores.mean())}
+        if self.oracle is not None:
+            stats["oracle_reward"] = float(self.oracle(contexts, rollout.completion_texts).mean())
+        rewards = scores - cfg.missing_eos_penalty * rollout.truncated.to(device).float()
+        if cfg.reward_normalization:
+            self.reward_moments.update(rewards)
+            rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
+        if cfg.reward_clip > 0:
+            rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
+        beta = self.kl_controller.value
+        kl_tokens = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+        kl_in_loss = cfg.kl_in_loss or cfg.algorithm == "grpo"
+        sequence_kl = kl_tokens.sum(-1)
+        # 4. advantages
+        if cfg.uses_critic:
+            # Per-token reward: -beta*KL at every token, the sequence reward at the last one.
+            last = (batch.completion_mask.sum(-1) - 1).clamp(min=0)
+            token_rewards = torch.zeros_like(old_logprobs) if kl_in_loss else -beta * kl_tokens
+            token_rewards[torch.arange(len(last), device=device), last] += rewards
+            advantages, returns = gae_advantages(token_rewards, values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        else:
+            returns = None
+            sequence_return = rewards if kl_in_loss else rewards - beta * sequence_kl
+            if cfg.algorithm == "reinforce":
+                advantages = reinforce_advantages(sequence_return, cfg.baseline)
+            elif cfg.algorithm == "rloo":
+                advantages = rloo_advantages(sequence_return, cfg.samples_per_prompt)
+            else:
+                advantages = grpo_advantages(sequence_return, cfg.samples_per_prompt, cfg.scale_by_std)
+        self.experience = {
+            "batch": batch.to("cpu"), "old_logprobs": old_logprobs.cpu(), "ref_logprobs": ref_logprobs.cpu(),
+            "advantages": advantages.cpu(), "values": None if values is None else values.cpu(),
+            "returns": None if returns is None else returns.cpu(),
+        }
+        k1 = (old_logprobs - ref_logprobs) * mask
+        self.kl_controller.update(float(k1.sum(-1).mean()), len(mine) * cfg.samples_per_prompt)
+        stats.update({
+            "kl": float(k1.sum(-1).mean()),  # sequence KL(pi || pi_ref) estimate (k1, unbiased)
+            "kl_k2": float((kl_penalty(old_logprobs, ref_logprobs, "k2") * mask).sum(-1).mean()),
+            "kl_k3": float((kl_penalty(old_logprobs, ref_logprobs, "k3") * mask).sum(-1).mean()),
+            "kl_coef": beta,
+            "completion_length": float(mask.sum(-1).mean()),
+            "truncated": float(rollout.truncated.float().mean()),
+        })
+        return stats
+
+    def updates(self, iteration: int):
+        cfg = self.config
+        rows = self.experience["batch"].input_ids.shape[0]
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+        for _ in range(cfg.num_epochs_per_rollout):
+            order = torch.randperm(rows, generator=generator).tolist()
+            for minibatch in split(order, cfg.num_minibatches):
+                micro = split(minibatch, cfg.gradient_accumulation_steps)
+                yield [(m, len(m) / len(minibatch)) for m in micro]
+
+    def loss(self, micro):
+        index, weight = micro
+        cfg, exp, device = self.config, self.experience, self.accelerator.device
+        take = lambda t: None if t is None else t[index].to(device)  # noqa: E731
+        batch = exp["batch"].select(index).to(device)
+        mask = batch.completion_mask.float()
+        old_logprobs, advantages, ref_logprobs = take(exp["old_logprobs"]), take(exp["advantages"]), take(exp["ref_logprobs"])
+        logits, shared_values = self._forward(batch)
+        logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+        stats = {}
+        if cfg.algorithm in ("ppo", "rloo", "grpo"):
+            adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logprobs)
+            loss, clip_stats = ppo_clip_loss(logprobs, old_logprobs, adv, mask, cfg.clip_eps)
+            stats.update(clip_stats)
+        else:  # a2c, reinforce: the plain policy-gradient update of Section 6.3 (Eq. 15)
+            loss = policy_gradient_loss(logprobs, advantages, mask)
+        stats["policy_loss"] = float(loss.detach())
+        if cfg.uses_critic:
+            values = self._values(batch, shared_values)
+            clip = cfg.value_clip_eps if (cfg.algorithm == "ppo" and cfg.value_clip_eps > 0) else None
+            vloss = value_loss(values, take(exp["values"]), take(exp["returns"]), mask, clip)
+            loss = loss + cfg.vf_coef * vloss
+            stats["value_loss"] = float(vloss.detach())
+        if cfg.kl_in_loss or cfg.algorithm == "grpo":
+            kl = masked_mean(kl_penalty(logprobs, ref_logprobs, "k3"), mask)
+            loss = loss + self.kl_controller.value * kl
+        if cfg.entropy_coef > 0:
+            entropy = masked_mean(entropy_from_logits(logits.float()), mask)
+            loss = loss - cfg.entropy_coef * entropy
+            stats["entropy"] = float(entropy.detach())
+        if cfg.ptx_coef > 0:
+            loss = loss + cfg.ptx_coef * self._ptx_loss(index)
+        return loss * weight, stats
+
+    def _ptx_loss(self, index) -> torch.Tensor:
+        """Language-modelling loss on demonstrations (PPO-ptx, Ouyang et al. 2022): the counterweight
+        to the alignment tax."""
+        n = len(index)
+        start = (sum(index) * 31) % len(self.ptx_examples)
+        chosen = [self.ptx_examples[(start + j) % len(self.ptx_examples)] for j in range(n)]
+        batch = join_prompt_completion([p for p, _ in chosen], [c for _, c in chosen], self.tokenizer.pad_token_id)
+        batch = batch.to(self.accelerator.device)
+        logits, _ = completion_logits(self._policy(), batch)
+        return sft_loss(logprobs_from_logits(logits, batch.completion_ids), batch.completion_mask)
