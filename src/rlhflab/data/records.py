@@ -279,6 +279,24 @@ class Ranking(_Record):
 
 
 @dataclass(frozen=True)
+class Samples(_Record):
+    """Completions sampled from a policy for one prompt, in no particular order: the output of
+    ``rlhflab sample`` and the input of ``rlhflab annotate`` (Figure 5: outputs awaiting feedback)."""
+
+    prompt: Text
+    completions: list
+    kind: ClassVar[str] = "samples"
+
+    def _validate(self):
+        self._set("prompt", _check_prompt(self.prompt))
+        if not isinstance(self.completions, (list, tuple)) or not self.completions:
+            raise _Invalid("completions", "expected a non-empty list of completions")
+        # A policy may legitimately produce an empty completion; annotation skips those.
+        self._set("completions", [c if isinstance(c, str) else _check_completion(c, f"completions[{i}]")
+                                  for i, c in enumerate(self.completions)])
+
+
+@dataclass(frozen=True)
 class Rating(_Record):
     """An absolute score for one completion (Section 7.3.2, rating feedback; Eq. 7 regresses on it).
 
@@ -329,6 +347,7 @@ RECORD_TYPES: dict[str, type] = {
     "ranking": Ranking,
     "rating": Rating,
     "language_feedback": LanguageFeedback,
+    "samples": Samples,
 }
 
 

@@ -193,15 +193,20 @@ def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for micro_batches in algorithm.updates(iteration):
+            step_loss = 0.0
             for i, micro in enumerate(micro_batches):
                 # Gradients are all-reduced once per optimiser step, on its last micro-batch.
                 with _no_sync(accelerator, modules.values(), active=i < len(micro_batches) - 1):
                     loss, stats = algorithm.loss(micro)
                     _check_finite(loss, "the loss", iteration, algorithm.name)
                     accelerator.backward(loss)
-                for key, value in {"loss": loss.item(), **stats}.items():
+                # Micro-batch losses come weighted by their share, so the step's loss is their sum.
+                step_loss += loss.item()
+                for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                     counts[key] = counts.get(key, 0) + 1
+            sums["loss"] = sums.get("loss", 0.0) + step_loss
+            counts["loss"] = counts.get("loss", 0) + 1
             if config.max_grad_norm > 0:
                 norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 _check_finite(torch.as_tensor(norm), "the gradient norm", iteration, algorithm.name)
@@ -212,6 +217,7 @@ def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to
             optimizer.zero_grad(set_to_none=True)
             step += 1
         row.update({k: sums[k] / counts[k] for k in sums})
+        row = _mean_over_processes(accelerator, row)
         row.update({"step": step, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0})
         if iteration % max(1, config.logging_steps) == 0 or iteration == total_iterations - 1:
             logger.log(row)
@@ -224,6 +230,17 @@ def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to
         algorithm.save_final(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _mean_over_processes(accelerator, row: dict) -> dict:
+    """Each process measured its own shard; the logged row describes the global batch (shards are
+    equal-sized, and the per-process losses are those whose DDP average is the global loss)."""
+    if accelerator.num_processes == 1:
+        return row
+    keys = [k for k in row if k != "iteration"]
+    values = torch.tensor([float(row[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean")
+    return {"iteration": row["iteration"], **dict(zip(keys, values.tolist()))}
 
 
 def _no_sync(accelerator, modules, active: bool) -> contextlib.ExitStack:

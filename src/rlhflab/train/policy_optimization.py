@@ -156,6 +156,21 @@ class ValueModel(nn.Module):
         return self.value_head(hidden[:, -(T + 1):-1]).squeeze(-1)
 
 
+class _Clock:
+    """Seconds spent in each stage of an iteration, logged as ``time_<stage>``."""
+
+    def __init__(self):
+        import time
+
+        self._now, self.seconds = time.perf_counter, {}
+        self._last = self._now()
+
+    def lap(self, stage: str) -> None:
+        now = self._now()
+        self.seconds[f"time_{stage}"] = now - self._last
+        self._last = now
+
+
 class RunningMoments:
     """Running mean/std of rewards (Chan et al. parallel update), checkpointed with the run."""
 
@@ -281,6 +296,7 @@ class PolicyOptimization:
     def collect(self, iteration: int) -> dict[str, float]:
         cfg, device = self.config, self.accelerator.device
         mine = shard(self._iteration_prompts(iteration), self.accelerator)
+        clock = _Clock()
         # 1. rollout
         rollout = sample(self._policy(), self.tokenizer, [self.prompt_ids[i] for i in mine],
                          num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
@@ -288,6 +304,7 @@ class PolicyOptimization:
                          batch_size=cfg.generation_batch_size)
         batch = rollout.batch.to(device)
         mask = batch.completion_mask.float()
+        clock.lap("generate")
         # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs
         self.model.eval()
         logits, shared_values = self._forward(batch)
@@ -295,13 +312,16 @@ class PolicyOptimization:
         del logits
         values = self._values(batch, shared_values) if cfg.uses_critic else None
         self.model.train()
+        clock.lap("policy_forward")
         ref_logprobs = self._reference_logprobs(batch)
+        clock.lap("reference_forward")
         # 3. rewards: the reward source scores decoded text (any tokenizer), then shaping
         contexts = [self.contexts[mine[int(i)]] for i in rollout.prompt_index]
         scores = self.reward_source(contexts, rollout.completion_texts).to(device)
         stats = {"reward": float(scores.mean())}
         if self.oracle is not None:
             stats["oracle_reward"] = float(self.oracle(contexts, rollout.completion_texts).mean())
+        clock.lap("score")
         rewards = scores - cfg.missing_eos_penalty * rollout.truncated.to(device).float()
         if cfg.reward_normalization:
             self.reward_moments.update(rewards)
@@ -344,6 +364,7 @@ class PolicyOptimization:
             "kl_coef": beta,
             "completion_length": float(mask.sum(-1).mean()),
             "truncated": float(rollout.truncated.float().mean()),
+            **clock.seconds,
         })
         return stats
 

@@ -1,0 +1,207 @@
+"""Evaluation of a policy and of a reward model (Sections 4.3, 5.1, 6.2, 7.5).
+
+A policy is judged by its true performance J(π) under the oracle R* (Eq. 12) next to the estimate
+Ĵ(π) under the learned reward R_phi (Eq. 14): the gap between the two is what reward hacking
+(Section 6.2) looks like. Both are measured on in-distribution and on unseen contexts, because R_phi
+is only trustworthy where the feedback covered the contexts (Section 5.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlhflab.data.records import Preference, Prompt
+from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.errors import ConfigError
+from rlhflab.losses import masked_sum, pairwise_accuracy
+from rlhflab.rewards import RewardSource
+from rlhflab.rollout import batched_completion_logprobs, sample
+
+ADAPTERS_DISABLED = "adapters-disabled"  # reference = the LoRA policy with its adapters switched off
+
+
+@dataclass
+class PolicyEvaluation:
+    """Metrics of one policy on one context set; ``*_se`` are standard errors (None if n < 2 units)."""
+
+    J: float | None  # Eq. 12: mean oracle reward R*(c, o), o ~ π(.|c)
+    J_se: float | None
+    J_hat: float | None  # Eq. 14: mean reward-model reward R_phi(c, o)
+    J_hat_se: float | None
+    kl: float | None  # KL(π || π_ref) per sequence, k1 estimator; None without a reference
+    kl_se: float | None
+    mean_length: float  # completion tokens, end-of-sequence token included
+    truncated_fraction: float  # completions that hit max_new_tokens without ending
+    distinct_1: float
+    distinct_2: float
+    n: int  # completions = num_prompts * num_samples
+    num_prompts: int
+    contexts: list[str]
+    texts: list[str]
+    oracle_rewards: list[float] | None
+    proxy_rewards: list[float] | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def standard_error(values: torch.Tensor, prompt_index: torch.Tensor, num_samples: int) -> float | None:
+    """std / sqrt(n). With several samples per prompt, completions of one prompt are correlated (they
+    share c), so the unit is the prompt: SE over per-prompt means, which does not overstate precision.
+    With one sample per prompt the units are the completions themselves. Sample std (ddof=1)."""
+    if num_samples > 1:
+        values = torch.zeros(int(prompt_index.max()) + 1).index_add_(0, prompt_index, values.float()) / num_samples
+    if values.numel() < 2:
+        return None
+    return float(values.float().std(unbiased=True) / math.sqrt(values.numel()))
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams / total n-grams over all completions (whitespace tokens); 0 when there are none."""
+    grams = [tuple(w[i: i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSource | None,
+                    reward_model: RewardSource | None, reference=None, num_samples: int = 1,
+                    max_new_tokens: int = 32, temperature: float = 1.0, use_chat_template: bool = True,
+                    seed: int = 0, batch_size: int = 32) -> PolicyEvaluation:
+    """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
+
+    The KL is the unbiased k1 estimate mean_i Σ_t [log π(o_t|c, o_<t) − log π_ref(o_t|c, o_<t)] at the
+    sampled tokens. Both log-probs use the sampling temperature, since that is the distribution the
+    samples come from (greedy decoding, temperature 0, gives no unbiased estimate; T=1 is used).
+    ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL).
+    """
+    prompt_ids = [tokenizer(render_prompt(p.prompt, tokenizer, use_chat_template), add_special_tokens=False).input_ids
+                  for p in prompts]
+    torch.manual_seed(seed)
+    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, batch_size=batch_size)
+    idx = rollout.prompt_index
+    contexts = [prompt_text(prompts[i].prompt) for i in idx.tolist()]
+    texts = rollout.completion_texts
+
+    def mean_and_se(source):
+        if source is None:
+            return None, None, None
+        rewards = source(contexts, texts)
+        return float(rewards.mean()), standard_error(rewards, idx, num_samples), rewards.tolist()
+
+    J, J_se, oracle_rewards = mean_and_se(oracle)
+    J_hat, J_hat_se, proxy_rewards = mean_and_se(reward_model)
+
+    kl = kl_se = None
+    if reference is not None:
+        batch, t = rollout.batch.to(policy.device), (temperature if temperature > 0 else 1.0)
+        logp = batched_completion_logprobs(policy, batch, batch_size, t)
+        if isinstance(reference, str):
+            if reference != ADAPTERS_DISABLED or not hasattr(policy, "disable_adapter"):
+                raise ConfigError(f"reference {reference!r}: only {ADAPTERS_DISABLED!r} with a LoRA policy is allowed")
+            with policy.disable_adapter():
+                ref_logp = batched_completion_logprobs(policy, batch, batch_size, t)
+        else:
+            ref_logp = batched_completion_logprobs(reference, batch.to(reference.device), batch_size, t)
+        kl_per_sequence = masked_sum(logp - ref_logp.to(logp.device), batch.completion_mask, dim=-1).cpu()
+        kl, kl_se = float(kl_per_sequence.mean()), standard_error(kl_per_sequence, idx, num_samples)
+
+    return PolicyEvaluation(
+        J=J, J_se=J_se, J_hat=J_hat, J_hat_se=J_hat_se, kl=kl, kl_se=kl_se,
+        mean_length=float(rollout.batch.completion_mask.sum(-1).float().mean()),
+        truncated_fraction=float(rollout.truncated.float().mean()),
+        distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
+        n=len(texts), num_prompts=len(prompts), contexts=contexts, texts=texts,
+        oracle_rewards=oracle_rewards, proxy_rewards=proxy_rewards,
+    )
+
+
+def evaluate_seen_unseen(policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt],
+                         **kw) -> dict[str, PolicyEvaluation]:
+    """The same evaluation on in-distribution and unseen contexts, side by side (Sections 5.1, 6.2):
+    a policy that exploits R_phi where feedback was sparse shows Ĵ − J growing on ``unseen``."""
+    return {"seen": evaluate_policy(policy, tokenizer, seen_prompts, **kw),
+            "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **kw)}
+
+
+def expected_calibration_error(probabilities, outcomes, num_bins: int = 10) -> float:
+    """ECE = Σ_b (n_b / N) |mean(p_b) − mean(y_b)| over ``num_bins`` equal-width bins of p in [0, 1]
+    (the last bin includes p = 1). probabilities: predicted P(y = 1); outcomes: observed 0/1."""
+    p, y = np.asarray(probabilities, dtype=float), np.asarray(outcomes, dtype=float)
+    if p.shape != y.shape or p.size == 0:
+        raise ValueError(f"need equal, non-empty shapes, got {p.shape} and {y.shape}")
+    bins = np.minimum((p * num_bins).astype(int), num_bins - 1)
+    return float(sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean())
+                     for b in range(num_bins) if (bins == b).any()))
+
+
+def _correlations(reward_source, oracle, samples) -> dict:
+    """Spearman and Pearson correlation of R_phi with R* on (contexts, outputs) samples."""
+    from scipy.stats import pearsonr, spearmanr
+
+    contexts, outputs = samples
+    r_phi, r_star = reward_source(contexts, outputs).numpy(), oracle(contexts, outputs).numpy()
+    out = {"n": len(outputs), "mean_reward_model": float(r_phi.mean()), "mean_oracle": float(r_star.mean()),
+           "spearman": None, "pearson": None, "note": None}
+    if len(outputs) < 3 or np.ptp(r_phi) == 0 or np.ptp(r_star) == 0:
+        # A correlation is 0/0 here; scipy would return nan with a warning.
+        out["note"] = "undefined: fewer than 3 samples, or R_phi or the oracle is constant on them"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["spearman"] = float(spearmanr(r_phi, r_star).statistic)
+        out["pearson"] = float(pearsonr(r_phi, r_star).statistic)
+    return out
+
+
+def reward_model_report(reward_source: RewardSource, heldout: list[Preference], oracle: RewardSource | None = None,
+                        seen_samples: tuple[list[str], list[str]] | None = None, unseen_samples=None,
+                        num_bins: int = 10) -> dict:
+    """How well R_phi fits held-out preferences and tracks R* (Section 7.5).
+
+    ``accuracy``: fraction of pairs with R(chosen) > R(rejected), ties 0.5. ``log_likelihood``: mean
+    Bradley-Terry log σ(R(chosen) − R(rejected)) (Eq. 11). ``ece``: calibration of p = σ(Δ) against
+    the observed labels; each pair is counted both ways (p with outcome 1 and 1 − p with outcome 0)
+    so the score does not depend on which side a dataset calls "chosen". ``oracle_accuracy``: the
+    oracle's own agreement with the labels, a ceiling when the labels are noisy. ``seen``/``unseen``:
+    correlation of R_phi with R* on policy samples from in-distribution / unseen contexts.
+    """
+    contexts = [prompt_text(p.prompt) for p in heldout]
+    chosen, rejected = [render_completion(p.chosen) for p in heldout], [render_completion(p.rejected) for p in heldout]
+    r_chosen, r_rejected = reward_source(contexts, chosen), reward_source(contexts, rejected)
+    p = torch.sigmoid(r_chosen - r_rejected).numpy()
+    report = {
+        "reward_source": reward_source.name,
+        "num_pairs": len(heldout),
+        "accuracy": pairwise_accuracy(r_chosen, r_rejected),
+        "log_likelihood": float(F.logsigmoid(r_chosen - r_rejected).mean()),
+        "ece": expected_calibration_error(np.concatenate([p, 1 - p]),
+                                          np.concatenate([np.ones_like(p), np.zeros_like(p)]), num_bins),
+        "oracle_accuracy": None,
+    }
+    if oracle is not None:
+        report["oracle_accuracy"] = pairwise_accuracy(oracle(contexts, chosen), oracle(contexts, rejected))
+    for name, samples in (("seen", seen_samples), ("unseen", unseen_samples)):
+        if samples is not None:
+            if oracle is None:
+                raise ConfigError(f"{name}_samples need an oracle to correlate R_phi with")
+            report[name] = _correlations(reward_source, oracle, samples)
+    return report
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A Markdown table: one row per dict, columns as (key, header, format spec); None shows as "–"."""
+    def cell(value, fmt):
+        text = "–" if value is None else format(value, fmt) if fmt else str(value)
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Run reports: plots (PNG), the Markdown summary, and the evaluation table printed by the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhflab.evaluate import PolicyEvaluation, format_table
+
+EVAL_COLUMNS = [
+    ("policy", "policy", ""), ("contexts", "contexts", ""),
+    ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
+    ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
+    ("kl", "KL(π‖π_ref)", ".2f"), ("mean_length", "length", ".1f"),
+    ("distinct_2", "distinct-2", ".2f"), ("n", "n", "d"),
+]
+
+
+def evaluation_rows(results: dict[str, dict[str, PolicyEvaluation]]) -> list[dict]:
+    """One table row per (policy, context set)."""
+    rows = []
+    for policy, by_set in results.items():
+        for contexts, ev in by_set.items():
+            d = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
+            rows.append({"policy": policy, "contexts": contexts, **{k: d.get(k) for k, _, _ in EVAL_COLUMNS[2:]}})
+    return rows
+
+
+def format_evaluations(results: dict[str, dict[str, PolicyEvaluation]]) -> str:
+    return format_table(evaluation_rows(results), EVAL_COLUMNS)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
+    """Proxy reward Ĵ and oracle reward J of the rollouts against KL(π‖π_ref) over training: the
+    over-optimisation picture (a proxy that keeps rising while the oracle flattens or falls)."""
+    plt = _plt()
+    kl = [m["kl"] for m in metrics]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(kl, [m["reward"] for m in metrics], "o-", label="proxy reward (R_phi)")
+    if all("oracle_reward" in m for m in metrics):
+        axes[0].plot(kl, [m["oracle_reward"] for m in metrics], "s-", label="oracle reward (R*)")
+    axes[0].set_xlabel("KL(π‖π_ref) of the rollout (nats)")
+    axes[0].set_ylabel("mean reward of the rollout")
+    axes[0].legend()
+    axes[0].set_title("reward against KL")
+    its = [m["iteration"] for m in metrics]
+    axes[1].plot(its, [m["reward"] for m in metrics], "o-", label="proxy reward")
+    if all("oracle_reward" in m for m in metrics):
+        axes[1].plot(its, [m["oracle_reward"] for m in metrics], "s-", label="oracle reward")
+    axes[1].plot(its, kl, "^--", label="KL")
+    axes[1].set_xlabel("iteration")
+    axes[1].legend()
+    axes[1].set_title("over training")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_before_after(rows: list[dict], path: str | Path, before: str, after: str) -> None:
+    """Bars of J and Ĵ (with ±1 standard error) before and after, on seen and unseen contexts."""
+    plt = _plt()
+    import numpy as np
+
+    sets = sorted({r["contexts"] for r in rows}, key=lambda s: (s != "seen", s))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, (key, label) in zip(axes, [("J", "J: oracle reward R*"), ("J_hat", "Ĵ: reward model R_phi")]):
+        x = np.arange(len(sets))
+        for offset, policy in [(-0.2, before), (0.2, after)]:
+            values = [next((r[key] for r in rows if r["policy"] == policy and r["contexts"] == s), None) for s in sets]
+            errors = [next((r[key + "_se"] for r in rows if r["policy"] == policy and r["contexts"] == s), None) for s in sets]
+            ax.bar(x + offset, [v or 0 for v in values], width=0.4, yerr=[e or 0 for e in errors], capsize=4, label=policy)
+        ax.set_xticks(x, [f"{s} contexts" for s in sets])
+        ax.set_title(label)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,256 @@
+"""The steps of the RLHF workflow (Figure 5) as functions, each with its config dataclass.
+
+``rlhflab CMD`` parses a config and calls the function of the same name; ``rlhflab demo`` chains
+them. Python users call them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhflab.config import TrainConfig, default_run_dir, option, save_config
+from rlhflab.data import Prompt, Samples, load_prompt_set, prompt_text, read_records, render_prompt, write_records
+from rlhflab.errors import ConfigError
+from rlhflab.files import write_json
+
+FEEDBACK_KINDS = ["preference", "ranking", "rating", "binary", "language_feedback"]
+
+
+def load_prompts(spec: str, limit: int = 0) -> list[Prompt]:
+    """``train`` / ``unseen`` (the shipped prompt sets) or a prompts file."""
+    prompts = load_prompt_set(spec) if spec in ("train", "unseen") else read_records(spec, "prompt")
+    return prompts[:limit] if limit > 0 else prompts
+
+
+def apply_lora(model, config: TrainConfig):
+    """Wrap ``model`` in LoRA adapters when ``config.lora_r > 0`` (the reference policy is then the
+    same weights with adapters disabled)."""
+    if config.lora_r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+# ---- sample ------------------------------------------------------------------------------------
+@dataclass
+class SampleConfig:
+    """Sample completions from a policy: the outputs that feedback will be collected on."""
+
+    policy: str = option("smollm2-135m-instruct", "Policy: registry name, hub id or local path.")
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
+    limit: int = option(0, "Use only the first N prompts (0: all).")
+    num_samples: int = option(4, "Completions per prompt.")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    batch_size: int = option(32, "Prompts per generate call.")
+    seed: int = option(0, "Random seed.")
+    output: str = option("samples.jsonl", "Output JSONL: one row {prompt, completions} per prompt.")
+
+
+def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt] | None = None) -> list[Samples]:
+    from rlhflab.models import load_policy
+    from rlhflab.rollout import sample as sample_rollout
+
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy)
+    prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
+    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
+           for p in prompts]
+    torch.manual_seed(cfg.seed)
+    rollout = sample_rollout(policy, tokenizer, ids, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+    k = cfg.num_samples
+    records = [Samples(prompt=p.prompt, completions=rollout.completion_texts[i * k:(i + 1) * k])
+               for i, p in enumerate(prompts)]
+    if cfg.output:
+        write_records(records, cfg.output)
+    return records
+
+
+# ---- annotate ----------------------------------------------------------------------------------
+@dataclass
+class AnnotateConfig:
+    """Simulated annotators driven by an oracle R* label sampled completions (Sections 4.1-4.2)."""
+
+    samples: str | None = option(None, "Samples JSONL from `rlhflab sample` (prompt, completions).")
+    oracle: str = option("sentiment", "Oracle R*: 'sentiment', 'brevity' or package.module:function.")
+    feedback: str = option("preference", "Feedback type to produce.", choices=FEEDBACK_KINDS)
+    annotators: int = option(3, "Annotators in the pool (members differ in noise and position bias).")
+    temperature: float = option(0.1, "Bradley-Terry temperature of the least noisy annotator (Eq. 8); doubles per member.")
+    bias: float = option(0.1, "Largest position bias in the pool (reward added to the first-shown output).")
+    rating_noise: float = option(0.1, "Std of the noise added to R* before binning ratings.")
+    pairs_per_prompt: int = option(6, "Preference pairs per prompt (distinct pairs of its completions).")
+    scale: str = option("likert:5", "Rating scale: binary, likert:K, continuous or categorical:a|b|c.")
+    seed: int = option(0, "Random seed (the same seed gives the same labels).")
+    output: str = option("feedback.jsonl", "Output JSONL of feedback records.")
+
+    def validate(self):
+        if not self.samples:
+            raise ConfigError("--samples is required (a file written by `rlhflab sample`)")
+
+
+def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
+    from rlhflab.feedback import annotators as ann
+    from rlhflab.feedback.oracles import load_oracle
+
+    samples = samples if samples is not None else read_records(cfg.samples, "samples")
+    oracle = load_oracle(cfg.oracle)
+    pool = ann.make_pool(oracle, n=cfg.annotators, base_temperature=cfg.temperature, max_bias=cfg.bias,
+                         rating_noise=cfg.rating_noise)
+    rng = np.random.default_rng(cfg.seed)
+    prompts = [s.prompt for s in samples]
+    completions = [[c for c in s.completions if isinstance(c, list) or c.strip()] for s in samples]
+    if cfg.feedback == "preference":
+        keep = [i for i, c in enumerate(completions) if len(c) >= 2]
+        records = ann.annotate_pairs(pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng,
+                                     cfg.pairs_per_prompt)
+    elif cfg.feedback == "ranking":
+        keep = [i for i, c in enumerate(completions) if len(c) >= 2]
+        records = ann.annotate_rankings(pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng)
+    elif cfg.feedback in ("rating", "binary"):
+        scale = "binary" if cfg.feedback == "binary" else cfg.scale
+        records = ann.annotate_ratings(pool, prompts, completions, rng, scale=scale)
+    else:
+        records = ann.annotate_language_feedback(pool, prompts, completions, rng)
+    if not records:
+        raise ConfigError(f"{cfg.samples}: no prompt has enough non-empty completions to annotate")
+    if cfg.output:
+        write_records(records, cfg.output)
+    return records
+
+
+# ---- sft / reward / policy optimisation --------------------------------------------------------
+def sft(cfg):
+    from rlhflab.models import load_policy
+    from rlhflab.train.loop import train
+    from rlhflab.train.offline import SFTAlgorithm, tokenize_demonstrations
+
+    if not cfg.data:
+        raise ConfigError("--data is required (demonstrations: prompt, completion)")
+    demos = read_records(cfg.data, "demonstration")
+    policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    policy = apply_lora(policy, cfg)
+    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
+                                       source=cfg.data, use_chat_template=cfg.use_chat_template)
+    return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
+
+
+def split_heldout(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded train / held-out split (at least one held-out record when fraction > 0)."""
+    if fraction <= 0:
+        return records, []
+    order = np.random.default_rng(seed).permutation(len(records))
+    n_held = max(1, int(round(fraction * len(records))))
+    held = set(order[:n_held].tolist())
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def reward(cfg, oracle: str | None = None, samples_seen=None, samples_unseen=None) -> tuple[Path, dict]:
+    """Train a reward model and write ``reward_report.json`` (accuracy, calibration, oracle
+    correlation on seen/unseen contexts when ``oracle`` and samples are given)."""
+    from rlhflab.evaluate import reward_model_report
+    from rlhflab.models import load_reward_model
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.train.loop import train
+    from rlhflab.train.offline import RewardAlgorithm
+
+    if not cfg.data:
+        raise ConfigError("--data is required (preferences, rankings or ratings)")
+    records = read_records(cfg.data, cfg.feedback)
+    if cfg.feedback == "preference" and cfg.eval_data:
+        train_records, heldout = records, read_records(cfg.eval_data, "preference")
+    elif cfg.feedback == "preference":
+        train_records, heldout = split_heldout(records, cfg.eval_fraction, cfg.seed)
+    else:
+        train_records, heldout = records, (read_records(cfg.eval_data, "preference") if cfg.eval_data else [])
+    model, tokenizer = load_reward_model(cfg.model, cfg.dtype)
+    run_dir = train(cfg, RewardAlgorithm(cfg, model, tokenizer, train_records))
+    source = load_reward_source(str(run_dir / "reward_model"))
+    report = {}
+    if heldout or samples_seen is not None:
+        oracle_source = load_reward_source(oracle) if oracle else None
+        report = reward_model_report(source, heldout, oracle_source, samples_seen, samples_unseen)
+        report["train_records"], report["heldout_records"] = len(train_records), len(heldout)
+        write_json(run_dir / "reward_report.json", report)
+    return run_dir, report
+
+
+def policy_optimization(cfg, policy=None, tokenizer=None, reward_source=None, oracle_source=None):
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.train.loop import train
+    from rlhflab.train.offline import tokenize_demonstrations
+    from rlhflab.train.policy_optimization import PolicyOptimization
+
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
+    policy = apply_lora(policy, cfg)
+    prompts = load_prompts(cfg.prompts)
+    reward_source = reward_source or load_reward_source(cfg.reward)
+    if oracle_source is None and cfg.oracle:
+        oracle_source = load_reward_source(cfg.oracle)
+    ptx = None
+    if cfg.ptx_coef > 0:
+        demos = read_records(cfg.ptx_data, "demonstration")
+        ptx = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
+                                      source=cfg.ptx_data, use_chat_template=cfg.use_chat_template)
+    algorithm = PolicyOptimization(cfg, policy, tokenizer, prompts, reward_source, oracle_source, ptx)
+    return train(cfg, algorithm)
+
+
+# ---- eval --------------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    """Evaluate a policy on in-distribution and unseen prompts: J (oracle, Eq. 12), J_hat (reward
+    model, Eq. 14), KL to a reference, length and diversity (Sections 4.3, 6.2)."""
+
+    policy: str = option("smollm2-135m-instruct", "Policy to evaluate.")
+    reference: str | None = option(None, "Reference policy for KL(pi || pi_ref) (none: KL not reported).")
+    seen_prompts: str = option("train", "In-distribution prompts: 'train' or a file.")
+    unseen_prompts: str | None = option("unseen", "Unseen (out-of-distribution) prompts: 'unseen', a file, or none.")
+    limit: int = option(48, "Prompts per set (0: all).")
+    oracle: str | None = option("sentiment", "Oracle R* for J.")
+    reward_model: str | None = option(None, "Reward model directory (or reward source) for J_hat.")
+    num_samples: int = option(1, "Completions per prompt.")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    seed: int = option(0, "Random seed.")
+    output: str | None = option(None, "Write the evaluation JSON here.")
+
+
+def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracle_source=None, reward_source=None) -> dict:
+    from rlhflab.evaluate import evaluate_policy
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy)
+    if reference is None and cfg.reference:
+        reference, _ = load_policy(cfg.reference)
+    oracle_source = oracle_source or (load_reward_source(cfg.oracle) if cfg.oracle else None)
+    reward_source = reward_source or (load_reward_source(cfg.reward_model) if cfg.reward_model else None)
+    sets = {"seen": cfg.seen_prompts, "unseen": cfg.unseen_prompts}
+    results = {}
+    for name, spec in sets.items():
+        if not spec:
+            continue
+        results[name] = evaluate_policy(
+            policy, tokenizer, load_prompts(spec, cfg.limit), oracle_source, reward_source, reference=reference,
+            num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            use_chat_template=cfg.use_chat_template, seed=cfg.seed,
+        )
+    if cfg.output:
+        write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})
+    return results
