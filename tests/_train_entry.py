@@ -124,6 +124,7 @@ def run(kind, run_dir, overrides):
         config = _apply(RewardConfig(output_dir=run_dir, batch_size=8, max_steps=4, learning_rate=1e-3,
                                      progress=False), overrides)
         config.validate()
+        torch.manual_seed(config.seed)  # the fresh scalar head is drawn from the global RNG
         model, tokenizer = load_reward_model("tiny-reward")
         algorithm = RewardAlgorithm(config, model, tokenizer, a_preferences(32))
     else:

@@ -155,6 +155,7 @@ def _save(fig, path: Path) -> None:
 def _finish(run_dir, name: str, payload: dict, fig, started: float) -> dict:
     run_dir = Path(run_dir)
     payload["wall_time_s"] = round(time.perf_counter() - started, 2)
+    fig.tight_layout()
     _save(fig, run_dir / f"{name}.png")
     write_json(run_dir / f"{name}.json", payload)
     return payload
@@ -284,17 +285,8 @@ def _fit(form: str, d, r) -> dict:
             "points": int(len(d))}
 
 
-def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1024) -> dict:
-    """Gold J (under R*) and proxy Ĵ (under R_phi) against d = √KL, relative to π_ref, for best-of-n
-    selecting by R_phi (exact) and for an RL family, with Gao et al.'s forms fitted.
-
-    rl_checkpoints: optional [(KL, J, Ĵ), ...] from real RL runs; without them the RL family is the
-    closed-form path π_rlhf,β ∝ π_ref·exp(R_phi/β) as β goes from large to small.
-    """
-    started = time.perf_counter()
-    instance = lab_instance(seed)
+def _overoptimisation_curves(instance: ToyInstance, reward_model, rl_checkpoints, max_n: int) -> dict:
     reference, oracle, d = instance.require_reference(), instance.oracle_reward, instance.context_dist
-    reward_model = _partial_reward_model(instance, seed=1000 * seed + 3)
     J_ref, J_hat_ref = performance(reference, oracle, d), performance(reference, reward_model, d)
     ns = sorted({int(round(x)) for x in torch.logspace(0, math.log10(max_n), 30).tolist()})
     bon = []
@@ -314,32 +306,50 @@ def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1
             kl = kl_divergence(policy, reference, d)
             rl.append({"kl_coef": beta, "KL": kl, "d": math.sqrt(kl), "gold": performance(policy, oracle, d) - J_ref,
                        "proxy": performance(policy, reward_model, d) - J_hat_ref})
-    fits = {
-        "bon_gold": _fit("bon", [p["d"] for p in bon], [p["gold"] for p in bon]),
-        "bon_proxy": _fit("bon", [p["d"] for p in bon], [p["proxy"] for p in bon]),
-        "rl_gold": _fit("rl", [p["d"] for p in rl], [p["gold"] for p in rl]),
-        "rl_proxy": _fit("rl", [p["d"] for p in rl], [p["proxy"] for p in rl]),
-    }
-    plt = _pyplot()
+    fits = {f"{form}_{kind}": _fit(form, [p["d"] for p in pts], [p[kind] for p in pts])
+            for form, pts in (("bon", bon), ("rl", rl)) for kind in ("gold", "proxy")}
+    peak = max(bon, key=lambda p: p["gold"])
+    return {"J_ref": J_ref, "J_hat_ref": J_hat_ref, "best_of_n": bon, "rl": {"source": source, "points": rl},
+            "fits": fits, "bon_gold_peak": {"n": peak["n"], "d": peak["d"], "gold": peak["gold"],
+                                            "gold_at_max_n": bon[-1]["gold"]}}
+
+
+def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1024,
+                     feedback_budgets=(128, 1024)) -> dict:
+    """Gold J (under R*) and proxy Ĵ (under R_phi) against d = √KL, relative to π_ref, for best-of-n
+    selecting by R_phi (exact) and for an RL family, with Gao et al.'s forms fitted; once per
+    reward model, fitted on ``feedback_budgets`` preference pairs per covered context (a weaker proxy
+    is over-optimised sooner).
+
+    rl_checkpoints: optional [(KL, J, Ĵ), ...] from real RL runs; without them the RL family is the
+    closed-form path π_rlhf,β ∝ π_ref·exp(R_phi/β) as β goes from large to small.
+    """
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, points, form, title in ((axes[0], bon, "bon", "best-of-n (exact)"), (axes[1], rl, "rl", f"RL ({source})")):
-        x = [p["d"] for p in points]
-        ax.scatter(x, [p["gold"] for p in points], s=12, label="gold J − J(π_ref) (R*)")
-        ax.scatter(x, [p["proxy"] for p in points], s=12, label="proxy Ĵ − Ĵ(π_ref) (R_phi)")
-        grid = np.linspace(max(min(x), 1e-3), max(x), 200)
-        for kind in ("gold", "proxy"):
-            f = fits[f"{form}_{kind}"]
-            y = grid * (f["alpha"] - f["beta"] * (grid if form == "bon" else np.log(grid)))
-            ax.plot(grid, y, lw=1, label=f"fit {kind}: α={f['alpha']:.2f} β={f['beta']:.2f} R²={f['r2']:.3f}")
-        ax.set_xlabel("d = √KL(π‖π_ref)")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    peak = max(bon, key=lambda p: p["gold"])
-    payload = {"experiment": "overoptimisation", "seed": seed, "J_ref": J_ref, "J_hat_ref": J_hat_ref,
-               "best_of_n": bon, "rl": {"source": source, "points": rl}, "fits": fits,
-               "bon_gold_peak": {"n": peak["n"], "d": peak["d"], "gold": peak["gold"]}}
+    started = time.perf_counter()
+    instance = lab_instance(seed)
+    curves = {}
+    for budget in feedback_budgets:
+        reward_model = _partial_reward_model(instance, seed=1000 * seed + 3, pairs_per_context=budget)
+        curves[str(budget)] = _overoptimisation_curves(instance, reward_model, rl_checkpoints, max_n)
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(curves), 2, figsize=(11, 4 * len(curves)), squeeze=False)
+    for row, (budget, res) in zip(axes, curves.items()):
+        for ax, form, points, title in ((row[0], "bon", res["best_of_n"], "best-of-n (exact)"),
+                                        (row[1], "rl", res["rl"]["points"], f"RL ({res['rl']['source']})")):
+            x = [p["d"] for p in points]
+            ax.scatter(x, [p["gold"] for p in points], s=12, label="gold J − J(π_ref) (R*)")
+            ax.scatter(x, [p["proxy"] for p in points], s=12, label="proxy Ĵ − Ĵ(π_ref) (R_phi)")
+            grid = np.linspace(max(min(x), 1e-3), max(x), 200)
+            for kind in ("gold", "proxy"):
+                f = res["fits"][f"{form}_{kind}"]
+                y = grid * (f["alpha"] - f["beta"] * (grid if form == "bon" else np.log(grid)))
+                ax.plot(grid, y, lw=1, label=f"fit {kind}: α={f['alpha']:.2f} β={f['beta']:.2f} R²={f['r2']:.3f}")
+            ax.set_xlabel("d = √KL(π‖π_ref)")
+            ax.set_title(f"{title}, R_phi from {budget} pairs/context")
+            ax.legend(fontsize=7)
+    payload = {"experiment": "overoptimisation", "seed": seed, "context_coverage": float(instance.seen.double().mean()),
+               "output_coverage": 0.25, "curves_by_pairs_per_context": curves}
     return _finish(run_dir, "overoptimisation", payload, fig, started)
 
 
@@ -392,29 +402,36 @@ def _policy_gradient_curve(instance: ToyInstance, budgets, batch_size: int, g, l
 
 
 def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048, 4096), repeats: int = 5,
-              top_fraction: float = 0.1, batch_size: int = 32) -> dict:
+              top_fraction: float = 0.1, batch_size: int = 32, learning_rates=(0.1, 0.3, 1.0)) -> dict:
     """J against the number of oracle-labelled samples: SFT on the best samples vs policy gradient on
     all samples weighted by reward (Section 6.3), on a tabular softmax policy initialised at π_ref.
 
     Tabular and sample-based (each update sees only the labelled samples, never an exact gradient), so
     it isolates the update rules; the HF-model trainers are checked against the closed form separately
-    (``evaluate_model_against_optimum``).
+    (``evaluate_model_against_optimum``). Each method gets its best learning rate from
+    ``learning_rates`` (by mean J at the largest budget), so neither wins by a worse setting.
     """
     started = time.perf_counter()
     instance = lab_instance(seed)
     reference, oracle, d = instance.require_reference(), instance.oracle_reward, instance.context_dist
-    sft = {n: [] for n in budgets}
-    pg = {n: [] for n in budgets}
-    for r in range(repeats):
-        g = torch.Generator().manual_seed(1000 * seed + r)
-        for n in budgets:
-            sft[n].append(performance(_sft_on_best(instance, n, top_fraction, g), oracle, d))
-        for n, j in zip(budgets, _policy_gradient_curve(instance, budgets, batch_size, g)):
-            pg[n].append(j)
+    sweeps = {"sft": {}, "pg": {}}
+    for lr in learning_rates:
+        sft = {n: [] for n in budgets}
+        pg = {n: [] for n in budgets}
+        for r in range(repeats):
+            g = torch.Generator().manual_seed(1000 * seed + r)
+            for n in budgets:
+                sft[n].append(performance(_sft_on_best(instance, n, top_fraction, g, lr=lr), oracle, d))
+            for n, j in zip(budgets, _policy_gradient_curve(instance, budgets, batch_size, g, lr=lr)):
+                pg[n].append(j)
+        sweeps["sft"][lr], sweeps["pg"][lr] = sft, pg
+    best_lr = {m: max(learning_rates, key=lambda lr: _mean_std(sweeps[m][lr][budgets[-1]])[0]) for m in sweeps}
     rows = []
     for n in budgets:
-        (sm, ss), (pm, ps) = _mean_std(sft[n]), _mean_std(pg[n])
+        (sm, ss), (pm, ps) = _mean_std(sweeps["sft"][best_lr["sft"]][n]), _mean_std(sweeps["pg"][best_lr["pg"]][n])
         rows.append({"num_labelled": n, "J_sft_mean": sm, "J_sft_std": ss, "J_pg_mean": pm, "J_pg_std": ps})
+    lr_sweep = {m: {str(lr): [_mean_std(runs[n])[0] for n in budgets] for lr, runs in by_lr.items()}
+                for m, by_lr in sweeps.items()}
     J_ref = performance(reference, oracle, d)
     J_max = float((d * oracle.max(-1).values).sum())
     plt = _pyplot()
@@ -431,8 +448,9 @@ def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048
     ax.set_ylabel("J (Eq. 12)")
     ax.legend(fontsize=8)
     payload = {"experiment": "sft_vs_pg", "seed": seed, "repeats": repeats, "top_fraction": top_fraction,
-               "pg_batch_size": batch_size, "J_ref": J_ref, "J_max": J_max, "rows": rows,
-               "policy": "tabular softmax logits initialised at log π_ref; Adam lr 0.1; SFT 100 full-batch steps",
+               "pg_batch_size": batch_size, "J_ref": J_ref, "J_max": J_max, "rows": rows, "best_lr": best_lr,
+               "lr_sweep_mean_J": lr_sweep,
+               "policy": "tabular softmax logits initialised at log π_ref; Adam; SFT 100 full-batch steps",
                "note": "HF-model trainers are checked against the closed form separately"}
     return _finish(run_dir, "sft_vs_pg", payload, fig, started)
 
@@ -530,10 +548,13 @@ def headline(name: str, res: dict) -> str:
                 f"{last['performance_gap_unseen']:.3f} at β={last['kl_coef']:.2g}; best J(π_rlhf)={res['best_J_rlhf']:.3f} "
                 f"at β={res['best_kl_coef_for_J_rlhf']:.2g}")
     if name == "overopt":
-        f = res["fits"]
-        return (f"BoN gold α={f['bon_gold']['alpha']:.3f} β={f['bon_gold']['beta']:.3f} R²={f['bon_gold']['r2']:.3f}; "
-                f"RL gold α={f['rl_gold']['alpha']:.3f} β={f['rl_gold']['beta']:.3f} R²={f['rl_gold']['r2']:.3f} "
-                f"({res['rl']['source']})")
+        parts = []
+        for budget, c in res["curves_by_pairs_per_context"].items():
+            f = c["fits"]
+            parts.append(f"{budget} pairs/ctx: BoN gold α={f['bon_gold']['alpha']:.3f} β={f['bon_gold']['beta']:.3f} "
+                         f"R²={f['bon_gold']['r2']:.3f}, RL gold α={f['rl_gold']['alpha']:.3f} "
+                         f"β={f['rl_gold']['beta']:.3f} R²={f['rl_gold']['r2']:.3f} ({c['rl']['source']})")
+        return "; ".join(parts)
     if name == "sft-vs-pg":
         first, last = res["rows"][0], res["rows"][-1]
         return (f"J at {first['num_labelled']} labels: SFT {first['J_sft_mean']:.3f} / PG {first['J_pg_mean']:.3f}; "

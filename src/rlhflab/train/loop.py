@@ -68,8 +68,11 @@ def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
     mixed = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config.dtype]
+    # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU and each
+    # process trains alone (into the same run directory); with it, the processes join over gloo.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # Parameters are loaded in config.dtype already; autocast is only needed on accelerators.
-    return Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no")
+    return Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", cpu=cpu)
 
 
 def make_optimizer(config: TrainConfig, modules: dict[str, nn.Module], total_steps: int):

@@ -1,0 +1,331 @@
+"""Direct preference methods on the one loop (Section 7.9.2): the policy is its own reward model.
+
+    DPO   (Rafailov et al. 2023)      -log σ(β h)                     h = log-ratio margin, below
+    cDPO  (Mitchell 2023)             DPO with each label flipped with probability ε
+    rDPO  (Chowdhury et al. 2024)     the unbiased flipped-label correction of DPO
+    IPO   (Azar et al. 2023)          (h − 1/(2β))², on per-token mean log-probs
+    SLiC  (Zhao et al. 2023)          max(0, δ − log π(y_c) + log π(y_r)) + λ·(−log π(y_c))
+    RRHF  (Yuan et al. 2023)          ranking hinge over k responses + SFT on the best
+    PRO   (Song et al. 2023)          Plackett-Luce over k responses + SFT on the best
+
+with h = [log π(y_c) − log π_ref(y_c)] − [log π(y_r) − log π_ref(y_r)]. The losses themselves are
+the pure functions of :mod:`rlhflab.losses.preference`; this module only says which batch they see.
+
+π_ref is frozen, so its log-probs of the dataset never change: by default they are computed once,
+before the first step, in large no-grad batches, and the reference model is then dropped
+(``precompute_reference``). Each optimiser step then costs one policy forward/backward: chosen and
+rejected go through the policy *together*, as one concatenated batch of 2B rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rlhflab.config import TrainConfig, option
+from rlhflab.errors import ConfigError
+from rlhflab.losses import (
+    dpo_loss,
+    ipo_loss,
+    pairwise_accuracy,
+    plackett_luce_loss,
+    robust_dpo_loss,
+    rrhf_loss,
+    sequence_logprob,
+    slic_loss,
+)
+from rlhflab.models.loading import save_model
+from rlhflab.rollout import completion_logprobs, join_prompt_completion
+from rlhflab.train.loop import shard, split
+from rlhflab.train.offline import OfflineSchedule, tokenize_demonstrations
+
+PREFERENCE_LOSSES = ["dpo", "ipo", "cdpo", "rdpo", "slic"]
+RANKING_LOSSES = ["rrhf", "pro"]
+
+Example = tuple[list[int], list[int]]  # (prompt ids, completion ids + EOS)
+
+
+@dataclass
+class PreferenceConfig(TrainConfig):
+    """Direct preference optimisation on (prompt, chosen, rejected) pairs, no reward model:
+    DPO, IPO, conservative DPO (cdpo), robust DPO (rdpo) or SLiC-HF (Section 7.9.2)."""
+
+    loss: str = option("dpo", "Preference loss.", choices=PREFERENCE_LOSSES)
+    model: str = option("smollm2-135m-instruct", "Policy to train: a registry name, hub id or local path.")
+    data: str | None = option(None, "Preferences (prompt, chosen, rejected): JSONL, JSON, Parquet or a saved dataset.")
+    reference: str | None = option(None, "Reference policy pi_ref (default: --model as loaded; with LoRA, the adapter-disabled model).")
+    beta: float = option(0.1, "beta: the KL-constraint strength of Eq. 17 that the implicit reward beta*log(pi/pi_ref) carries; IPO's margin target is 1/(2 beta).")
+    label_smoothing: float = option(0.0, "epsilon: assumed probability that a label is flipped (cdpo, rdpo; < 0.5).")
+    slic_delta: float = option(1.0, "delta: margin of the SLiC-HF rank-calibration hinge.")
+    slic_reg_weight: float = option(0.1, "lambda: weight of SLiC-HF's cross-entropy regulariser on the chosen responses.")
+    use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
+    precompute_reference: bool = option(True, "Compute pi_ref's log-probs of the whole dataset once before training (pi_ref is frozen) instead of at every step.")
+    reference_batch_size: int = option(16, "Rows per no-grad reference forward pass when precomputing.")
+    learning_rate: float = option(1e-6, "Peak learning rate of AdamW.")
+
+    def validate(self):
+        super().validate()
+        if self.beta <= 0:
+            raise ConfigError("beta must be positive")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss in ("cdpo", "rdpo") and self.label_smoothing == 0:
+            raise ConfigError(f"--loss {self.loss} needs --label_smoothing > 0 (with 0 it is plain dpo)")
+
+
+def tokenize_pairs(records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>",
+                   use_chat_template: bool = True) -> list[tuple[Example, Example]]:
+    """((prompt, chosen + EOS), (prompt, rejected + EOS)) token ids per Preference record, with the
+    length checks of :func:`tokenize_demonstrations` (errors name the file, line and field)."""
+    prompts = [r.prompt for r in records]
+    chosen = tokenize_demonstrations(prompts, [r.chosen for r in records], tokenizer, config, source, use_chat_template)
+    rejected = tokenize_demonstrations(prompts, [r.rejected for r in records], tokenizer, config, source,
+                                       use_chat_template)
+    return list(zip(chosen, rejected))
+
+
+def sequence_logps(model, examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y | x) summed over each completion's tokens, and the token counts |y|, for a list of
+    (prompt, completion) examples in ONE forward pass. Shapes (N,), (N,)."""
+    batch = join_prompt_completion([p for p, _ in examples], [c for _, c in examples], pad_id)
+    batch = batch.to(next(model.parameters()).device)
+    logprobs = completion_logprobs(model, batch)
+    return sequence_logprob(logprobs, batch.completion_mask), batch.completion_mask.sum(-1).to(logprobs.dtype)
+
+
+class _FrozenReference:
+    """π_ref as a callable giving summed log-probs: a separate frozen model, or (LoRA) the policy
+    with its adapters disabled, so no second copy of the weights is kept."""
+
+    def __init__(self, policy, reference=None, use_lora: bool = False):
+        self.use_lora = use_lora
+        self.model = None if use_lora else (reference if reference is not None else copy.deepcopy(policy))
+        if self.model is not None:
+            self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logps(self, policy, examples: Sequence[Example], pad_id: int) -> torch.Tensor:
+        if self.use_lora:
+            with policy.disable_adapter():
+                return sequence_logps(policy, examples, pad_id)[0]
+        return sequence_logps(self.model, examples, pad_id)[0]
+
+
+class _OfflineListAlgorithm:
+    """What DPO-family and ranking methods share: the seeded offline schedule, per-process shards,
+    micro-batches weighted by their share, saving the policy."""
+
+    def _init_common(self, config, model, tokenizer, num_examples):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.schedule = OfflineSchedule(num_examples, config)
+        self.use_lora = hasattr(model, "disable_adapter")
+
+    def trainable_modules(self):
+        return {"policy": self.model}
+
+    def num_iterations(self):
+        return self.schedule.total
+
+    def total_optimizer_steps(self):
+        return self.schedule.total
+
+    def updates(self, iteration):
+        mine = shard(self.schedule.indices(iteration), self.accelerator)
+        # Losses are means over examples: weight each micro-batch by its share of this process's.
+        yield [(m, len(m) / len(mine)) for m in split(mine, self.config.gradient_accumulation_steps)]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def save_final(self, run_dir: Path):
+        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / "policy"))
+
+
+class PreferenceAlgorithm(_OfflineListAlgorithm):
+    """DPO / IPO / cDPO / rDPO / SLiC-HF on preference pairs (see the module docstring)."""
+
+    def __init__(self, config: PreferenceConfig, model, tokenizer, pairs: list[tuple[Example, Example]],
+                 reference=None):
+        self._init_common(config, model, tokenizer, len(pairs))
+        self.name, self.pairs = config.loss, pairs
+        # SLiC-HF needs no reference: its regulariser plays that part.
+        self.reference = None if config.loss == "slic" else _FrozenReference(model, reference, self.use_lora)
+        self.reference_cache: torch.Tensor | None = None  # (N, 2): log π_ref of chosen, rejected
+        self.reference_seconds = 0.0
+
+    def bind(self, accelerator, modules):
+        self.accelerator, self.model = accelerator, modules["policy"]
+        if self.reference is None:
+            return
+        if self.reference.model is not None:
+            self.reference.model.to(accelerator.device)
+        if self.config.precompute_reference:
+            t0 = time.perf_counter()
+            self.reference_cache = self.reference_logps(range(len(self.pairs)), self.config.reference_batch_size)
+            self.reference_seconds = time.perf_counter() - t0
+            self.reference.model = None  # frozen and fully cached: its memory can go
+
+    def reference_logps(self, indices, batch_size: int) -> torch.Tensor:
+        """log π_ref(y_c | x), log π_ref(y_r | x) for the given pairs, (len(indices), 2)."""
+        indices, parts = list(indices), []
+        policy = self.accelerator.unwrap_model(self.model)
+        for i in range(0, len(indices), batch_size):
+            chunk = [self.pairs[j] for j in indices[i: i + batch_size]]
+            logps = self.reference.logps(policy, [c for c, _ in chunk] + [r for _, r in chunk], self.pad_id)
+            parts.append(torch.stack(logps.split(len(chunk)), dim=-1).cpu())
+        return torch.cat(parts)
+
+    def collect(self, iteration):
+        # The one-off cost of the cache, logged once so that runs can be compared.
+        return {"reference_precompute_seconds": self.reference_seconds} if iteration == 0 and self.reference_cache is not None else {}
+
+    def loss(self, micro):
+        index, weight = micro
+        cfg, pairs = self.config, [self.pairs[i] for i in index]
+        # One forward over chosen and rejected together (2B rows).
+        logps, lengths = sequence_logps(self.model, [c for c, _ in pairs] + [r for _, r in pairs], self.pad_id)
+        policy_chosen, policy_rejected = logps.split(len(pairs))
+        if cfg.loss == "slic":
+            loss = slic_loss(policy_chosen, policy_rejected, cfg.slic_delta, cfg.slic_reg_weight)
+            stats = {"accuracy": pairwise_accuracy(policy_chosen.detach(), policy_rejected.detach())}
+            return loss * weight, stats
+        if self.reference_cache is not None:
+            ref = self.reference_cache[index].to(logps.device)
+        else:
+            ref = self.reference_logps(index, len(index)).to(logps.device)
+        ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
+        args = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+        if cfg.loss == "ipo":
+            # IPO's analysis (and TRL) uses per-token mean log-probs, so long answers don't dominate.
+            len_chosen, len_rejected = lengths.split(len(pairs))
+            args = (policy_chosen / len_chosen, policy_rejected / len_rejected,
+                    ref_chosen / len_chosen, ref_rejected / len_rejected)
+            loss, chosen_rewards, rejected_rewards = ipo_loss(*args, beta=cfg.beta)
+        elif cfg.loss == "rdpo":
+            loss, chosen_rewards, rejected_rewards = robust_dpo_loss(*args, beta=cfg.beta,
+                                                                     label_smoothing=cfg.label_smoothing)
+        else:  # dpo, and cdpo = dpo with label smoothing
+            smoothing = cfg.label_smoothing if cfg.loss == "cdpo" else 0.0
+            loss, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=cfg.beta, label_smoothing=smoothing)
+        stats = {"accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
+                 "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
+                 "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean())}
+        return loss * weight, stats
+
+
+# ---- rankings: RRHF and PRO ---------------------------------------------------------------------
+@dataclass
+class RankingConfig(TrainConfig):
+    """Ranking-based fine-tuning on k responses per prompt, best first: RRHF (pairwise hinge on
+    length-normalised log-probs) or PRO (Plackett-Luce over them), each plus SFT on the best."""
+
+    loss: str = option("rrhf", "Ranking loss.", choices=RANKING_LOSSES)
+    model: str = option("smollm2-135m-instruct", "Policy to train: a registry name, hub id or local path.")
+    data: str | None = option(None, "Rankings (prompt, completions best first, optional ties): JSONL, JSON, Parquet or a saved dataset.")
+    sft_weight: float = option(1.0, "Weight of the SFT term -log pi(y_best | x) (RRHF's and PRO's own regulariser).")
+    use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
+    learning_rate: float = option(1e-6, "Peak learning rate of AdamW.")
+
+
+def tokenize_rankings(records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>",
+                      use_chat_template: bool = True) -> list[tuple[list[Example], list[int]]]:
+    """Per Ranking record: its k (prompt, completion + EOS) examples, best first, and rank groups
+    (lower = better, equal = tied)."""
+    out = []
+    for r in records:
+        examples = tokenize_demonstrations([r.prompt] * len(r.completions), r.completions, tokenizer, config, source,
+                                           use_chat_template)
+        out.append((examples, list(r.ties) if r.ties is not None else list(range(len(r.completions)))))
+    return out
+
+
+class RankingAlgorithm(_OfflineListAlgorithm):
+    """RRHF / PRO: one forward over all k responses of every list in the micro-batch."""
+
+    def __init__(self, config: RankingConfig, model, tokenizer, rankings: list[tuple[list[Example], list[int]]]):
+        self._init_common(config, model, tokenizer, len(rankings))
+        self.name, self.rankings = config.loss, rankings
+
+    def bind(self, accelerator, modules):
+        self.accelerator, self.model = accelerator, modules["policy"]
+
+    def collect(self, iteration):
+        return {}
+
+    def loss(self, micro):
+        index, weight = micro
+        lists = [self.rankings[i] for i in index]
+        k = max(len(examples) for examples, _ in lists)
+        # Lists shorter than k are padded with a copy of their best response, masked out.
+        rows = [examples[j] if j < len(examples) else examples[0] for examples, _ in lists for j in range(k)]
+        logps, lengths = sequence_logps(self.model, rows, self.pad_id)
+        logps, lengths = logps.view(len(lists), k), lengths.view(len(lists), k)
+        mask = torch.tensor([[j < len(ex) for j in range(k)] for ex, _ in lists], device=logps.device)
+        groups = torch.tensor([g + [10**6] * (k - len(g)) for _, g in lists], device=logps.device)
+        scores = logps / lengths  # p_i: length-normalised log-probs (both papers)
+        best_logps = logps[:, 0]  # the first response of each list is (one of) its best
+        if self.config.loss == "rrhf":
+            loss = rrhf_loss(scores, -groups.to(scores.dtype), mask, best_logps, self.config.sft_weight)
+        else:
+            # PRO = `pro_loss` (Plackett-Luce over the policy's scores); ties keep each other in the
+            # denominator (Breslow) rather than claiming an order the data does not give.
+            loss = plackett_luce_loss(scores, groups, mask) + self.config.sft_weight * (-best_logps).mean()
+        with torch.no_grad():
+            top1 = scores.masked_fill(~mask, float("-inf")).argmax(-1)
+            stats = {"top1_accuracy": float((groups.gather(1, top1[:, None]) == groups[:, :1]).float().mean())}
+        return loss * weight, stats
+
+
+# ---- entry points -------------------------------------------------------------------------------
+def _policy_and_reference(cfg):
+    from rlhflab.models import load_policy
+    from rlhflab.workflow import apply_lora
+
+    policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    reference = load_policy(cfg.reference, cfg.dtype)[0] if getattr(cfg, "reference", None) else None
+    return apply_lora(policy, cfg), tokenizer, reference
+
+
+def preference_optimization(cfg: PreferenceConfig, policy=None, tokenizer=None, records=None, reference=None) -> Path:
+    """Train with a direct preference loss on ``cfg.data`` (or the given Preference records)."""
+    from rlhflab.data import read_records
+    from rlhflab.train.loop import train
+    from rlhflab.workflow import apply_lora
+
+    if records is None:
+        if not cfg.data:
+            raise ConfigError("--data is required (preferences: prompt, chosen, rejected)")
+        records = read_records(cfg.data, "preference")
+    if policy is None:
+        policy, tokenizer, reference = _policy_and_reference(cfg)
+    else:
+        policy = apply_lora(policy, cfg)
+    pairs = tokenize_pairs(records, tokenizer, cfg, cfg.data or "<preferences>", cfg.use_chat_template)
+    return train(cfg, PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference))
+
+
+def ranking_optimization(cfg: RankingConfig, policy=None, tokenizer=None, records=None) -> Path:
+    """Train with RRHF or PRO on ``cfg.data`` (or the given Ranking records)."""
+    from rlhflab.data import read_records
+    from rlhflab.train.loop import train
+    from rlhflab.workflow import apply_lora
+
+    if records is None:
+        if not cfg.data:
+            raise ConfigError("--data is required (rankings: prompt, completions best first)")
+        records = read_records(cfg.data, "ranking")
+    if policy is None:
+        policy, tokenizer, _ = _policy_and_reference(cfg)
+    else:
+        policy = apply_lora(policy, cfg)
+    rankings = tokenize_rankings(records, tokenizer, cfg, cfg.data or "<rankings>", cfg.use_chat_template)
+    return train(cfg, RankingAlgorithm(cfg, policy, tokenizer, rankings))
