@@ -13,7 +13,7 @@ import torch
 
 from rlhflab.data.records import Rating, Ranking
 from rlhflab.errors import DataError
-from rlhflab.models import load_policy, load_reward_model
+from rlhflab.models import load_policy, load_reward_model, resolve_model
 from rlhflab.models.scoring import score
 from rlhflab.train.loop import train
 from rlhflab.train.offline import (
@@ -35,6 +35,10 @@ def model_cache(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
     old = os.environ.get("RLHFLAB_CACHE")
     os.environ["RLHFLAB_CACHE"] = str(cache)
+    # Built here, once, before any subprocess: launched processes then only read the cache, and
+    # every run draws a reward model's fresh head from the same RNG state whoever built the cache.
+    resolve_model("tiny-policy")
+    resolve_model("tiny-reward")
     yield cache
     if old is None:
         os.environ.pop("RLHFLAB_CACHE", None)
@@ -192,7 +196,8 @@ def test_two_processes_match_one_process(model_cache, tmp_path):
     # On a machine without GPUs `--cpu --num_processes 2` starts one process (accelerate wants mpirun
     # for that); `--multi_gpu` starts two through torch.distributed.run, which join over gloo.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()),
               str(ENTRY), kinds, str(tmp_path / "two"), *ppo]
     done = subprocess.run(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert done.returncode == 0, done.stdout.decode()[-4000:]

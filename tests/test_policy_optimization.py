@@ -15,7 +15,7 @@ import torch
 
 from rlhflab.data.records import Prompt
 from rlhflab.errors import TrainingError
-from rlhflab.models import load_policy
+from rlhflab.models import load_policy, resolve_model
 from rlhflab.rewards import RewardSource
 from rlhflab.train.loop import train
 from rlhflab.train.policy_optimization import (
@@ -35,6 +35,10 @@ def model_cache(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
     old = os.environ.get("RLHFLAB_CACHE")
     os.environ["RLHFLAB_CACHE"] = str(cache)
+    # Built here, once, before any subprocess: launched processes then only read the cache, and
+    # every run draws a reward model's fresh head from the same RNG state whoever built the cache.
+    resolve_model("tiny-policy")
+    resolve_model("tiny-reward")
     yield cache
     if old is None:
         os.environ.pop("RLHFLAB_CACHE", None)

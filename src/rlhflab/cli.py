@@ -91,6 +91,90 @@ def _toy(argv):
     return toy_main(list(argv))
 
 
+def _preference_command(loss: str) -> Callable:
+    def run(argv):
+        from rlhflab.config import parse_config
+        from rlhflab.train.preference import PreferenceConfig, preference_optimization
+
+        cfg = parse_config(PreferenceConfig, ["--loss", loss, *argv], f"rlhflab {loss}", PreferenceConfig.__doc__)
+        run_dir = preference_optimization(cfg)
+        print(f"policy saved to {run_dir / 'policy'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+    return run
+
+
+def _ranking_command(loss: str) -> Callable:
+    def run(argv):
+        from rlhflab.config import parse_config
+        from rlhflab.train.preference import RankingConfig, ranking_optimization
+
+        cfg = parse_config(RankingConfig, ["--loss", loss, *argv], f"rlhflab {loss}", RankingConfig.__doc__)
+        run_dir = ranking_optimization(cfg)
+        print(f"policy saved to {run_dir / 'policy'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+    return run
+
+
+def _raft(argv):
+    from rlhflab.config import parse_config
+    from rlhflab.train.rejection import RAFTConfig, raft
+
+    cfg = parse_config(RAFTConfig, argv, "rlhflab raft", RAFTConfig.__doc__)
+    run_dir = raft(cfg)
+    print(f"policy saved to {run_dir / 'policy'}; per-round samples and rewards in {run_dir / 'rounds.jsonl'}")
+
+
+def _rso(argv):
+    from rlhflab.config import parse_config
+    from rlhflab.train.rejection import RSOConfig, rso
+
+    cfg = parse_config(RSOConfig, argv, "rlhflab rso", RSOConfig.__doc__)
+    run_dir = rso(cfg)
+    print(f"policy saved to {run_dir / 'policy'}; sampled pairs in {run_dir / 'rso_preferences.jsonl'}")
+
+
+def _sft_positive(argv):
+    from rlhflab.config import parse_config
+    from rlhflab.train.rejection import PositiveSFTConfig, positive_sft
+
+    cfg = parse_config(PositiveSFTConfig, argv, "rlhflab sft-positive", PositiveSFTConfig.__doc__)
+    run_dir = positive_sft(cfg)
+    print(f"policy saved to {run_dir / 'policy'}")
+
+
+def _bon(argv):
+    import json
+
+    from rlhflab.config import parse_config
+    from rlhflab.decoding import DecodeConfig, run_best_of_n
+
+    cfg = parse_config(DecodeConfig, argv, "rlhflab bon", DecodeConfig.__doc__)
+    summary = run_best_of_n(cfg)
+    print(json.dumps(summary, indent=2))
+    print(f"chosen completions written to {cfg.output}")
+
+
+def _rad(argv):
+    import json
+
+    from rlhflab.config import parse_config
+    from rlhflab.decoding import DecodeConfig, run_rad
+
+    cfg = parse_config(DecodeConfig, argv, "rlhflab rad", DecodeConfig.__doc__)
+    summary = run_rad(cfg)
+    print(json.dumps(summary, indent=2))
+    print(f"completions written to {cfg.output}")
+
+
+def _compare(argv):
+    from rlhflab.compare import CompareConfig, run_compare
+    from rlhflab.config import parse_config
+
+    cfg = parse_config(CompareConfig, argv, "rlhflab compare", CompareConfig.__doc__)
+    run_dir = run_compare(cfg)
+    print(f"table in {run_dir / 'comparison.md'} and {run_dir / 'comparison.json'}; plot {run_dir / 'comparison.png'}")
+
+
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "demo": (_demo, "the whole workflow on the offline defaults, ending in a run report"),
     "sample": (_sample, "sample completions from a policy"),
@@ -102,6 +186,17 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "reinforce": (_policy_command("reinforce"), "REINFORCE / vanilla policy gradient (Section 6.3)"),
     "rloo": (_policy_command("rloo"), "REINFORCE leave-one-out"),
     "grpo": (_policy_command("grpo"), "group relative policy optimisation"),
+    "dpo": (_preference_command("dpo"), "direct preference optimisation (also cdpo, rdpo: --loss)"),
+    "ipo": (_preference_command("ipo"), "identity preference optimisation"),
+    "slic": (_preference_command("slic"), "SLiC-HF: rank-calibration hinge plus regularisation"),
+    "rrhf": (_ranking_command("rrhf"), "RRHF: ranking hinge over k responses plus SFT on the best"),
+    "pro": (_ranking_command("pro"), "PRO: Plackett-Luce over k responses plus SFT on the best"),
+    "raft": (_raft, "rejection-sampling fine-tuning (RAFT / ReST / expert iteration)"),
+    "rso": (_rso, "statistical rejection sampling toward pi*, then DPO or SLiC"),
+    "sft-positive": (_sft_positive, "SFT on the chosen responses of a preference file (baseline)"),
+    "bon": (_bon, "best-of-n sampling with a reward source, with its KL bound and estimate"),
+    "rad": (_rad, "reward-augmented decoding (top-k reweighted by a reward source)"),
+    "compare": (_compare, "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot"),
     "eval": (_eval, "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts"),
     "toy": (_toy, "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)"),
 }

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from rlhflab.config import option
 from rlhflab.data.render import prompt_text, render_prompt
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
@@ -170,3 +171,64 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     policy.train(was_training)
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
     return RADOutput(contexts=contexts, completions=texts, completion_ids=rows, reward_calls=calls)
+
+
+# ---- command-line entry points --------------------------------------------------------------------
+@dataclass
+class DecodeConfig:
+    """Decode prompts with a policy, steered by a reward source at inference time (no training)."""
+
+    policy: str = option("smollm2-135m-instruct", "Policy: registry name, hub id or local path.")
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
+    limit: int = option(16, "Use only the first N prompts (0: all).")
+    reward: str = option("sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function.")
+    oracle: str | None = option(None, "Oracle R* also scored on the outputs (reported, never used to steer).")
+    n: int = option(4, "bon: samples per prompt.")
+    beta: float = option(1.0, "rad: weight of the reward added to the top-k logits.")
+    top_k: int = option(10, "rad: next-token candidates scored per step.")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "bon: sampling temperature.")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    seed: int = option(0, "Random seed.")
+    output: str = option("decoded.jsonl", "Output JSONL of (prompt, completion) rows.")
+
+
+def _load_for_decoding(cfg: DecodeConfig):
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.workflow import load_prompts
+
+    policy, tokenizer = load_policy(cfg.policy)
+    oracle = load_reward_source(cfg.oracle) if cfg.oracle else None
+    return policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), load_reward_source(cfg.reward), oracle
+
+
+def _write_outputs(cfg, prompts, completions) -> None:
+    from rlhflab.data import Demonstration, write_records
+
+    write_records([Demonstration(prompt=p.prompt, completion=c) for p, c in zip(prompts, completions)], cfg.output)
+
+
+def run_best_of_n(cfg: DecodeConfig) -> dict:
+    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
+    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature,
+                    use_chat_template=cfg.use_chat_template, seed=cfg.seed)
+    _write_outputs(cfg, prompts, bon.completions)
+    summary = bon.summary()
+    if oracle is not None:
+        first = [c[0] for c in bon.all_completions]
+        summary.update(oracle_chosen=float(oracle(bon.contexts, bon.completions).mean()),
+                       oracle_single_sample=float(oracle(bon.contexts, first).mean()))
+    return summary
+
+
+def run_rad(cfg: DecodeConfig) -> dict:
+    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
+    out = rad_decode(policy, tokenizer, prompts, reward, cfg.beta, cfg.top_k, cfg.max_new_tokens,
+                     cfg.use_chat_template, cfg.seed)
+    _write_outputs(cfg, prompts, out.completions)
+    summary = {"prompts": len(prompts), "beta": cfg.beta, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
+               "mean_reward": float(reward(out.contexts, out.completions).mean())}
+    if oracle is not None:
+        summary["oracle"] = float(oracle(out.contexts, out.completions).mean())
+    return summary

@@ -1,0 +1,298 @@
+"""``rlhflab compare``: RL and its alternatives (Section 7.9) on one footing.
+
+One shared pool of feedback — the demo's steps: sample π_0 on the feedback prompts, simulated
+annotators (driven by R*) label pairs, a reward model R_phi is fitted — and then each method
+learns from that pool only (R* is never seen by a method, only by the evaluation):
+
+    ppo           online RL against R_phi, KL penalty β                        (Section 6)
+    dpo/ipo/slic  the annotated pairs, reference = π_0                           (Section 7.9.2)
+    rrhf          the pool's samples ranked by R_phi                             (Section 7.9.1)
+    raft          rounds of fresh samples, best by R_phi, SFT                    (Section 7.9.1)
+    rso           fresh π_0 samples accepted toward π* ∝ π_0·exp(R_phi/β), DPO   (Section 7.9.2)
+    bon           best of n by R_phi at inference; no training                   (Section 7.9.1)
+    sft-positive  SFT on the chosen side of the pairs                            (Section 7.9.2)
+
+Budgets are matched where they can be: every training method gets the same pool, the offline
+ones the same number of optimiser steps, and the online ones (ppo, raft, rso) the same number of
+fresh policy samples (``online_samples``). Each method's samples drawn and wall time are recorded.
+Every resulting policy is evaluated by :func:`evaluate_policy` on seen and unseen prompts: J under
+R*, Ĵ under R_phi and KL(π‖π_0), with standard errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhflab.config import default_run_dir, option, save_config
+from rlhflab.errors import ConfigError
+from rlhflab.evaluate import format_table
+from rlhflab.files import write_json, write_text
+
+METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-positive"]
+
+
+@dataclass
+class CompareConfig:
+    """Run several alignment methods from one shared pool of simulated feedback with matched budgets,
+    and tabulate J (oracle), Ĵ (reward model) and KL to the initial policy on seen and unseen prompts."""
+
+    methods: str = option("", "Comma-separated methods from: " + ", ".join(METHODS) + " (default: ppo,dpo,bon,sft-positive; all with --quick).")
+    quick: bool = option(False, "Tiny random models and the keyword:e oracle: every method end to end in a few minutes.")
+    output_dir: str | None = option(None, "Run directory (default runs/compare-TIMESTAMP).")
+    seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
+    policy: str | None = option(None, "Initial policy pi_0, also the reference (default smollm2-135m-instruct; tiny-policy with --quick).")
+    reward_backbone: str | None = option(None, "Reward-model backbone (default minilm-l6; tiny-reward with --quick).")
+    oracle: str | None = option(None, "Oracle R* of the simulated annotators and of J (default sentiment; keyword:e with --quick).")
+    feedback_prompts: int = option(0, "Training prompts sampled and annotated for the shared pool (0: preset).")
+    samples_per_prompt: int = option(4, "Samples per feedback prompt in the pool.")
+    eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
+    max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
+    beta: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.")
+    online_samples: int = option(0, "Fresh policy samples each online method (ppo, raft, rso) may draw (0: preset).")
+    offline_steps: int = option(0, "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso) (0: preset).")
+    batch_size: int = option(8, "Examples per optimiser step of the offline methods.")
+    preference_learning_rate: float = option(0.0, "Learning rate of dpo, ipo, slic, rrhf, rso (0: preset).")
+    sft_learning_rate: float = option(0.0, "Learning rate of sft-positive and raft (0: preset).")
+    ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
+    prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
+    bon_n: int = option(4, "n of best-of-n.")
+    raft_rounds: int = option(2, "RAFT rounds.")
+    rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
+
+    def resolved(self) -> "CompareConfig":
+        full = dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
+                    oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
+                    offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5)
+        quick = dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
+                     feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
+                     preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3)
+        preset = quick if self.quick else full
+        cfg = dataclasses.replace(self, **{k: (getattr(self, k) or v) for k, v in preset.items()})
+        unknown = [m for m in cfg.method_list if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
+        return cfg
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+
+def _rankings_by_reward_model(samples, reward_model):
+    """Each pool prompt's samples ordered best first by R_phi (equal scores tied): RRHF's data."""
+    from rlhflab.data import Ranking, prompt_text
+
+    out = []
+    for s in samples:
+        completions = [c for c in s.completions if c.strip()]
+        if len(completions) < 2:
+            continue
+        scores = reward_model([prompt_text(s.prompt)] * len(completions), completions).tolist()
+        order = sorted(range(len(completions)), key=lambda i: -scores[i])
+        ranked = [scores[i] for i in order]
+        ties = [0]
+        for a, b in zip(ranked, ranked[1:]):
+            ties.append(ties[-1] + (b < a))
+        out.append(Ranking(prompt=s.prompt, completions=[completions[i] for i in order], ties=ties))
+    return out
+
+
+def run_compare(cfg: CompareConfig) -> Path:
+    from rlhflab import workflow
+    from rlhflab.decoding import best_of_n
+    from rlhflab.evaluate import evaluate_policy
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.train.offline import RewardConfig
+    from rlhflab.train.policy_optimization import RLConfig
+    from rlhflab.train.preference import PreferenceConfig, RankingConfig, preference_optimization, ranking_optimization
+    from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig, positive_sft, raft, rso
+
+    cfg = cfg.resolved()
+    run_dir = Path(cfg.output_dir or default_run_dir("compare"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "compare_config.yaml")
+    use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
+    oracle = load_reward_source(cfg.oracle)
+    feedback_prompts = workflow.load_prompts("train")[: cfg.feedback_prompts]
+    seen_prompts = feedback_prompts[: cfg.eval_prompts]
+    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
+    T = cfg.max_new_tokens
+
+    # ---- the shared pool: the demo's sample -> annotate -> reward steps -------------------------
+    t0 = time.perf_counter()
+    policy, tokenizer = load_policy(cfg.policy)
+    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt, max_new_tokens=T,
+                                       use_chat_template=use_chat, seed=cfg.seed, output=str(run_dir / "samples.jsonl"))
+    samples = workflow.sample(sample_cfg, policy, tokenizer, feedback_prompts)
+    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
+                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
+    prefs = workflow.annotate(annotate_cfg, samples)
+    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
+                              seed=cfg.seed, progress=False,
+                              **({"learning_rate": 1e-3, "num_epochs": 4.0} if cfg.quick else {}))
+    reward_dir, reward_report = workflow.reward(reward_cfg)
+    reward_model = load_reward_source(str(reward_dir / "reward_model"))
+    pool_samples = len(feedback_prompts) * cfg.samples_per_prompt
+    pool_seconds = time.perf_counter() - t0
+    print(f"[compare] shared pool: {pool_samples} samples, {len(prefs)} pairs, reward model "
+          f"(held-out accuracy {reward_report.get('accuracy', float('nan')):.3f}); {pool_seconds:.1f} s", flush=True)
+
+    reference = policy  # pi_0; every method starts from a fresh copy and this one stays untouched
+    common = dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
+    eval_kw = dict(oracle=oracle, reward_model=reward_model, reference=reference, max_new_tokens=T,
+                   use_chat_template=use_chat, seed=cfg.seed + 1)
+
+    def fresh():
+        return load_policy(cfg.policy)[0]
+
+    def pref_cfg(cls, name, **kw):
+        return cls(model=cfg.policy, output_dir=str(run_dir / name), learning_rate=cfg.preference_learning_rate,
+                   use_chat_template=use_chat, **common, **kw)
+
+    results, info = {}, {}
+    results["initial"] = {"seen": evaluate_policy(policy, tokenizer, seen_prompts, **eval_kw),
+                          "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **eval_kw)}
+    info["initial"] = {"extra_samples": 0, "train_seconds": 0.0}
+    for method in cfg.method_list:
+        print(f"[compare] {method} ...", flush=True)
+        t0 = time.perf_counter()
+        extra = 0
+        if method == "bon":
+            out = {}
+            for name, prompts in (("seen", seen_prompts), ("unseen", unseen_prompts)):
+                bon = best_of_n(policy, tokenizer, prompts, reward_model, n=cfg.bon_n, max_new_tokens=T,
+                                use_chat_template=use_chat, seed=cfg.seed + 1)
+                out[name] = _bon_row(bon, oracle)
+                extra += bon.samples_drawn
+            results[method], seconds = out, time.perf_counter() - t0
+            info[method] = {"extra_samples": extra, "train_seconds": 0.0, "inference_seconds": seconds,
+                            "kl_bound": out["seen"]["kl_bound"]}
+            print(f"[compare] {method}: {seconds:.1f} s", flush=True)
+            continue
+        if method == "ppo":
+            iterations = max(1, cfg.online_samples // cfg.prompts_per_iteration)
+            rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(reward_dir / "reward_model"),
+                              oracle=cfg.oracle, num_iterations=iterations, prompts_per_iteration=cfg.prompts_per_iteration,
+                              max_new_tokens=T, kl_coef=cfg.beta, learning_rate=cfg.ppo_learning_rate, epochs=2,
+                              use_chat_template=use_chat, seed=cfg.seed, progress=False, output_dir=str(run_dir / "ppo"))
+            method_dir = workflow.policy_optimization(rl_cfg, fresh(), tokenizer, reward_model, oracle)
+            extra = iterations * cfg.prompts_per_iteration
+        elif method in ("dpo", "ipo", "slic"):
+            method_dir = preference_optimization(pref_cfg(PreferenceConfig, method, loss=method, beta=cfg.beta),
+                                                 fresh(), tokenizer, prefs)
+        elif method == "rrhf":
+            rankings = _rankings_by_reward_model(samples, reward_model)
+            rcfg = pref_cfg(RankingConfig, method, loss="rrhf")
+            rcfg.batch_size = min(rcfg.batch_size, len(rankings))
+            method_dir = ranking_optimization(rcfg, fresh(), tokenizer, rankings)
+        elif method == "rso":
+            n = cfg.rso_candidates
+            rso_cfg = pref_cfg(RSOConfig, method, loss="dpo", beta=cfg.beta, prompts="train",
+                               limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
+                               max_new_tokens=T)
+            method_dir = rso(rso_cfg, fresh(), tokenizer, reward_model)
+            extra = rso_cfg.limit * n
+        elif method == "raft":
+            per_round = max(1, cfg.online_samples // (cfg.raft_rounds * cfg.samples_per_prompt))
+            raft_cfg = RAFTConfig(policy=cfg.policy, prompts="train", prompts_per_round=per_round,
+                                  num_rounds=cfg.raft_rounds, samples_per_prompt=cfg.samples_per_prompt,
+                                  keep_fraction=1 / cfg.samples_per_prompt, max_new_tokens=T,
+                                  use_chat_template=use_chat, learning_rate=cfg.sft_learning_rate,
+                                  num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
+                                  seed=cfg.seed, progress=False, batch_size=cfg.batch_size,
+                                  output_dir=str(run_dir / "raft"))
+            method_dir = raft(raft_cfg, fresh(), tokenizer, reward_model)
+            extra = cfg.raft_rounds * per_round * cfg.samples_per_prompt
+        elif method == "sft-positive":
+            scfg = PositiveSFTConfig(model=cfg.policy, output_dir=str(run_dir / method), use_chat_template=use_chat,
+                                     **{**common, "learning_rate": cfg.sft_learning_rate})
+            method_dir = positive_sft(scfg, fresh(), tokenizer, prefs)
+        train_seconds = time.perf_counter() - t0
+        trained, _ = load_policy(str(method_dir / "policy"))
+        results[method] = {"seen": evaluate_policy(trained, tokenizer, seen_prompts, **eval_kw),
+                           "unseen": evaluate_policy(trained, tokenizer, unseen_prompts, **eval_kw)}
+        info[method] = {"extra_samples": extra, "train_seconds": train_seconds}
+        print(f"[compare] {method}: {train_seconds:.1f} s", flush=True)
+
+    rows = comparison_rows(results, info, pool_samples)
+    table = format_table(rows, COMPARE_COLUMNS)
+    write_json(run_dir / "comparison.json", {
+        "config": dataclasses.asdict(cfg), "pool": {"samples": pool_samples, "pairs": len(prefs),
+                                                     "seconds": pool_seconds, "reward_model": reward_report},
+        "methods": info, "rows": rows})
+    plot_comparison(rows, run_dir / "comparison.png")
+    note = (f"Shared pool: {pool_samples} samples of pi_0 on {len(feedback_prompts)} prompts, {len(prefs)} simulated "
+            f"pairs (oracle `{cfg.oracle}`), reward model on `{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
+            "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference). "
+            "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
+            f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}.")
+    write_text(run_dir / "comparison.md", f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n")
+    print("\n" + table + "\n\n" + note)
+    return run_dir
+
+
+def _bon_row(bon, oracle) -> dict:
+    """Best-of-n judged like a policy: J and Ĵ of the chosen samples; KL is the plug-in estimate."""
+    oracle_rewards = oracle(bon.contexts, bon.completions)
+    proxy = torch.tensor(bon.rewards)
+    se = lambda x: float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None  # noqa: E731
+    return {"J": float(oracle_rewards.mean()), "J_se": se(oracle_rewards), "J_hat": float(proxy.mean()),
+            "J_hat_se": se(proxy), "kl": bon.kl_estimate, "kl_se": bon.kl_estimate_se, "kl_bound": bon.kl_bound,
+            "n": len(bon.completions)}
+
+
+COMPARE_COLUMNS = [
+    ("method", "method", ""), ("contexts", "contexts", ""),
+    ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
+    ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
+    ("kl", "KL(π‖π_0)", ".2f"), ("kl_se", "± se", ".2f"),
+    ("extra_samples", "extra samples", "d"), ("train_seconds", "train s", ".1f"),
+]
+
+
+def comparison_rows(results: dict, info: dict, pool_samples: int) -> list[dict]:
+    rows = []
+    for method, by_set in results.items():
+        for contexts, ev in by_set.items():
+            d = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
+            row = {"method": method, "contexts": contexts, "pool_samples": pool_samples, **info[method]}
+            row.update({k: d.get(k) for k in ("J", "J_se", "J_hat", "J_hat_se", "kl", "kl_se", "n")})
+            if method == "initial":
+                row["kl"], row["kl_se"] = 0.0, 0.0  # pi_0 is the reference
+            rows.append(row)
+    return rows
+
+
+def plot_comparison(rows: list[dict], path) -> None:
+    """Bars of J, Ĵ and KL per method, seen and unseen contexts side by side, ±1 standard error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * len(methods) * 3, 4))
+    for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
+                                       ("kl", "KL(π‖π_0) (nats)")]):
+        x = np.arange(len(methods))
+        for offset, contexts in ((-0.2, "seen"), (0.2, "unseen")):
+            pick = [next((r for r in rows if r["method"] == m and r["contexts"] == contexts), {}) for m in methods]
+            ax.bar(x + offset, [p.get(key) or 0 for p in pick], width=0.4, label=f"{contexts} contexts",
+                   yerr=[p.get(key + "_se") or 0 for p in pick], capsize=3)
+        ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""The trainers of ``rlhflab.train`` verified against the closed form (issue B, item 3).
+
+Each trainer runs *unchanged*, through ``rlhflab.train.loop.train``, on the toy MDP's tiny HF Llama:
+the policy samples token strings, a :class:`~rlhflab.rewards.RewardSource` scores the decoded text
+with R* (looked up in the instance's table), and the trained model's exact output table (batched
+enumeration) is scored by :func:`~rlhflab.toy.exact.evaluate_model_against_optimum`. The bar is the
+fraction of the gap between π_ref's objective J − β·KL and the optimum β·Σ_c d_C(c)·log Z(c) (Eq. 17)
+that the trained policy closes; since obj(π*) − obj(π) = β·E_{d_C} KL(π‖π*), it is a KL to π*.
+
+How d_C enters. The objective is Σ_c d_C(c)·(E_π[R*(c,·)] − β·KL(π(·|c)‖π_ref(·|c))): a sum of
+per-context terms, each maximised by the same π*(·|c) ∝ π_ref·exp(R*/β) whatever weight d_C(c) it
+carries. The policy-gradient trainers therefore enumerate the contexts evenly — every context once
+per iteration (``prompts_per_iteration`` = number of contexts), each with ``samples_per_prompt``
+rollouts — which has exactly the same maximiser; d_C only weights the *evaluation*, as in the exact
+objective. (Weighting the reward by C·d_C(c) would be wrong: it scales R* but not the KL penalty the
+trainer adds, i.e. it changes β per context and so moves the optimum.)
+
+DPO gets pairs (c, o_1, o_2) with c uniform over contexts and o_1, o_2 drawn i.i.d. from the exact
+π_ref table, labelled o_1 ≻ o_2 with probability σ(R*(c,o_1) − R*(c,o_2)) (Bradley-Terry at
+temperature 1), and trains with the DPO β equal to the KL coefficient β. The population minimiser of
+the DPO loss then satisfies β·log π/π_ref = R* + f(c), i.e. it *is* π*_β for R*: the same target and
+the same bar (95%, for the finite sample) as the policy-gradient trainers.
+
+GRPO is measured, not asserted: its rewards are standardised per group (÷ the group's std, unless
+``scale_by_std=False``, Dr. GRPO) and its KL is k3 per token in the loss, so its fixed point is not
+π*_β. The report gives the gap it closes and where (J, KL) it lands against the π*_β' frontier.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhflab.data.records import Prompt
+from rlhflab.rewards import RewardSource
+from rlhflab.toy.exact import (
+    best_of_n_distribution,
+    evaluate_model_against_optimum,
+    kl_divergence,
+    kl_regularised_optimum,
+    performance,
+)
+from rlhflab.toy.mdp import END_TOKEN, ToyInstance, _ids, build_lab, content
+
+DEFAULT_BETA = 0.25
+POLICY_GRADIENT = ("ppo", "a2c", "reinforce", "rloo")
+
+
+# ---------------------------------------------------------------------------------------------
+# R* as a reward source over decoded text.
+
+def output_index(instance: ToyInstance) -> dict[tuple[str, ...], int]:
+    """Content tokens -> output column. The content determines the output: an output with fewer than
+    ``horizon`` content tokens ended with the end token (which decoding drops as a special token), one
+    with exactly ``horizon`` was cut."""
+    return {content(o): j for j, o in enumerate(instance.outputs)}
+
+
+def oracle_reward_source(instance: ToyInstance, reward: torch.Tensor | None = None) -> RewardSource:
+    """R*(c, o) (or any (C, O) table) as a :class:`RewardSource` over the text the trainers see:
+    contexts are the prompts' text ("a b"), outputs the decoded completions ("c a", "" for an
+    immediate end token)."""
+    table = instance.oracle_reward if reward is None else torch.as_tensor(reward, dtype=torch.float64)
+    ctx = {instance.context_text(i): i for i in range(instance.num_contexts)}
+    out = output_index(instance)
+
+    def score(contexts, outputs):
+        rows = [ctx[c] for c in contexts]
+        cols = [out[tuple(o.split())] for o in outputs]
+        return table[rows, cols].float()
+
+    return RewardSource("toy R*", score)
+
+
+def context_prompts(instance: ToyInstance) -> list[Prompt]:
+    return [Prompt(prompt=instance.context_text(i)) for i in range(instance.num_contexts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings per trainer: public config knobs only.
+
+@dataclass
+class TrainerSettings:
+    """One trainer's RLConfig (or PreferenceConfig) overrides and, for DPO, its data size."""
+
+    algorithm: str
+    overrides: dict = field(default_factory=dict)
+    label: str | None = None
+    pairs_per_context: int = 0  # DPO only
+
+    @property
+    def name(self) -> str:
+        return self.label or self.algorithm
+
+
+def default_settings(num_iterations: int = 150, samples_per_prompt: int = 16, dpo_pairs_per_context: int = 1000,
+                     dpo_epochs: float = 3.0) -> list[TrainerSettings]:
+    """The tuned knobs (shared: temperature 1, KL k1 in the reward, lr decayed linearly to 0 so the
+    last iterations average out the sampling noise around the optimum)."""
+    common = {"num_iterations": num_iterations, "samples_per_prompt": samples_per_prompt,
+              "lr_scheduler": "linear", "temperature": 1.0, "kl_estimator": "k1"}
+    return [
+        TrainerSettings("ppo", {**common, "learning_rate": 3e-3, "epochs": 4, "num_minibatches": 4,
+                                "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
+        TrainerSettings("a2c", {**common, "learning_rate": 3e-3, "whiten_advantages": True, "vf_coef": 0.1}),
+        TrainerSettings("reinforce", {**common, "learning_rate": 3e-3, "baseline": "batch_mean"}),
+        TrainerSettings("rloo", {**common, "learning_rate": 3e-3}),
+        TrainerSettings("grpo", {**common, "learning_rate": 3e-3, "scale_by_std": True}, label="grpo"),
+        TrainerSettings("grpo", {**common, "learning_rate": 3e-3, "scale_by_std": False}, label="grpo_dr"),
+        TrainerSettings("dpo", {"learning_rate": 3e-3, "batch_size": 256, "num_epochs": dpo_epochs,
+                                "lr_scheduler": "linear"}, pairs_per_context=dpo_pairs_per_context),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one trainer.
+
+def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
+                        beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None) -> dict:
+    """Train a copy of π_ref with ``PolicyOptimization`` on R* and evaluate it exactly."""
+    from rlhflab.train.loop import train
+    from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RLConfig(algorithm=settings.algorithm, policy="<toy>", reward="<toy R*>", kl_coef=beta, seed=seed,
+                       prompts_per_iteration=instance.num_contexts, max_new_tokens=instance.horizon,
+                       use_chat_template=False, progress=False,
+                       generation_batch_size=instance.num_contexts,
+                       output_dir=str(output_dir or Path(tmp) / settings.name), **settings.overrides)
+        cfg.validate()
+        policy = copy.deepcopy(reference_model).train().requires_grad_(True)
+        algorithm = PolicyOptimization(cfg, policy, tokenizer, context_prompts(instance),
+                                       oracle_reward_source(instance), reference=reference_model)
+        started = time.perf_counter()
+        train(cfg, algorithm)
+        wall = time.perf_counter() - started
+        trained = algorithm._policy()
+        result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
+    return {"trainer": settings.name, "algorithm": settings.algorithm, "wall_time_s": round(wall, 2),
+            "config": settings.overrides, **result}
+
+
+def preference_pairs(instance: ToyInstance, tokenizer, pairs_per_context: int, seed: int = 0,
+                     temperature: float = 1.0):
+    """Bradley-Terry pairs labelled from R*: per context, o_1, o_2 ~ π_ref i.i.d. (exact table) and
+    o_1 ≻ o_2 with probability σ((R*(o_1) − R*(o_2)) / temperature). Token ids in the toy MDP's own
+    output form: the end token only on outputs that have one (a cut output has none), exactly as
+    ``exact_policy`` scores them."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    reference, oracle = instance.require_reference(), instance.oracle_reward
+    pairs = []
+    for i in range(instance.num_contexts):
+        draws = torch.multinomial(reference[i], 2 * pairs_per_context, replacement=True, generator=g).view(-1, 2)
+        first_wins = torch.rand(pairs_per_context, generator=g, dtype=torch.float64) < torch.sigmoid(
+            (oracle[i, draws[:, 0]] - oracle[i, draws[:, 1]]) / temperature)
+        prompt = _ids(tokenizer, instance.contexts[i])
+        for (a, b), win in zip(draws.tolist(), first_wins.tolist()):
+            chosen, rejected = (a, b) if win else (b, a)
+            pairs.append(((prompt, _ids(tokenizer, instance.outputs[chosen])),
+                          (prompt, _ids(tokenizer, instance.outputs[rejected]))))
+    return pairs
+
+
+def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
+            beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None) -> dict:
+    """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT pairs from R*."""
+    from rlhflab.train.loop import train
+    from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
+
+    pairs = preference_pairs(instance, tokenizer, settings.pairs_per_context, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, seed=seed, use_chat_template=False,
+                               progress=False, reference_batch_size=4096,
+                               output_dir=str(output_dir or Path(tmp) / settings.name), **settings.overrides)
+        cfg.validate()
+        policy = copy.deepcopy(reference_model).train().requires_grad_(True)
+        algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model)
+        started = time.perf_counter()
+        train(cfg, algorithm)
+        wall = time.perf_counter() - started
+        trained = algorithm.accelerator.unwrap_model(algorithm.model)
+        result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
+    return {"trainer": settings.name, "algorithm": "dpo", "wall_time_s": round(wall, 2), "num_pairs": len(pairs),
+            "label_model": "Bradley-Terry, P(o1 > o2) = sigmoid(R*(o1) - R*(o2)) (temperature 1)",
+            "config": settings.overrides, **result}
+
+
+def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings, beta: float = DEFAULT_BETA,
+                seed: int = 0) -> dict:
+    runner = run_dpo if settings.algorithm == "dpo" else run_policy_gradient
+    return runner(instance, reference_model, tokenizer, settings, beta=beta, seed=seed)

@@ -1,0 +1,294 @@
+"""Learning from samples a reward model has ranked, without an RL algorithm (Section 7.9).
+
+- RAFT / ReST / expert iteration (Dong et al. 2023; Gulcehre et al. 2023; Anthony et al. 2017):
+  rounds of  sample n per prompt from the current policy → score with a reward source → keep the
+  top fraction → SFT on the kept samples (the existing :class:`SFTAlgorithm`) → repeat.
+- RSO (Liu et al. 2023c): statistical rejection sampling from the KL-regularised optimum
+  π*(y|x) ∝ π_ref(y|x)·exp(R(x,y)/β) (Eq. 17) with candidates from π_ref, then pairs of accepted
+  samples labelled by the reward model, then the DPO or SLiC loss of :mod:`train.preference`.
+- Positive-only SFT: SFT on the chosen responses of a preference file, the baseline Section 7.9.2
+  contrasts against (it never sees the negatives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhflab.config import TrainConfig, default_run_dir, option
+from rlhflab.data.records import Demonstration, Preference
+from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.errors import ConfigError
+from rlhflab.files import append_jsonl, write_json
+from rlhflab.models.loading import save_model
+from rlhflab.rollout import sample
+from rlhflab.train.offline import SFTAlgorithm, SFTConfig
+from rlhflab.train.preference import PreferenceConfig
+
+# ---- RAFT / ReST ---------------------------------------------------------------------------------
+
+
+def select_top(rewards: torch.Tensor, keep_fraction: float, per_prompt: bool = True) -> torch.Tensor:
+    """Indices (into the flattened (P, n) grid) of the samples to fine-tune on.
+
+    per_prompt (RAFT): the ceil(f·n) best samples of every prompt, so every prompt keeps something.
+    global (ReST's threshold / expert iteration): the ceil(f·P·n) best samples overall, so prompts
+    where the policy does well contribute more. Ties keep the earlier sample.
+    """
+    if not 0 < keep_fraction <= 1:
+        raise ConfigError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    P, n = rewards.shape
+    if per_prompt:
+        k = math.ceil(keep_fraction * n)
+        order = torch.sort(rewards, dim=-1, descending=True, stable=True).indices[:, :k]
+        return (order + torch.arange(P)[:, None] * n).flatten().sort().values
+    k = math.ceil(keep_fraction * P * n)
+    return torch.sort(rewards.flatten(), descending=True, stable=True).indices[:k].sort().values
+
+
+@dataclass
+class RAFTConfig(TrainConfig):
+    """Rejection-sampling fine-tuning (RAFT / ReST / expert iteration): rounds of sampling from
+    the current policy, keeping the best samples by the reward source, and SFT on them."""
+
+    policy: str = option("smollm2-135m-instruct", "Initial policy: registry name, hub id or path.")
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
+    prompts_per_round: int = option(0, "Prompts sampled per round, a fresh seeded subset each round (0: all).")
+    reward: str = option("sentiment", "Reward source that ranks samples: a reward-model directory, an oracle name or package.module:function.")
+    oracle: str | None = option(None, "Oracle R* also scored on every round's samples (logged, never used to select).")
+    num_rounds: int = option(3, "Sample-select-fine-tune rounds.")
+    samples_per_prompt: int = option(4, "Samples drawn per prompt per round (n).")
+    keep_fraction: float = option(0.25, "Fraction of samples kept (1/n with per_prompt selection = RAFT's best-of-n).")
+    selection: str = option("per_prompt", "per_prompt: the best of each prompt (RAFT); global: the best overall (ReST threshold).",
+                            choices=["per_prompt", "global"])
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "Sampling temperature (RAFT suggests > 1 for diversity).")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    generation_batch_size: int = option(32, "Prompts per generate call.")
+    num_epochs: float = option(1.0, "SFT passes over each round's kept samples.")
+    learning_rate: float = option(2e-5, "Peak learning rate of AdamW (the optimiser restarts every round).")
+
+    def validate(self):
+        super().validate()
+        if self.num_rounds <= 0 or self.samples_per_prompt <= 0:
+            raise ConfigError("num_rounds and samples_per_prompt must be positive")
+        if not 0 < self.keep_fraction <= 1:
+            raise ConfigError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+
+
+class _RoundSFT(SFTAlgorithm):
+    """SFT for one round; only the last round's policy is written (by :func:`raft`)."""
+
+    def save_final(self, run_dir: Path):
+        pass
+
+
+def _train_fields(cfg: TrainConfig) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+
+
+def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
+    """Run the rounds; writes ``rounds.jsonl`` (samples drawn, kept, rewards, seconds per round) and
+    the final ``policy`` into the run directory, and returns it."""
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.train.loop import train
+    from rlhflab.workflow import apply_lora, load_prompts
+
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
+    policy = apply_lora(policy, cfg)
+    reward_source = reward_source or load_reward_source(cfg.reward)
+    if oracle_source is None and cfg.oracle:
+        oracle_source = load_reward_source(cfg.oracle)
+    prompts = load_prompts(cfg.prompts)
+    run_dir = Path(cfg.output_dir or default_run_dir("raft"))
+    if (run_dir / "rounds.jsonl").exists():
+        raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
+           for p in prompts]
+    n, per_round = cfg.samples_per_prompt, cfg.prompts_per_round or len(prompts)
+    for r in range(cfg.num_rounds):
+        t0 = time.perf_counter()
+        chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + r))[:per_round]
+        chosen = chosen.tolist()
+        torch.manual_seed(cfg.seed * 1_000_003 + r)
+        rollout = sample(policy, tokenizer, [ids[i] for i in chosen], num_samples=n,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         batch_size=cfg.generation_batch_size)
+        contexts = [prompt_text(prompts[chosen[i]].prompt) for i in rollout.prompt_index.tolist()]
+        rewards = reward_source(contexts, rollout.completion_texts)
+        keep = select_top(rewards.view(len(chosen), n), cfg.keep_fraction, cfg.selection == "per_prompt")
+        mask = rollout.batch.completion_mask
+        examples = [(ids[chosen[int(rollout.prompt_index[i])]],
+                     rollout.batch.completion_ids[i][: int(mask[i].sum())].tolist()) for i in keep.tolist()]
+        examples = [e for e in examples if e[1]]  # an empty completion teaches nothing
+        if not examples:
+            raise ConfigError(f"round {r}: every kept sample is empty; raise --max_new_tokens or --keep_fraction")
+        sft_cfg = SFTConfig(**{**_train_fields(cfg), "output_dir": str(run_dir / f"round-{r}"), "resume": None,
+                               "batch_size": min(cfg.batch_size, len(examples)), "gradient_accumulation_steps": 1,
+                               "save_steps": 0},
+                            model=cfg.policy, use_chat_template=cfg.use_chat_template)
+        train(sft_cfg, _RoundSFT(sft_cfg, policy, tokenizer, examples))
+        row = {"round": r, "samples_drawn": len(rollout.completion_texts), "kept": len(examples),
+               "reward": float(rewards.mean()), "reward_kept": float(rewards[keep].mean())}
+        if oracle_source is not None:
+            oracle = oracle_source(contexts, rollout.completion_texts)
+            row.update(oracle_reward=float(oracle.mean()), oracle_reward_kept=float(oracle[keep].mean()))
+        row["seconds"] = time.perf_counter() - t0
+        append_jsonl(run_dir / "rounds.jsonl", row)
+    save_model(policy, tokenizer, str(run_dir / "policy"))
+    return run_dir
+
+
+# ---- RSO ---------------------------------------------------------------------------------------
+def rso_acceptance_probabilities(rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """exp((R(y) − max_y' R(y')) / β) for each candidate (Liu et al. 2023c, Algorithm 1).
+
+    Rejection sampling from π* ∝ π_ref·exp(R/β) with proposal π_ref accepts y with probability
+    π*(y) / (M π_ref(y)); the bound M is estimated by the best candidate in hand, so the best one
+    is always accepted. (..., n) → (..., n)."""
+    return torch.exp((rewards - rewards.max(dim=-1, keepdim=True).values) / beta)
+
+
+def statistical_rejection_sample(rewards: torch.Tensor, num_accepted: int, beta: float,
+                                 rng: np.random.Generator) -> list[int]:
+    """Indices of up to ``num_accepted`` candidates drawn (without replacement) from π* by
+    Algorithm 1 of Liu et al. (2023c): sweep the remaining candidates, accepting each with
+    probability exp((R − max R_remaining)/β); accepted ones leave the pool, whose max then drops."""
+    remaining = list(range(len(rewards)))
+    accepted: list[int] = []
+    num_accepted = min(num_accepted, len(remaining))
+    while len(accepted) < num_accepted:
+        probs = rso_acceptance_probabilities(rewards[remaining], beta)
+        taken = []
+        for j, p in zip(list(remaining), probs.tolist()):
+            if rng.uniform() < p:
+                accepted.append(j)
+                taken.append(j)
+                if len(accepted) == num_accepted:
+                    break
+        remaining = [j for j in remaining if j not in taken]
+    return accepted
+
+
+def rso_pairs(accepted: list[int], rewards: torch.Tensor) -> list[tuple[int, int]]:
+    """Consecutive accepted samples form pairs (y1, y2), (y3, y4), ...; the reward model labels
+    each, the higher being chosen. Pairs of equal reward carry no preference and are dropped."""
+    pairs = []
+    for a, b in zip(accepted[0::2], accepted[1::2]):
+        if rewards[a] != rewards[b]:
+            pairs.append((a, b) if rewards[a] > rewards[b] else (b, a))
+    return pairs
+
+
+@dataclass
+class RSOConfig(PreferenceConfig):
+    """RSO: candidates from pi_ref, statistical rejection sampling toward pi* = pi_ref exp(R/beta)/Z
+    with a reward model, pairs ranked by it, then the DPO (sigmoid) or SLiC (hinge) loss."""
+
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
+    limit: int = option(0, "Use only the first N prompts (0: all).")
+    reward: str = option("sentiment", "Reward source that scores candidates and labels pairs (a reward-model directory, oracle or module:function).")
+    num_candidates: int = option(8, "Candidates sampled from pi_ref per prompt.")
+    num_accepted: int = option(4, "Samples accepted per prompt (consecutive ones are paired).")
+    sampling_beta: float = option(0.0, "beta of the target pi* in the rejection sampler (0: the same as --beta).")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    generation_batch_size: int = option(32, "Prompts per generate call.")
+
+    def validate(self):
+        super().validate()
+        if self.loss not in ("dpo", "slic"):
+            raise ConfigError("RSO trains with --loss dpo (sigmoid-norm) or slic (hinge)")
+        if self.num_accepted < 2 or self.num_candidates < self.num_accepted:
+            raise ConfigError("need 2 <= num_accepted <= num_candidates")
+
+
+def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -> tuple[list[Preference], dict]:
+    """The RSO preference pairs: sample from π_ref (the policy as given), accept toward π*, pair."""
+    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
+           for p in prompts]
+    torch.manual_seed(cfg.seed)
+    n = cfg.num_candidates
+    rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
+                     batch_size=cfg.generation_batch_size)
+    contexts = [prompt_text(p.prompt) for p in prompts]
+    texts = rollout.completion_texts
+    rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(prompts), n)
+    rng = np.random.default_rng(cfg.seed)
+    beta = cfg.sampling_beta or cfg.beta
+    records, accepted_rewards = [], []
+    for i, p in enumerate(prompts):
+        accepted = statistical_rejection_sample(rewards[i], cfg.num_accepted, beta, rng)
+        accepted_rewards += rewards[i, accepted].tolist()
+        for c, r in rso_pairs(accepted, rewards[i]):
+            records.append(Preference(prompt=p.prompt, chosen=texts[i * n + c], rejected=texts[i * n + r]))
+    stats = {"samples_drawn": len(texts), "pairs": len(records), "mean_reward_candidates": float(rewards.mean()),
+             "mean_reward_accepted": float(np.mean(accepted_rewards)), "sampling_beta": beta}
+    if not records:
+        raise ConfigError("RSO produced no pairs (all accepted pairs tied in reward)")
+    return records, stats
+
+
+def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path:
+    """Sample, accept, pair (written to ``rso_preferences.jsonl`` with ``rso_sampling.json``), then
+    train with :func:`train.preference.preference_optimization`."""
+    from rlhflab.data import write_records
+    from rlhflab.models import load_policy
+    from rlhflab.rewards import load_reward_source
+    from rlhflab.train.preference import preference_optimization
+    from rlhflab.workflow import load_prompts
+
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    reward_source = reward_source or load_reward_source(cfg.reward)
+    run_dir = Path(cfg.output_dir or default_run_dir("rso"))
+    cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+    records, stats = rso_preferences(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_records(records, run_dir / "rso_preferences.jsonl")
+    write_json(run_dir / "rso_sampling.json", stats)
+    cfg.batch_size = min(cfg.batch_size, len(records))
+    return preference_optimization(cfg, policy, tokenizer, records)
+
+
+# ---- positive-only SFT -------------------------------------------------------------------------
+@dataclass
+class PositiveSFTConfig(SFTConfig):
+    """SFT on the chosen responses of a preference file only: the baseline that ignores negative
+    feedback (Section 7.9.2)."""
+
+    data: str | None = option(None, "Preferences (prompt, chosen, rejected); only prompt and chosen are used.")
+
+
+def chosen_demonstrations(records: list[Preference]) -> list[Demonstration]:
+    """Each preference's chosen response as a demonstration (duplicates kept: a response preferred
+    in several pairs is weighted by how often it won)."""
+    return [Demonstration(prompt=r.prompt, completion=r.chosen) for r in records]
+
+
+def positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, records=None) -> Path:
+    from rlhflab.data import read_records
+    from rlhflab.models import load_policy
+    from rlhflab.train.loop import train
+    from rlhflab.train.offline import tokenize_demonstrations
+    from rlhflab.workflow import apply_lora
+
+    if records is None:
+        if not cfg.data:
+            raise ConfigError("--data is required (preferences: prompt, chosen, rejected)")
+        records = read_records(cfg.data, "preference")
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    policy = apply_lora(policy, cfg)
+    demos = chosen_demonstrations(records)
+    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
+                                       source=cfg.data or "<preferences>", use_chat_template=cfg.use_chat_template)
+    return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
