@@ -93,18 +93,20 @@ def resolve_model(name_or_path: str) -> str:
         subdir, build = _CACHED_BUILDS[key]
         target = cache_dir() / subdir
         if not (target / "config.json").is_file():
-            # Build into a temporary directory and rename, so concurrent or interrupted builds
-            # never leave a half-written model behind.
+            from filelock import FileLock
+
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{subdir}.", dir=target.parent))
-            try:
-                build(tmp)
-                os.rename(tmp, target)
-            except OSError:
+            # One builder at a time (e.g. the processes of a distributed launch); the others wait
+            # and then find the finished directory. Build in a temporary directory and rename, so
+            # an interrupted build never leaves a half-written model behind.
+            with FileLock(str(target) + ".lock"):
                 if not (target / "config.json").is_file():
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                    tmp = Path(tempfile.mkdtemp(prefix=f".{subdir}.", dir=target.parent))
+                    try:
+                        build(tmp)
+                        os.rename(tmp, target)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
         return str(target)
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").is_file() and not path.is_file():
