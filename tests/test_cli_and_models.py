@@ -101,3 +101,13 @@ def test_sample_then_annotate_from_the_command_line(tmp_path):
                  "--pairs_per_prompt", "2"]) == 0
     labels = [json.loads(line) for line in prefs.read_text().splitlines()]
     assert labels and all(r["annotator"].startswith("annotator-") for r in labels)
+
+
+def test_eval_reports_seen_and_unseen_contexts_with_kl_to_the_reference(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--policy", "tiny-policy", "--reference", "tiny-policy", "--oracle", "keyword:e",
+                 "--limit", "4", "--max_new_tokens", "6", "--no_use_chat_template", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"seen", "unseen"}
+    assert result["seen"]["num_prompts"] == 4 and abs(result["seen"]["kl"]) < 1e-5  # policy == reference
+    assert "J (oracle)" in capsys.readouterr().out

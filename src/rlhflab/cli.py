@@ -71,7 +71,7 @@ def _policy_command(algorithm: str) -> Callable:
 def _eval(argv):
     from rlhflab import workflow
     from rlhflab.config import parse_config
-    from rlhflab.evaluate import format_evaluations
+    from rlhflab.report import format_evaluations
 
     cfg = parse_config(workflow.EvalConfig, argv, "rlhflab eval", workflow.EvalConfig.__doc__)
     print(format_evaluations({cfg.policy: workflow.evaluate(cfg)}))
