@@ -216,3 +216,26 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(model_cache, tmp_path)
     assert want_weights.keys() == have_weights.keys()
     for name in want_weights:
         torch.testing.assert_close(have_weights[name], want_weights[name], atol=1e-5, rtol=1e-5)
+
+
+def test_pretraining_mix_term_keeps_the_demonstrations_likely(model_cache, tmp_path):
+    """PPO-ptx (Ouyang et al. 2022): with ptx_coef > 0 the policy keeps (here: raises) the likelihood
+    of the pre-training demonstrations while it optimises the reward; without it, it does not."""
+    from rlhflab.rollout import batched_completion_logprobs, join_prompt_completion
+    from rlhflab.train.offline import tokenize_demonstrations
+
+    def demo_nll(policy, tokenizer, examples):
+        batch = join_prompt_completion([p for p, _ in examples], [c for _, c in examples], tokenizer.pad_token_id)
+        logprobs = batched_completion_logprobs(policy, batch, 16)
+        return float(-(logprobs * batch.completion_mask).sum() / batch.completion_mask.sum())
+
+    results = {}
+    for coef in (0.0, 1.0):
+        policy, tokenizer = load_policy("tiny-policy")
+        cfg = rl_config(tmp_path / f"ptx{coef}", num_iterations=10, ptx_coef=coef, ptx_data="unused.jsonl")
+        examples = tokenize_demonstrations(["q"] * 4, ["zzz zzz"] * 4, tokenizer, cfg, use_chat_template=False)
+        before = demo_nll(policy, tokenizer, examples)
+        algo = PolicyOptimization(cfg, policy, tokenizer, PROMPTS, COUNT_A, ptx_examples=examples)
+        train(cfg, algo)
+        results[coef] = demo_nll(algo._policy(), tokenizer, examples) - before
+    assert results[1.0] < -0.5 and results[1.0] < results[0.0] - 0.5

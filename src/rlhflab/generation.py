@@ -1,0 +1,185 @@
+"""A lean sampling engine for decoder-only policies: the rollout hot path without ``generate``'s
+generality.
+
+What it does differently from ``model.generate(num_return_sequences=n)``, each for speed only:
+
+- **Shared prefill.** The prompts go through the model once; their key/value states are then
+  repeated for the n samples of each prompt (``generate`` repeats the prompt n times *before* the
+  prefill and computes it n times).
+- **Static cache.** Keys and values of prompt + completion live in buffers allocated once
+  (``transformers.StaticCache``) and written in place, instead of a cache re-concatenated at
+  every step.
+- **Little per-step work besides the model.** One prepared boolean mask is sliced per step, the
+  LM head is applied to the last hidden state only (as ``W @ h^T``, which CPU BLAS runs several
+  times faster than ``h @ W^T`` for a handful of rows against a 49k-row head), and sampling is a
+  few tensor ops: no logits-processor list, no stopping-criteria objects.
+
+The sampling itself is unchanged: at each step the next token is drawn from
+softmax(logits / temperature) restricted by top-k and then top-p exactly as ``generate``'s
+warpers restrict it (see :func:`next_token_probs`), so a rollout has the same distribution as
+``generate``'s ancestral sampling (``tests/test_speed_paths.py`` checks both the per-step
+distribution and the end-to-end token log-probs). Random draws come from the global torch RNG, so
+``torch.manual_seed`` makes rollouts reproducible, though not token-identical to ``generate``'s.
+
+Models the engine does not know how to drive (encoder-decoders, no output-embedding matrix, a
+base model without a cache argument) make :func:`supports` return False; ``rollout.sample`` then
+falls back to ``generate``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _causal_lm(model):
+    """The bare ``*ForCausalLM`` (a PEFT wrapper's base model keeps its injected adapters)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _parts(model):
+    """(decoder trunk, output-embedding module, name of the trunk's cache argument) or None."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    trunk = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if trunk is None or not isinstance(head, torch.nn.Linear):
+        return None
+    if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
+            t != "full_attention" for t in config.layer_types):
+        return None  # sliding-window or hybrid layers need their own cache layout
+    params = inspect.signature(trunk.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    if cache_arg is None:
+        return None
+    return trunk, head, cache_arg
+
+
+def supports(model) -> bool:
+    """Whether :func:`generate` can drive this model (otherwise use ``model.generate``)."""
+    try:
+        return _parts(model) is not None
+    except Exception:  # noqa: BLE001 - any oddity means "use generate"
+        return False
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution of ``generate(do_sample=True)`` for these logits: temperature,
+    then top-k (keep the k largest; ties at the k-th value kept), then top-p (drop the smallest
+    tokens whose cumulative probability is at most 1 - top_p, always keeping the largest)."""
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k > 0:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def _head(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    # (V, H) @ (H, B): BLAS streams the big matrix once; h @ W^T is far slower on CPU for small B.
+    logits = torch.mm(head.weight, hidden.t().to(head.weight.dtype)).t()
+    return logits if head.bias is None else logits + head.bias
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    num_samples: int,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    return_logprobs: bool = False,
+):
+    """Sample ``num_samples`` completions of every prompt; returns their token ids (cut after the
+    first end-of-sequence token, which is kept), ``num_samples`` consecutive rows per prompt, and
+    with ``return_logprobs`` also log softmax(logits / temperature) of each sampled token (the
+    engine's own numbers, for checking it against a full forward pass)."""
+    from transformers import DynamicCache, StaticCache
+
+    trunk, head, cache_arg = _parts(model)
+    lm = _causal_lm(model)
+    device = head.weight.device
+    n, T = num_samples, max_new_tokens
+    P = max(len(p) for p in prompt_ids)
+    Bp = len(prompt_ids)
+    if T <= 0:
+        empty = [[] for _ in range(Bp * n)]
+        return (empty, [[] for _ in range(Bp * n)]) if return_logprobs else empty
+
+    # Prompt layout: left-padded, as in rollout.pad_left. Positions skip the padding.
+    ids = torch.full((Bp, P), pad_id, dtype=torch.long)
+    real = torch.zeros((Bp, P + T), dtype=torch.bool)
+    for i, p in enumerate(prompt_ids):
+        if len(p):
+            ids[i, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+            real[i, P - len(p): P] = True
+    ids, real = ids.to(device), real.to(device)
+    positions = (real[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    # Prefill mask (Bp, 1, P, P): causal and real keys; a padding query sees itself only, so no
+    # attention row is empty (an empty row gives NaN states that would poison later steps).
+    causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+    prefill_mask = causal & real[:, None, :P]
+    prefill_mask |= torch.eye(P, dtype=torch.bool, device=device)
+    prefill = DynamicCache(config=lm.config)
+    out = trunk(input_ids=ids, attention_mask=prefill_mask[:, None], position_ids=positions,
+                use_cache=True, **{cache_arg: prefill})
+    hidden = out.last_hidden_state[:, -1]
+
+    # Share the prefill: repeat each prompt's states for its n samples into a static cache.
+    cache = StaticCache(config=lm.config, max_cache_len=P + T)
+    for layer_idx, layer in enumerate(prefill.layers):
+        cache.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), layer_idx)
+    del prefill, out
+    real = real.repeat_interleave(n, 0)
+    next_position = positions[:, -1:].repeat_interleave(n, 0) + 1
+    logits = _head(head, hidden).repeat_interleave(n, 0)
+
+    B = Bp * n
+    tokens = torch.full((B, T), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
+    lengths = torch.full((B,), T, dtype=torch.long, device=device)
+    picked = torch.zeros((B, T), dtype=torch.float32, device=device) if return_logprobs else None
+    for t in range(T):
+        if temperature > 0:
+            token = torch.multinomial(next_token_probs(logits, temperature, top_k, top_p), 1).squeeze(-1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(done, pad_id)
+        tokens[:, t] = token
+        if picked is not None:
+            scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+            picked[:, t] = scaled.gather(-1, token[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+        just_ended = ~done & torch.isin(token, eos)
+        lengths = torch.where(just_ended, torch.full_like(lengths, t + 1), lengths)
+        done |= just_ended
+        if t == T - 1 or bool(done.all()):
+            break
+        real[:, P + t] = True
+        step_mask = real[:, None, None, :]  # (B, 1, 1, P + T): future columns are still False
+        out = trunk(input_ids=token[:, None], attention_mask=step_mask, position_ids=next_position,
+                    use_cache=True, **{cache_arg: cache})
+        next_position = next_position + 1
+        logits = _head(head, out.last_hidden_state[:, -1])
+    lengths = lengths.tolist()
+    rows = [row[:k] for row, k in zip(tokens.cpu().tolist(), lengths)]
+    if return_logprobs:
+        return rows, [row[:k] for row, k in zip(picked.cpu().tolist(), lengths)]
+    return rows

@@ -1,0 +1,119 @@
+"""Learning from reward-ranked samples: RAFT / ReST (select, then SFT), RSO's statistical rejection
+sampler (acceptance probabilities by hand), and SFT on positive feedback only."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from rlhflab.data.records import Preference
+from rlhflab.models import load_policy
+from rlhflab.rewards import RewardSource
+from rlhflab.train.rejection import (
+    PositiveSFTConfig,
+    RAFTConfig,
+    RSOConfig,
+    chosen_demonstrations,
+    positive_sft,
+    raft,
+    rso,
+    rso_acceptance_probabilities,
+    rso_pairs,
+    select_top,
+    statistical_rejection_sample,
+)
+from tests._train_entry import a_preferences
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
+    old = os.environ.get("RLHFLAB_CACHE")
+    os.environ["RLHFLAB_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("RLHFLAB_CACHE", None)
+    else:
+        os.environ["RLHFLAB_CACHE"] = old
+
+
+COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(16)))
+    return str(path)
+
+
+def test_select_top_keeps_the_best_of_each_prompt_or_the_best_overall():
+    rewards = torch.tensor([[0.1, 0.9, 0.5, 0.2],
+                            [0.0, 0.3, 0.3, 0.8]])
+    assert select_top(rewards, 0.25).tolist() == [1, 7]  # RAFT: the best of each prompt
+    assert select_top(rewards, 0.5).tolist() == [1, 2, 5, 7]  # the tie 0.3/0.3 keeps the earlier one
+    assert select_top(rewards, 0.25, per_prompt=False).tolist() == [1, 7]  # the two best overall
+    assert select_top(rewards, 0.375, per_prompt=False).tolist() == [1, 2, 7]  # ceil(0.375 * 8) = 3
+
+
+def test_rso_acceptance_probabilities_are_exp_of_reward_minus_max_over_beta_by_hand():
+    probs = rso_acceptance_probabilities(torch.tensor([1.0, 0.5, 0.0]), beta=0.5)
+    torch.testing.assert_close(probs, torch.tensor([1.0, math.exp(-1.0), math.exp(-2.0)]))
+
+
+def test_rso_sampler_follows_algorithm_1_of_liu_et_al():
+    rewards = torch.tensor([0.0, 0.7, 0.2, 1.0])
+    # beta -> 0: each sweep accepts only the current maximum, so the best come out in reward order.
+    assert statistical_rejection_sample(rewards, 3, 1e-6, np.random.default_rng(0)) == [3, 1, 2]
+    # beta -> inf: every candidate is accepted as the sweep meets it.
+    assert statistical_rejection_sample(rewards, 2, 1e6, np.random.default_rng(0)) == [0, 1]
+    # Two candidates, one draw: the first is met first and accepted with probability exp(-(1 - 0)/beta).
+    rng, beta = np.random.default_rng(1), 0.5
+    first = [statistical_rejection_sample(torch.tensor([0.0, 1.0]), 1, beta, rng)[0] == 0 for _ in range(4000)]
+    assert np.mean(first) == pytest.approx(math.exp(-2.0), abs=0.015)
+
+
+def test_rso_pairs_consecutive_accepted_samples_and_labels_them_by_reward():
+    rewards = torch.tensor([0.1, 0.9, 0.4, 0.4, 0.3])
+    assert rso_pairs([0, 1, 2, 4, 3], rewards) == [(1, 0), (2, 4)]  # the odd one out is unpaired
+    assert rso_pairs([2, 3], rewards) == []  # a tie is no preference
+
+
+def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_file):
+    cfg = RAFTConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "raft"), num_rounds=3,
+                     samples_per_prompt=8, keep_fraction=1 / 8, max_new_tokens=8, learning_rate=3e-3,
+                     num_epochs=4, batch_size=8, use_chat_template=False, progress=False)
+    run_dir = raft(cfg, reward_source=COUNT_A)
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["samples_drawn"] for r in rounds] == [128] * 3 and [r["kept"] for r in rounds] == [16] * 3
+    assert all(r["reward_kept"] >= r["reward"] for r in rounds)
+    assert rounds[2]["reward"] > 3 * rounds[0]["reward"] and rounds[2]["reward"] > 0.05, rounds
+    assert (run_dir / "policy" / "config.json").is_file()
+
+
+def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cache, tmp_path, prompts_file):
+    cfg = RSOConfig(model="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "rso"), num_candidates=8,
+                    num_accepted=4, beta=0.05, max_new_tokens=8, learning_rate=3e-3, num_epochs=2, batch_size=4,
+                    use_chat_template=False, progress=False)
+    run_dir = rso(cfg, reward_source=COUNT_A)
+    stats = json.loads((run_dir / "rso_sampling.json").read_text())
+    assert stats["samples_drawn"] == 128 and stats["mean_reward_accepted"] >= stats["mean_reward_candidates"]
+    pairs = [json.loads(line) for line in (run_dir / "rso_preferences.jsonl").read_text().splitlines()]
+    assert len(pairs) == stats["pairs"] > 0
+    chosen = COUNT_A([""] * len(pairs), [p["chosen"] for p in pairs])
+    rejected = COUNT_A([""] * len(pairs), [p["rejected"] for p in pairs])
+    assert (chosen > rejected).all()
+    assert (run_dir / "policy" / "config.json").is_file()
+
+
+def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_path):
+    prefs = [Preference(prompt="p", chosen="good", rejected="bad"), Preference(prompt="q", chosen="fine", rejected="no")]
+    assert [(d.prompt, d.completion) for d in chosen_demonstrations(prefs)] == [("p", "good"), ("q", "fine")]
+    cfg = PositiveSFTConfig(model="tiny-policy", output_dir=str(tmp_path / "sft"), batch_size=8, num_epochs=4,
+                            learning_rate=3e-3, use_chat_template=False, progress=False)
+    run_dir = positive_sft(cfg, records=a_preferences(16))
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and losses[-1] < 0.7 * losses[0]
