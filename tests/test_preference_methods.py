@@ -163,3 +163,14 @@ def test_rlhflab_cdpo_without_label_smoothing_is_a_one_line_error(model_cache, t
     code = main(["dpo", "--loss", "cdpo", "--model", "tiny-policy", "--data", "x.jsonl"])
     assert code == 2
     assert "label_smoothing" in capsys.readouterr().err
+
+
+def test_compare_ranks_pool_samples_by_the_reward_model_best_first_with_ties():
+    from rlhflab.compare import _rankings_by_reward_model
+    from rlhflab.data.records import Samples
+    from rlhflab.rewards import RewardSource
+
+    length = RewardSource("length", lambda c, o: [float(len(x)) for x in o])
+    samples = [Samples(prompt="p", completions=["aa", "a", "", "bb", "ccc"]), Samples(prompt="q", completions=["x", " "])]
+    (ranking,) = _rankings_by_reward_model(samples, length)  # "q" has one non-empty completion: no list
+    assert ranking.completions == ["ccc", "aa", "bb", "a"] and ranking.ties == [0, 1, 1, 2]

@@ -174,8 +174,7 @@ def run_compare(cfg: CompareConfig) -> Path:
                 out[name] = _bon_row(bon, oracle)
                 extra += bon.samples_drawn
             results[method], seconds = out, time.perf_counter() - t0
-            info[method] = {"extra_samples": extra, "train_seconds": 0.0, "inference_seconds": seconds,
-                            "kl_bound": out["seen"]["kl_bound"]}
+            info[method] = {"extra_samples": extra, "train_seconds": seconds, "kl_bound": out["seen"]["kl_bound"]}
             print(f"[compare] {method}: {seconds:.1f} s", flush=True)
             continue
         if method == "ppo":
@@ -232,7 +231,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     plot_comparison(rows, run_dir / "comparison.png")
     note = (f"Shared pool: {pool_samples} samples of pi_0 on {len(feedback_prompts)} prompts, {len(prefs)} simulated "
             f"pairs (oracle `{cfg.oracle}`), reward model on `{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
-            "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference). "
+            "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
+            "training time (for bon, its inference on both prompt sets), evaluation excluded. "
             "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
             f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}.")
     write_text(run_dir / "comparison.md", f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n")
@@ -255,7 +255,7 @@ COMPARE_COLUMNS = [
     ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
     ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
     ("kl", "KL(π‖π_0)", ".2f"), ("kl_se", "± se", ".2f"),
-    ("extra_samples", "extra samples", "d"), ("train_seconds", "train s", ".1f"),
+    ("extra_samples", "extra samples", "d"), ("train_seconds", "wall s", ".1f"),
 ]
 
 
@@ -281,7 +281,7 @@ def plot_comparison(rows: list[dict], path) -> None:
     import numpy as np
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * len(methods) * 3, 4))
+    fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 2 + 0.9 * len(methods)), 10))
     for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
                                        ("kl", "KL(π‖π_0) (nats)")]):
         x = np.arange(len(methods))

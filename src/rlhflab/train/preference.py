@@ -186,7 +186,9 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
 
     def collect(self, iteration):
         # The one-off cost of the cache, logged once so that runs can be compared.
-        return {"reference_precompute_seconds": self.reference_seconds} if iteration == 0 and self.reference_cache is not None else {}
+        if iteration == 0 and self.reference_cache is not None:
+            return {"reference_precompute_seconds": self.reference_seconds}
+        return {}
 
     def loss(self, micro):
         index, weight = micro
