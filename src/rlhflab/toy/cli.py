@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "report")
+CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "trainers", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

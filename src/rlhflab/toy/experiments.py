@@ -513,8 +513,15 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
     return _finish(run_dir, "annotators", payload, fig, started)
 
 
+def trainers(run_dir, seed: int = 0) -> dict:
+    """Every trainer of rlhflab.train against the closed-form optimum (see rlhflab.toy.trainers)."""
+    from rlhflab.toy.trainers import trainers_experiment
+
+    return trainers_experiment(run_dir, seed=seed)
+
+
 EXPERIMENTS = {"coverage": coverage, "beta": beta_tradeoff, "overopt": overoptimisation,
-               "sft-vs-pg": sft_vs_pg, "annotators": annotators}
+               "sft-vs-pg": sft_vs_pg, "annotators": annotators, "trainers": trainers}
 
 
 def report(run_dir, seed: int = 0) -> dict:
@@ -562,4 +569,6 @@ def headline(name: str, res: dict) -> str:
                 f"(J_ref {res['J_ref']:.3f}, max {res['J_max']:.3f})")
     if name == "annotators":
         return "; ".join(f"{r['annotator']}: {r['fraction_of_own_gain']:.0%} of own gain" for r in res["rows"])
+    if name == "trainers":
+        return "gap closed: " + ", ".join(f"{r['trainer']} {r['gap_closed']:.3f} ({r['wall_time_s']} s)" for r in res["rows"])
     return ""

@@ -164,7 +164,7 @@ def build_instance(seed: int = 0, tokens: tuple[str, ...] = DEFAULT_TOKENS, cont
 
 
 # ---------------------------------------------------------------------------------------------
-# The policy: a tiny Llama whose vocabulary is exactly the MDP's tokens.
+# The policy: a tiny GPT-2 whose vocabulary is exactly the MDP's tokens.
 
 def build_toy_tokenizer(tokens: tuple[str, ...] = DEFAULT_TOKENS):
     """A WordLevel ``PreTrainedTokenizerFast`` over ``<eos>`` + tokens, whitespace-separated. pad = eos
@@ -181,25 +181,33 @@ def build_toy_tokenizer(tokens: tuple[str, ...] = DEFAULT_TOKENS):
 
 
 def build_toy_policy(instance: ToyInstance, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
-    """A randomly initialised Llama causal LM (~20k parameters) and its tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A randomly initialised GPT-2 causal LM (~30k parameters) and its tokenizer.
+
+    GPT-2, not Llama: its *absolute* learned position embeddings let it tell positions apart on a
+    prefix of one repeated token. A RoPE-only model without a start token cannot: on "x x" and
+    "x x x" every attention value is the same vector, so π(·|c = x x) = π(·|c = x x, o_1 = x) is
+    forced, π*_β (Eq. 17) is not representable there, and nearby prefixes ("a c" vs "a c c") are
+    nearly tied, which stalls policy-gradient trainers short of the closed-form optimum.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = build_toy_tokenizer(instance.tokens)
-    config = LlamaConfig(
+    config = GPT2Config(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = GPT2LMHeadModel(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None

@@ -1,6 +1,6 @@
 """The trainers of ``rlhflab.train`` verified against the closed form (issue B, item 3).
 
-Each trainer runs *unchanged*, through ``rlhflab.train.loop.train``, on the toy MDP's tiny HF Llama:
+Each trainer runs *unchanged*, through ``rlhflab.train.loop.train``, on the toy MDP's tiny HF GPT-2:
 the policy samples token strings, a :class:`~rlhflab.rewards.RewardSource` scores the decoded text
 with R* (looked up in the instance's table), and the trained model's exact output table (batched
 enumeration) is scored by :func:`~rlhflab.toy.exact.evaluate_model_against_optimum`. The bar is the
@@ -46,10 +46,22 @@ from rlhflab.toy.exact import (
     kl_regularised_optimum,
     performance,
 )
-from rlhflab.toy.mdp import END_TOKEN, ToyInstance, _ids, build_lab, content
+from rlhflab.toy.mdp import ToyInstance, _ids, build_lab, content
 
 DEFAULT_BETA = 0.25
 POLICY_GRADIENT = ("ppo", "a2c", "reinforce", "rloo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Instances.
+
+REDUCED = {"tokens": ("a", "b", "c"), "horizon": 2}
+
+
+def reduced_lab(seed: int = 0, steps: int = 150):
+    """The test instance: 3 tokens, 2-token contexts, horizon 2 (9 contexts × 13 outputs), π_ref
+    pre-trained on it. Returns (instance with π_ref table, π_ref model, tokenizer)."""
+    return build_lab(seed, steps=steps, **REDUCED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,21 +111,23 @@ class TrainerSettings:
         return self.label or self.algorithm
 
 
-def default_settings(num_iterations: int = 150, samples_per_prompt: int = 16, dpo_pairs_per_context: int = 1000,
-                     dpo_epochs: float = 3.0) -> list[TrainerSettings]:
-    """The tuned knobs (shared: temperature 1, KL k1 in the reward, lr decayed linearly to 0 so the
-    last iterations average out the sampling noise around the optimum)."""
+def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dpo_pairs_per_context: int = 1000,
+                     dpo_epochs: float = 10.0) -> list[TrainerSettings]:
+    """The tuned knobs. Shared: temperature 1 (samples from π itself), KL k1 per token in the reward,
+    the learning rate decayed linearly to 0 so the last iterations average out the sampling noise
+    around the optimum (obj(π*) − obj(π) = β·KL(π‖π*) must fall under 2% of the gap)."""
     common = {"num_iterations": num_iterations, "samples_per_prompt": samples_per_prompt,
-              "lr_scheduler": "linear", "temperature": 1.0, "kl_estimator": "k1"}
+              "lr_scheduler": "linear", "temperature": 1.0, "kl_estimator": "k1", "learning_rate": 1e-2}
+    # PPO and RLOO (clipped surrogate) take several epochs per rollout, so half the iterations.
+    half = {**common, "num_iterations": max(1, num_iterations // 2), "epochs": 2}
     return [
-        TrainerSettings("ppo", {**common, "learning_rate": 3e-3, "epochs": 4, "num_minibatches": 4,
-                                "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
-        TrainerSettings("a2c", {**common, "learning_rate": 3e-3, "whiten_advantages": True, "vf_coef": 0.1}),
-        TrainerSettings("reinforce", {**common, "learning_rate": 3e-3, "baseline": "batch_mean"}),
-        TrainerSettings("rloo", {**common, "learning_rate": 3e-3}),
-        TrainerSettings("grpo", {**common, "learning_rate": 3e-3, "scale_by_std": True}, label="grpo"),
-        TrainerSettings("grpo", {**common, "learning_rate": 3e-3, "scale_by_std": False}, label="grpo_dr"),
-        TrainerSettings("dpo", {"learning_rate": 3e-3, "batch_size": 256, "num_epochs": dpo_epochs,
+        TrainerSettings("ppo", {**half, "num_minibatches": 4, "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
+        TrainerSettings("a2c", {**common, "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
+        TrainerSettings("reinforce", {**common, "baseline": "batch_mean"}),
+        TrainerSettings("rloo", {**half}),
+        TrainerSettings("grpo", {**half, "scale_by_std": True}, label="grpo"),
+        TrainerSettings("grpo", {**half, "scale_by_std": False}, label="grpo_dr"),
+        TrainerSettings("dpo", {"learning_rate": 1e-2, "batch_size": 256, "num_epochs": dpo_epochs,
                                 "lr_scheduler": "linear"}, pairs_per_context=dpo_pairs_per_context),
     ]
 
@@ -128,11 +142,12 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
     from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = RLConfig(algorithm=settings.algorithm, policy="<toy>", reward="<toy R*>", kl_coef=beta, seed=seed,
+        overrides = {"seed": seed, **settings.overrides}
+        cfg = RLConfig(algorithm=settings.algorithm, policy="<toy>", reward="<toy R*>", kl_coef=beta,
                        prompts_per_iteration=instance.num_contexts, max_new_tokens=instance.horizon,
                        use_chat_template=False, progress=False,
                        generation_batch_size=instance.num_contexts,
-                       output_dir=str(output_dir or Path(tmp) / settings.name), **settings.overrides)
+                       output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
         cfg.validate()
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
         algorithm = PolicyOptimization(cfg, policy, tokenizer, context_prompts(instance),
@@ -175,9 +190,10 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
 
     pairs = preference_pairs(instance, tokenizer, settings.pairs_per_context, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, seed=seed, use_chat_template=False,
+        overrides = {"seed": seed, **settings.overrides}
+        cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, use_chat_template=False,
                                progress=False, reference_batch_size=4096,
-                               output_dir=str(output_dir or Path(tmp) / settings.name), **settings.overrides)
+                               output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
         cfg.validate()
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
         algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model)
@@ -195,3 +211,74 @@ def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings,
                 seed: int = 0) -> dict:
     runner = run_dpo if settings.algorithm == "dpo" else run_policy_gradient
     return runner(instance, reference_model, tokenizer, settings, beta=beta, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: every trainer on one instance, JSON + PNG + a table.
+
+def frontier(instance: ToyInstance, betas=None) -> list[dict]:
+    """(KL, J) of π*_β' over a range of β': the best J reachable at each KL."""
+    betas = betas if betas is not None else [float(b) for b in torch.logspace(-1.5, 1.0, 30)]
+    ref, oracle, d = instance.require_reference(), instance.oracle_reward, instance.context_dist
+    rows = []
+    for b in betas:
+        pi = kl_regularised_optimum(ref, oracle, b)
+        rows.append({"kl_coef": b, "KL": kl_divergence(pi, ref, d), "J": performance(pi, oracle, d)})
+    return rows
+
+
+def run_all(instance: ToyInstance, reference_model, tokenizer, beta: float = DEFAULT_BETA, seed: int = 0,
+            settings: list[TrainerSettings] | None = None) -> dict:
+    settings = settings if settings is not None else default_settings()
+    rows = [run_trainer(instance, reference_model, tokenizer, s, beta=beta, seed=seed) for s in settings]
+    optimum = kl_regularised_optimum(instance.require_reference(), instance.oracle_reward, beta)
+    d = instance.context_dist
+    return {"kl_coef": beta, "J_opt": performance(optimum, instance.oracle_reward, d),
+            "KL_opt": kl_divergence(optimum, instance.require_reference(), d),
+            "J_ref": performance(instance.reference, instance.oracle_reward, d), "rows": rows,
+            "frontier": frontier(instance)}
+
+
+def table_markdown(result: dict) -> str:
+    lines = [f"β = {result['kl_coef']}: π* has J = {result['J_opt']:.4f}, KL = {result['KL_opt']:.4f}", "",
+             "| trainer | gap closed | bar | J | KL | wall time (s) |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        bar = {"dpo": "≥ 0.95"}.get(r["algorithm"], "≥ 0.98" if r["algorithm"] in POLICY_GRADIENT else "reported")
+        lines.append(f"| {r['trainer']} | {r['gap_closed']:.4f} | {bar} | {r['J']:.4f} | {r['KL']:.4f} | {r['wall_time_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def trainers_experiment(run_dir, seed: int = 0, beta: float = DEFAULT_BETA) -> dict:
+    """``rlhflab toy trainers``: every trainer on the full instance; trainers.json, trainers.png,
+    trainers.md (gap closed and wall time per trainer, GRPO with and without std scaling)."""
+    from rlhflab.files import write_json, write_text
+    from rlhflab.toy import experiments
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    instance, model, tokenizer = build_lab(seed)
+    result = run_all(instance, model, tokenizer, beta=beta, seed=seed)
+    plt = experiments._pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["trainer"] for r in result["rows"]]
+    colors = ["tab:red" if r["algorithm"] == "grpo" else "tab:blue" for r in result["rows"]]
+    ax1.bar(names, [r["gap_closed"] for r in result["rows"]], color=colors)
+    ax1.axhline(0.98, ls="--", c="k", lw=0.8, label="bar 0.98 (PG)")
+    ax1.axhline(0.95, ls=":", c="k", lw=0.8, label="bar 0.95 (DPO)")
+    ax1.set_ylim(min(0.8, min(r["gap_closed"] for r in result["rows"]) - 0.02), 1.005)
+    ax1.set_ylabel("gap closed of J − β·KL")
+    ax1.set_title(f"trainers vs closed form (β={beta})")
+    ax1.legend(fontsize=8)
+    f = result["frontier"]
+    ax2.plot([p["KL"] for p in f], [p["J"] for p in f], c="gray", label="π*_β' frontier")
+    ax2.scatter([result["KL_opt"]], [result["J_opt"]], marker="*", s=150, c="k", label=f"π*_β, β={beta}")
+    for r in result["rows"]:
+        ax2.scatter([r["KL"]], [r["J"]], label=r["trainer"], c="tab:red" if r["algorithm"] == "grpo" else None)
+    ax2.set_xlabel("KL(π‖π_ref)")
+    ax2.set_ylabel("J(π)")
+    ax2.set_xlim(0, 2.5 * result["KL_opt"])
+    ax2.set_title("where each trainer lands (GRPO's std scaling moves it)")
+    ax2.legend(fontsize=7)
+    payload = {"experiment": "trainers", "seed": seed, **result}
+    write_text(run_dir / "trainers.md", table_markdown(result))
+    return experiments._finish(run_dir, "trainers", payload, fig, started)
