@@ -13,6 +13,7 @@ from rlhflab.data import (
     Prompt,
     Ranking,
     Rating,
+    Samples,
     load_prompt_set,
     parse_scale,
     ranking_to_preferences,
@@ -45,6 +46,8 @@ EXAMPLES = {
         Rating("Say hi.", "Hi!", 2, scale="categorical:bad|ok|good"),
     ],
     "language_feedback": [LanguageFeedback("Say hi.", "Go away.", "Too negative; make it more upbeat.")],
+    # Not feedback: policy samples awaiting it (the output of `rlhflab sample`); may be empty strings.
+    "samples": [Samples("Say hi.", ["Hi!", ""]), Samples("Say hello.", ["Hello there."])],
 }
 
 
@@ -60,7 +63,7 @@ def row(**fields):
 # ---- records ------------------------------------------------------------------------------------
 
 
-def test_record_registry_covers_the_six_feedback_kinds_of_section_7_3():
+def test_record_registry_covers_the_feedback_kinds_of_section_7_3_and_samples():
     assert set(RECORD_TYPES) == set(EXAMPLES)
     for kind, cls in RECORD_TYPES.items():
         assert cls.kind == kind
