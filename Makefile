@@ -33,5 +33,11 @@ quick: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -n 2 --dist loadfile $(ARGS)
 
+# Side-by-side speed benchmark against TRL (installed as a benchmark-only extra). ARGS=--quick for
+# one short trial per case; results go to benchmarks/results/latest.{json,md}.
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

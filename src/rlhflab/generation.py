@@ -18,8 +18,9 @@ The sampling itself is unchanged: at each step the next token is drawn from
 softmax(logits / temperature) restricted by top-k and then top-p exactly as ``generate``'s
 warpers restrict it (see :func:`next_token_probs`), so a rollout has the same distribution as
 ``generate``'s ancestral sampling (``tests/test_speed_paths.py`` checks both the per-step
-distribution and the end-to-end token log-probs). Random draws come from the global torch RNG, so
-``torch.manual_seed`` makes rollouts reproducible, though not token-identical to ``generate``'s.
+distribution and the end-to-end token log-probs). Draws are ``torch.multinomial`` on the global
+RNG, one per row per step as in ``generate``, so under the same seed the engine reproduces
+``generate``'s tokens (up to float rounding of the logits).
 
 Models the engine does not know how to drive (encoder-decoders, no output-embedding matrix, a
 base model without a cache argument) make :func:`supports` return False; ``rollout.sample`` then
@@ -53,11 +54,16 @@ def _parts(model):
     if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
             t != "full_attention" for t in config.layer_types):
         return None  # sliding-window or hybrid layers need their own cache layout
-    params = inspect.signature(trunk.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    cache_arg = _cache_argument(trunk)
     if cache_arg is None:
         return None
     return trunk, head, cache_arg
+
+
+def _cache_argument(trunk) -> str | None:
+    """The name under which this transformers version's models take a KV cache."""
+    params = inspect.signature(trunk.forward).parameters
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
 
 
 def supports(model) -> bool:

@@ -169,6 +169,8 @@ def sample(
 ) -> Rollout:
     """Sample ``num_samples`` completions per prompt (pure ancestral sampling by default, which the
     KL-regularised objective assumes)."""
+    from rlhflab import generation
+
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     was_training = model.training
@@ -176,6 +178,11 @@ def sample(
     rows: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start: start + batch_size]
+        if generation.supports(model):
+            # The lean engine: same sampling distribution, shared prefill, static cache.
+            rows.extend(generation.generate(model, chunk, num_samples, max_new_tokens, eos_ids, pad_id,
+                                            temperature, top_k, top_p))
+            continue
         ids, mask = pad_left(chunk, pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
         out = model.generate(

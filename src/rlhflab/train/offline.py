@@ -147,6 +147,7 @@ class RewardAlgorithm:
     def __init__(self, config: RewardConfig, model, tokenizer, records: Sequence):
         self.config, self.model, self.tokenizer, self.records = config, model, tokenizer, list(records)
         self.schedule = OfflineSchedule(len(self.records), config)
+        self.share_prompts = supports_shared_prompt(model, tokenizer)
 
     def trainable_modules(self):
         return {"reward_model": self.model}
@@ -170,7 +171,15 @@ class RewardAlgorithm:
         # Each micro-batch's mean loss is weighted by its share of this process's examples.
         yield [(m, len(m) / len(mine)) for m in micro]
 
-    def _rewards(self, contexts, outputs):
+    def _rewards(self, contexts, outputs, group_size: int = 1):
+        """R_phi of each (context, output). With ``group_size`` k > 1, ``contexts`` holds each
+        context k times in a row and a decoder reward model reads it once for all k outputs
+        (:func:`shared_prompt_rewards`); otherwise every pair is one sequence."""
+        if group_size > 1 and self.share_prompts:
+            encoded = shared_prompt_encoding(self.tokenizer, contexts[::group_size], outputs, group_size,
+                                             self.config.max_length)
+            if encoded is not None:
+                return shared_prompt_rewards(self.model, encoded, self.accelerator.device)
         encoded = encode_for_reward(self.tokenizer, contexts, outputs, self.config.max_length)
         encoded = {k: v.to(self.accelerator.device) for k, v in encoded.items()}
         return self.model(**encoded).logits.squeeze(-1).float()
@@ -179,10 +188,11 @@ class RewardAlgorithm:
         records, weight = micro
         kind = self.config.feedback
         if kind == "preference":
-            contexts = [prompt_text(r.prompt) for r in records] * 2
-            outputs = [render_completion(r.chosen) for r in records] + [render_completion(r.rejected) for r in records]
-            rewards = self._rewards(contexts, outputs)
-            chosen, rejected = rewards[: len(records)], rewards[len(records):]
+            # (chosen, rejected) of each record side by side, so each prompt can be read once.
+            contexts = [prompt_text(r.prompt) for r in records for _ in range(2)]
+            outputs = [render_completion(o) for r in records for o in (r.chosen, r.rejected)]
+            rewards = self._rewards(contexts, outputs, group_size=2).view(len(records), 2)
+            chosen, rejected = rewards[:, 0], rewards[:, 1]
             margin = None
             if self.config.use_margin:
                 margin = torch.tensor([r.margin or 0.0 for r in records], device=rewards.device)
@@ -199,7 +209,7 @@ class RewardAlgorithm:
                 outputs += [render_completion(c) for c in r.completions] + ["."] * pad
                 ranks.append(list(groups) + [10**6] * pad)
                 mask.append([True] * len(r.completions) + [False] * pad)
-            rewards = self._rewards(contexts, outputs).view(len(records), k)
+            rewards = self._rewards(contexts, outputs, group_size=k).view(len(records), k)
             ranks_t = torch.tensor(ranks, device=rewards.device)
             mask_t = torch.tensor(mask, device=rewards.device)
             loss = plackett_luce_loss(rewards, ranks_t, mask_t)
@@ -221,3 +231,87 @@ class RewardAlgorithm:
 
     def save_final(self, run_dir: Path):
         save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / "reward_model"))
+
+
+# ---- one prompt, k completions: the prompt's forward computed once ---------------------------------
+def supports_shared_prompt(model, tokenizer) -> bool:
+    """A decoder reward model (``*ForSequenceClassification`` with a causal trunk and a ``score``
+    head, read at the last non-pad token) can score k completions of one prompt from one pass over
+    the prompt: with causal attention, the prompt's states do not depend on what follows. An
+    encoder (MiniLM/BERT) attends both ways, so its prompt states change with each completion and
+    nothing can be shared."""
+    from rlhflab import generation
+
+    if tokenizer.sep_token is not None and tokenizer.cls_token is not None:
+        return False  # encode_for_reward gives encoders a sentence pair
+    score = getattr(model, "score", None)
+    trunk = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not isinstance(score, torch.nn.Linear) or trunk is None or not getattr(model.config, "is_decoder", True):
+        return False
+    if getattr(model.config, "is_encoder_decoder", False) or hasattr(model, "get_base_model"):
+        return False
+    return generation._cache_argument(trunk) is not None
+
+
+def shared_prompt_encoding(tokenizer, contexts, outputs, group_size: int, max_length: int):
+    """Token ids of each context (``context + newline``) and of its ``group_size`` outputs
+    (``output + EOS``), or None where this split would not reproduce exactly the tokens that
+    :func:`encode_for_reward` gives the joined text (or where that would truncate): the shared path
+    must see the very same input as the plain one."""
+    eos = tokenizer.eos_token or ""
+    prompts = [tokenizer(f"{c}\n", add_special_tokens=False).input_ids for c in contexts]
+    completions = [tokenizer(f"{o}{eos}", add_special_tokens=False).input_ids for o in outputs]
+    for i, c in enumerate(contexts):
+        for j in range(group_size):
+            row = i * group_size + j
+            if len(prompts[i]) + len(completions[row]) > max_length or all(
+                    t == tokenizer.pad_token_id for t in completions[row]):
+                return None  # too long, or nothing but pad ids after the prompt to pool at
+            joined = tokenizer(f"{c}\n{outputs[row]}{eos}", add_special_tokens=False).input_ids
+            if joined != prompts[i] + completions[row]:
+                return None
+    return {"prompts": prompts, "completions": completions, "group_size": group_size,
+            "pad_id": tokenizer.pad_token_id}
+
+
+def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
+    """R_phi(c_i, o_ij) for k outputs per context, reading each context once: the context's
+    keys/values (with their gradients) are computed on B rows, repeated k times, and the outputs
+    attend to them. Positions and the pooled token (the last non-pad token of the whole sequence,
+    as ``*ForSequenceClassification`` pools) are those of the joined sequence, so the rewards equal
+    the plain forward's up to float rounding (tested). Shape (B * k,)."""
+    from transformers import DynamicCache
+
+    from rlhflab import generation
+    from rlhflab.rollout import pad_left, pad_right
+
+    trunk = getattr(model, model.base_model_prefix)
+    cache_arg = generation._cache_argument(trunk)
+    k, pad_id = encoded["group_size"], encoded["pad_id"]
+    prompt_ids, prompt_real = pad_left(encoded["prompts"], pad_id)
+    out_ids, out_real = pad_right(encoded["completions"], pad_id)
+    prompt_ids, prompt_real, out_ids, out_real = (t.to(device) for t in (prompt_ids, prompt_real, out_ids, out_real))
+    prompt_real, out_real = prompt_real.bool(), out_real.bool()
+    P, C = prompt_ids.shape[1], out_ids.shape[1]
+    eye_p = torch.eye(P, dtype=torch.bool, device=device)
+    # A padding query sees itself only, so no attention row is empty (empty rows give NaN).
+    prompt_mask = (torch.ones(P, P, dtype=torch.bool, device=device).tril() & prompt_real[:, None, :]) | eye_p
+    positions = (prompt_real.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    trunk(input_ids=prompt_ids, attention_mask=prompt_mask[:, None], position_ids=positions, use_cache=True,
+          **{cache_arg: cache})
+    cache.batch_repeat_interleave(k)
+    prompt_real_k = prompt_real.repeat_interleave(k, 0)
+    causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
+    out_mask = torch.cat([prompt_real_k[:, None, :].expand(-1, C, -1),
+                          (causal & out_real[:, None, :]) | torch.eye(C, dtype=torch.bool, device=device)], dim=-1)
+    out_positions = prompt_real_k.long().sum(-1, keepdim=True) + torch.arange(C, device=device)
+    hidden = trunk(input_ids=out_ids, attention_mask=out_mask[:, None], position_ids=out_positions, use_cache=True,
+                   **{cache_arg: cache}).last_hidden_state
+    # The pooled position: the last token that is not the pad id (which may equal EOS).
+    non_pad = (out_ids != model.config.pad_token_id) & out_real
+    index = (torch.arange(C, device=device) * non_pad).argmax(-1)
+    if not bool(non_pad.any(-1).all()):
+        raise ValueError("an output made only of pad tokens cannot be pooled after the prompt")
+    pooled = hidden[torch.arange(hidden.shape[0], device=device), index]
+    return model.score(pooled).squeeze(-1).float()

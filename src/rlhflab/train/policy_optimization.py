@@ -303,16 +303,23 @@ class PolicyOptimization:
                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                          batch_size=cfg.generation_batch_size)
         batch = rollout.batch.to(device)
-        mask = batch.completion_mask.float()
         clock.lap("generate")
-        # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs
-        self.model.eval()
-        logits, shared_values = self._forward(batch)
-        old_logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
-        del logits
-        values = self._values(batch, shared_values) if cfg.uses_critic else None
-        self.model.train()
-        clock.lap("policy_forward")
+        # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs.
+        # With a single update on the whole rollout, the old log-probs *are* the update's own
+        # (detached) log-probs: that pass is skipped here and the rest of the iteration is finished
+        # in `loss`, from the update's forward (one policy forward per iteration instead of two).
+        single_pass = self._single_pass()
+        old_logprobs = values = None
+        if not single_pass:
+            self.model.eval()
+            logits, shared_values = self._forward(batch)
+            old_logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+            del logits
+            clock.lap("policy_forward")
+            values = self._values(batch, shared_values) if cfg.uses_critic else None
+            if self.critic is not None:
+                clock.lap("critic_forward")
+            self.model.train()
         ref_logprobs = self._reference_logprobs(batch)
         clock.lap("reference_forward")
         # 3. rewards: the reward source scores decoded text (any tokenizer), then shaping
@@ -328,6 +335,27 @@ class PolicyOptimization:
             rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
         if cfg.reward_clip > 0:
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
+        stats.update({"completion_length": float(batch.completion_mask.float().sum(-1).mean()),
+                      "truncated": float(rollout.truncated.float().mean()), **clock.seconds})
+        if single_pass:
+            self.experience = {"batch": batch.to("cpu"), "ref_logprobs": ref_logprobs.cpu(), "rewards": rewards.cpu(),
+                               "rows": len(mine) * cfg.samples_per_prompt}
+            return stats
+        self.experience, more = self._experience(batch, old_logprobs, ref_logprobs, values, rewards,
+                                                 len(mine) * cfg.samples_per_prompt)
+        stats.update(more)
+        return stats
+
+    def _single_pass(self) -> bool:
+        """One optimiser step on the whole rollout and no critic: the old policy is the current one."""
+        cfg = self.config
+        return (cfg.num_epochs_per_rollout == 1 and cfg.num_minibatches == 1 and cfg.gradient_accumulation_steps == 1
+                and not cfg.uses_critic)
+
+    def _experience(self, batch, old_logprobs, ref_logprobs, values, rewards, rows):
+        """Rewards with the KL penalty -> advantages (step 4 of the iteration), and the KL stats."""
+        cfg, device = self.config, old_logprobs.device
+        mask = batch.completion_mask.float()
         beta = self.kl_controller.value
         kl_tokens = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
         kl_in_loss = cfg.kl_in_loss or cfg.algorithm == "grpo"
@@ -350,23 +378,20 @@ class PolicyOptimization:
                 advantages = rloo_advantages(sequence_return, cfg.samples_per_prompt)
             else:
                 advantages = grpo_advantages(sequence_return, cfg.samples_per_prompt, cfg.scale_by_std)
-        self.experience = {
+        experience = {
             "batch": batch.to("cpu"), "old_logprobs": old_logprobs.cpu(), "ref_logprobs": ref_logprobs.cpu(),
             "advantages": advantages.cpu(), "values": None if values is None else values.cpu(),
             "returns": None if returns is None else returns.cpu(),
         }
         k1 = (old_logprobs - ref_logprobs) * mask
-        self.kl_controller.update(float(k1.sum(-1).mean()), len(mine) * cfg.samples_per_prompt)
-        stats.update({
+        self.kl_controller.update(float(k1.sum(-1).mean()), rows)
+        stats = {
             "kl": float(k1.sum(-1).mean()),  # sequence KL(pi || pi_ref) estimate (k1, unbiased)
             "kl_k2": float((kl_penalty(old_logprobs, ref_logprobs, "k2") * mask).sum(-1).mean()),
             "kl_k3": float((kl_penalty(old_logprobs, ref_logprobs, "k3") * mask).sum(-1).mean()),
             "kl_coef": beta,
-            "completion_length": float(mask.sum(-1).mean()),
-            "truncated": float(rollout.truncated.float().mean()),
-            **clock.seconds,
-        })
-        return stats
+        }
+        return experience, stats
 
     def updates(self, iteration: int):
         cfg = self.config
@@ -384,10 +409,15 @@ class PolicyOptimization:
         take = lambda t: None if t is None else t[index].to(device)  # noqa: E731
         batch = exp["batch"].select(index).to(device)
         mask = batch.completion_mask.float()
-        old_logprobs, advantages, ref_logprobs = take(exp["old_logprobs"]), take(exp["advantages"]), take(exp["ref_logprobs"])
         logits, shared_values = self._forward(batch)
         logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
         stats = {}
+        if "rewards" in exp:  # single pass (see collect): finish the iteration from this forward
+            old = torch.empty_like(exp["ref_logprobs"])
+            old[torch.as_tensor(index)] = logprobs.detach().cpu()  # this micro-batch is the whole rollout
+            exp, stats = self._experience(exp["batch"], old, exp["ref_logprobs"], None, exp["rewards"], exp["rows"])
+            self.experience = exp
+        old_logprobs, advantages, ref_logprobs = take(exp["old_logprobs"]), take(exp["advantages"]), take(exp["ref_logprobs"])
         if cfg.algorithm in ("ppo", "rloo", "grpo"):
             adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logprobs)
             loss, clip_stats = ppo_clip_loss(logprobs, old_logprobs, adv, mask, cfg.clip_eps)
