@@ -12,11 +12,25 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _model_cache(tmp_path_factory):
-    # The real default models are large; keep the user's cache if it exists (tests only read it),
-    # otherwise build into the default location so later runs reuse it.
-    yield
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """Tiny models built once per session into a private cache, which subprocesses share.
+
+    Built here, before any subprocess starts, so launched processes only read the cache and every
+    run draws a reward model's fresh head from the same RNG state whoever built the cache. (The real
+    default models keep the user's cache: converting SmolLM2 takes a minute.)"""
+    from rlhflab.models import resolve_model
+
+    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
+    old = os.environ.get("RLHFLAB_CACHE")
+    os.environ["RLHFLAB_CACHE"] = str(cache)
+    resolve_model("tiny-policy")
+    resolve_model("tiny-reward")
+    yield cache
+    if old is None:
+        os.environ.pop("RLHFLAB_CACHE", None)
+    else:
+        os.environ["RLHFLAB_CACHE"] = old
 
 
 @pytest.fixture

@@ -13,18 +13,6 @@ from rlhflab.rewards import RewardSource
 from rlhflab.rollout import sample
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
-    old = os.environ.get("RLHFLAB_CACHE")
-    os.environ["RLHFLAB_CACHE"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("RLHFLAB_CACHE", None)
-    else:
-        os.environ["RLHFLAB_CACHE"] = old
-
-
 COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
 CHECKSUM = RewardSource("checksum", lambda c, o: [(sum(map(ord, x)) % 101) / 100 for x in o])
 PROMPTS = [f"q{i}" for i in range(6)]

@@ -336,6 +336,30 @@ def test_dpo_label_smoothing_flips_labels_with_probability_eps():
     close(loss, -0.9 * log_sigmoid(1.0) - 0.1 * log_sigmoid(-1.0))
 
 
+def test_dpo_per_pair_label_smoothing_is_a_soft_label_cross_entropy():
+    pc, pr, rc, rr = t([-1.0, -2.0]), t([-3.0, -1.0]), t([-2.0, -2.0]), t([-2.0, -2.0])
+    eps = t([0.1, 0.4])
+    loss, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=eps)
+    each = [dpo_loss(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1], beta=0.5, label_smoothing=float(eps[i]))[0]
+            for i in range(2)]
+    close(loss, (each[0] + each[1]) / 2)
+    # Each pair's term is minimised where β h = logit(1 - ε): soft Bradley-Terry labels are recovered.
+    h = torch.zeros(2, requires_grad=True)
+    zero = torch.zeros(2)
+    opt = torch.optim.LBFGS([h], max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        value = dpo_loss(h, zero, zero, zero, beta=0.5, label_smoothing=eps)[0]
+        value.backward()
+        return value
+
+    opt.step(closure)
+    close(0.5 * h.detach(), torch.logit(1 - eps), tol=1e-4)
+    with pytest.raises(ValueError):
+        dpo_loss(pc, pr, rc, rr, label_smoothing=t([0.1, 0.2, 0.3]))
+
+
 def test_dpo_loss_is_log2_at_the_reference_and_rewards_are_detached():
     policy = t([-4.0, -2.0]).requires_grad_(True)
     loss, chosen_reward, _ = dpo_loss(policy, policy, policy.detach(), policy.detach())

@@ -29,23 +29,6 @@ from rlhflab.train.policy_optimization import (
 ENTRY = Path(__file__).with_name("_train_entry.py")
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory):
-    """Tiny models are built once per session into a private cache (also used by subprocesses)."""
-    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
-    old = os.environ.get("RLHFLAB_CACHE")
-    os.environ["RLHFLAB_CACHE"] = str(cache)
-    # Built here, once, before any subprocess: launched processes then only read the cache, and
-    # every run draws a reward model's fresh head from the same RNG state whoever built the cache.
-    resolve_model("tiny-policy")
-    resolve_model("tiny-reward")
-    yield cache
-    if old is None:
-        os.environ.pop("RLHFLAB_CACHE", None)
-    else:
-        os.environ["RLHFLAB_CACHE"] = old
-
-
 def fraction_of_a(contexts, outputs):
     return [o.count("a") / max(1, len(o)) for o in outputs]
 

@@ -24,18 +24,6 @@ from rlhflab.train.preference import (
 from tests._train_entry import a_preferences
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
-    old = os.environ.get("RLHFLAB_CACHE")
-    os.environ["RLHFLAB_CACHE"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("RLHFLAB_CACHE", None)
-    else:
-        os.environ["RLHFLAB_CACHE"] = old
-
-
 def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

@@ -28,18 +28,6 @@ from rlhflab.train.rejection import (
 from tests._train_entry import a_preferences
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "rlhflab-cache"
-    old = os.environ.get("RLHFLAB_CACHE")
-    os.environ["RLHFLAB_CACHE"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("RLHFLAB_CACHE", None)
-    else:
-        os.environ["RLHFLAB_CACHE"] = old
-
-
 COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
 
 
