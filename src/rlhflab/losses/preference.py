@@ -27,15 +27,21 @@ def dpo_loss(
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
     beta: float = 0.1,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Tensor = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023, Eq. 7): mean -log σ(β h), h as in `_margins`.
 
     With label_smoothing ε (conservative DPO, Mitchell 2023) each label is flipped with
-    probability ε: mean -(1-ε) log σ(β h) - ε log σ(-β h). Returns (loss, chosen_rewards,
-    rejected_rewards), the last two the implicit rewards β(log π - log π_ref), (B,), detached.
+    probability ε: mean -(1-ε) log σ(β h) - ε log σ(-β h), i.e. the cross-entropy against the soft
+    label P(chosen ≻ rejected) = 1-ε. ε may be a float or a (B,) tensor of per-pair values (soft
+    labels, e.g. Bradley-Terry probabilities); each pair's term is minimised at β h = logit(1-ε).
+    Returns (loss, chosen_rewards, rejected_rewards), the last two the implicit rewards
+    β(log π - log π_ref), (B,), detached.
     """
     logits = beta * _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    if isinstance(label_smoothing, Tensor) and label_smoothing.dim() > 0:
+        check_same_shape(logits=logits, label_smoothing=label_smoothing)
+        label_smoothing = label_smoothing.to(logits.dtype)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     rewards = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta

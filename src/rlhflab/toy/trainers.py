@@ -15,11 +15,23 @@ rollouts — which has exactly the same maximiser; d_C only weights the *evaluat
 objective. (Weighting the reward by C·d_C(c) would be wrong: it scales R* but not the KL penalty the
 trainer adds, i.e. it changes β per context and so moves the optimum.)
 
-DPO gets pairs (c, o_1, o_2) with c uniform over contexts and o_1, o_2 drawn i.i.d. from the exact
-π_ref table, labelled o_1 ≻ o_2 with probability σ(R*(c,o_1) − R*(c,o_2)) (Bradley-Terry at
-temperature 1), and trains with the DPO β equal to the KL coefficient β. The population minimiser of
-the DPO loss then satisfies β·log π/π_ref = R* + f(c), i.e. it *is* π*_β for R*: the same target and
-the same bar (95%, for the finite sample) as the policy-gradient trainers.
+DPO gets Bradley-Terry preferences labelled from R*, without label *sampling* noise: per context,
+every unordered pair {o, o'} of distinct outputs appears once, as a soft label — chosen ≻ rejected
+with probability p = σ((R*(c,chosen) − R*(c,rejected)) / T), T = 1 — through the DPO loss's per-pair
+label smoothing ε = 1 − p (the DPO loss with smoothing ε is exactly the cross-entropy against soft
+label 1 − ε). Equivalently: the pair appears with label o ≻ o' in proportion σ(R*(o) − R*(o')) and
+o' ≻ o in proportion 1 − σ, so the empirical label frequencies *equal* the BT probabilities (expected-
+count labelling with infinitely many annotators). Each pair's term is minimised at
+β·(log π/π_ref(o) − log π/π_ref(o')) = R*(o) − R*(o'); with all pairs of a context present these
+pin every log-ratio up to one constant per context, i.e. β·log π/π_ref = R* − β·log Z(c):
+**with DPO β = the KL coefficient β and BT temperature 1, the population (here: exact) minimiser of
+the DPO loss is π*_β ∝ π_ref·exp(R*/β) (Eq. 17)** — the same target as the policy-gradient trainers.
+The pair weighting (uniform over all O(O−1)/2 pairs per context, every context equally) does not move
+that minimiser, which is why the pairs need not be drawn from π_ref; it only conditions the
+optimisation. Sampled binary labels (the previous design: o_1, o_2 ~ π_ref, one coin flip each) are
+unbiased but noisy — a free table fit to them needs ~16k pairs per context for 98.5% — and left DPO
+at ~0.34 of the gap on the full instance (1000 pairs per context, and a learning rate of 1e-2 that
+is itself too high here); ``preference_pairs(..., labels="sampled")`` keeps them for comparison.
 
 GRPO is measured, not asserted: its rewards are standardised per group (÷ the group's std, unless
 ``scale_by_std=False``, Dr. GRPO) and its KL is k3 per token in the loss, so its fixed point is not
@@ -104,31 +116,44 @@ class TrainerSettings:
     algorithm: str
     overrides: dict = field(default_factory=dict)
     label: str | None = None
-    pairs_per_context: int = 0  # DPO only
+    dpo_labels: str = "expected"  # DPO only: "expected" (soft BT labels, all pairs) or "sampled"
+    pairs_per_context: int = 0  # DPO with sampled labels only
 
     @property
     def name(self) -> str:
         return self.label or self.algorithm
 
 
-def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dpo_pairs_per_context: int = 1000,
-                     dpo_epochs: float = 10.0) -> list[TrainerSettings]:
+def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dpo_steps: int = 2000,
+                     dpo_batch_size: int = 256) -> list[TrainerSettings]:
     """The tuned knobs. Shared: temperature 1 (samples from π itself), KL k1 per token in the reward,
     the learning rate decayed linearly to 0 so the last iterations average out the sampling noise
-    around the optimum (obj(π*) − obj(π) = β·KL(π‖π*) must fall under 2% of the gap)."""
+    around the optimum (obj(π*) − obj(π) = β·KL(π‖π*) must fall under 2% of the gap).
+
+    PPO and A2C use GAE λ = 1: the advantage is then the Monte-Carlo return (R* − β·k1 summed over the
+    remaining tokens) minus the critic's V(s_t) — a baseline, so the fixed point is π*_β whatever the
+    critic's error. With λ = 0.95 the advantage bootstraps from V and a still-imperfect critic biases
+    the fixed point (full instance: PPO 0.90, A2C 0.97 of the gap at λ = 0.95; see the report). A2C
+    (one plain step per rollout) gets a third more iterations than REINFORCE: its whitened advantages
+    make its steps noisier early on.
+
+    DPO: all output pairs with soft BT labels (``preference_pairs``), learning rate 5e-3 (1e-2 is
+    unstable on the tiny GPT-2: 0.67–0.92 of the gap depending on batch size), ``dpo_steps`` optimiser
+    steps of ``dpo_batch_size`` pairs."""
     common = {"num_iterations": num_iterations, "samples_per_prompt": samples_per_prompt,
               "lr_scheduler": "linear", "temperature": 1.0, "kl_estimator": "k1", "learning_rate": 1e-2}
     # PPO and RLOO (clipped surrogate) take several epochs per rollout, so half the iterations.
     half = {**common, "num_iterations": max(1, num_iterations // 2), "epochs": 2}
     return [
-        TrainerSettings("ppo", {**half, "num_minibatches": 4, "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
-        TrainerSettings("a2c", {**common, "whiten_advantages": True, "vf_coef": 0.1, "lam": 0.95}),
+        TrainerSettings("ppo", {**half, "num_minibatches": 4, "whiten_advantages": True, "vf_coef": 0.1, "lam": 1.0}),
+        TrainerSettings("a2c", {**common, "num_iterations": num_iterations * 4 // 3,
+                                "whiten_advantages": True, "vf_coef": 0.1, "lam": 1.0}),
         TrainerSettings("reinforce", {**common, "baseline": "batch_mean"}),
         TrainerSettings("rloo", {**half}),
         TrainerSettings("grpo", {**half, "scale_by_std": True}, label="grpo"),
         TrainerSettings("grpo", {**half, "scale_by_std": False}, label="grpo_dr"),
-        TrainerSettings("dpo", {"learning_rate": 1e-2, "batch_size": 256, "num_epochs": dpo_epochs,
-                                "lr_scheduler": "linear"}, pairs_per_context=dpo_pairs_per_context),
+        TrainerSettings("dpo", {"learning_rate": 5e-3, "batch_size": dpo_batch_size, "max_steps": dpo_steps,
+                                "lr_scheduler": "linear"}),
     ]
 
 
@@ -161,50 +186,75 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
             "config": settings.overrides, **result}
 
 
-def preference_pairs(instance: ToyInstance, tokenizer, pairs_per_context: int, seed: int = 0,
-                     temperature: float = 1.0):
-    """Bradley-Terry pairs labelled from R*: per context, o_1, o_2 ~ π_ref i.i.d. (exact table) and
-    o_1 ≻ o_2 with probability σ((R*(o_1) − R*(o_2)) / temperature). Token ids in the toy MDP's own
-    output form: the end token only on outputs that have one (a cut output has none), exactly as
-    ``exact_policy`` scores them."""
-    g = torch.Generator().manual_seed(seed + 12345)
+def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected", temperature: float = 1.0,
+                     pairs_per_context: int = 0, seed: int = 0):
+    """Bradley-Terry preferences labelled from R*, as ((prompt, chosen), (prompt, rejected)) token ids
+    in the toy MDP's own output form (the end token only on outputs that have one, exactly as
+    ``exact_policy`` scores them) and per-pair label smoothing ε (P(chosen ≻ rejected) = 1 − ε).
+
+    ``labels="expected"`` (default): every unordered pair of distinct outputs of every context once,
+    chosen = the higher R*, ε = σ(−|R*(o) − R*(o')| / temperature) — the exact BT label frequencies
+    (ties get ε = ½: the loss pins their log-ratio gap at 0). O(O−1)/2 pairs per context: 78 on the
+    test instance, 3570 on the full one. ``labels="sampled"``: ``pairs_per_context`` pairs o_1, o_2 ~
+    π_ref i.i.d., each labelled by one BT coin flip, ε = 0 (noisy; kept for comparison).
+    """
     reference, oracle = instance.require_reference(), instance.oracle_reward
-    pairs = []
+    pairs, smoothing = [], []
+    if labels == "expected":
+        a, b = torch.triu_indices(instance.num_outputs, instance.num_outputs, offset=1)
+        for i in range(instance.num_contexts):
+            prompt = _ids(tokenizer, instance.contexts[i])
+            margin = oracle[i, a] - oracle[i, b]
+            for x, y, m in zip(a.tolist(), b.tolist(), margin.tolist()):
+                chosen, rejected = (x, y) if m >= 0 else (y, x)
+                pairs.append(((prompt, _ids(tokenizer, instance.outputs[chosen])),
+                              (prompt, _ids(tokenizer, instance.outputs[rejected]))))
+                smoothing.append(1.0 / (1.0 + math.exp(abs(m) / temperature)))
+        return pairs, torch.tensor(smoothing, dtype=torch.float64)
+    if labels != "sampled":
+        raise ValueError(f"labels must be 'expected' or 'sampled', got {labels!r}")
+    g = torch.Generator().manual_seed(seed + 12345)
     for i in range(instance.num_contexts):
         draws = torch.multinomial(reference[i], 2 * pairs_per_context, replacement=True, generator=g).view(-1, 2)
         first_wins = torch.rand(pairs_per_context, generator=g, dtype=torch.float64) < torch.sigmoid(
             (oracle[i, draws[:, 0]] - oracle[i, draws[:, 1]]) / temperature)
         prompt = _ids(tokenizer, instance.contexts[i])
-        for (a, b), win in zip(draws.tolist(), first_wins.tolist()):
-            chosen, rejected = (a, b) if win else (b, a)
+        for (x, y), win in zip(draws.tolist(), first_wins.tolist()):
+            chosen, rejected = (x, y) if win else (y, x)
             pairs.append(((prompt, _ids(tokenizer, instance.outputs[chosen])),
                           (prompt, _ids(tokenizer, instance.outputs[rejected]))))
-    return pairs
+    return pairs, torch.zeros(len(pairs), dtype=torch.float64)
 
 
 def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
             beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None) -> dict:
-    """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT pairs from R*."""
+    """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT preferences from
+    R* with expected-count (soft) labels; see the module docstring for why its minimiser is π*_β."""
     from rlhflab.train.loop import train
     from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
 
-    pairs = preference_pairs(instance, tokenizer, settings.pairs_per_context, seed=seed)
+    pairs, smoothing = preference_pairs(instance, tokenizer, labels=settings.dpo_labels,
+                                        pairs_per_context=settings.pairs_per_context, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
+        overrides["batch_size"] = min(len(pairs), overrides.get("batch_size", 512))
         cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, use_chat_template=False,
                                progress=False, reference_batch_size=4096,
                                output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
         cfg.validate()
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
-        algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model)
+        algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model,
+                                        pair_label_smoothing=smoothing)
         started = time.perf_counter()
         train(cfg, algorithm)
         wall = time.perf_counter() - started
         trained = algorithm.accelerator.unwrap_model(algorithm.model)
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
+    label_model = ("Bradley-Terry soft labels P(o ≻ o') = sigmoid(R*(o) - R*(o')) (temperature 1) on every "
+                   "output pair per context" if settings.dpo_labels == "expected" else
+                   "Bradley-Terry sampled binary labels, pairs ~ π_ref")
     return {"trainer": settings.name, "algorithm": "dpo", "wall_time_s": round(wall, 2), "num_pairs": len(pairs),
-            "label_model": "Bradley-Terry, P(o1 > o2) = sigmoid(R*(o1) - R*(o2)) (temperature 1)",
-            "config": settings.overrides, **result}
+            "label_model": label_model, "config": settings.overrides, **result}
 
 
 def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings, beta: float = DEFAULT_BETA,

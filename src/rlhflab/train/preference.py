@@ -154,9 +154,19 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
     """DPO / IPO / cDPO / rDPO / SLiC-HF on preference pairs (see the module docstring)."""
 
     def __init__(self, config: PreferenceConfig, model, tokenizer, pairs: list[tuple[Example, Example]],
-                 reference=None):
+                 reference=None, pair_label_smoothing=None):
+        """``pair_label_smoothing``: optional per-pair ε_i (dpo / cdpo only), replacing the config's ε —
+        soft labels, pair i saying chosen ≻ rejected with probability 1 − ε_i."""
         self._init_common(config, model, tokenizer, len(pairs))
         self.name, self.pairs = config.loss, pairs
+        self.pair_label_smoothing = None
+        if pair_label_smoothing is not None:
+            eps = torch.as_tensor(pair_label_smoothing, dtype=torch.float32).flatten()
+            if config.loss not in ("dpo", "cdpo"):
+                raise ConfigError(f"per-pair label smoothing is for dpo / cdpo, not {config.loss}")
+            if len(eps) != len(pairs) or not bool(((eps >= 0) & (eps <= 1)).all()):
+                raise ConfigError(f"per-pair label smoothing needs {len(pairs)} values in [0, 1], got {len(eps)}")
+            self.pair_label_smoothing = eps
         # SLiC-HF needs no reference: its regulariser plays that part.
         self.reference = None if config.loss == "slic" else _FrozenReference(model, reference, self.use_lora)
         self.reference_cache: torch.Tensor | None = None  # (N, 2): log π_ref of chosen, rejected
@@ -217,6 +227,8 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
                                                                      label_smoothing=cfg.label_smoothing)
         else:  # dpo, and cdpo = dpo with label smoothing
             smoothing = cfg.label_smoothing if cfg.loss == "cdpo" else 0.0
+            if self.pair_label_smoothing is not None:
+                smoothing = self.pair_label_smoothing[torch.as_tensor(index, dtype=torch.long)].to(logps.device)
             loss, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=cfg.beta, label_smoothing=smoothing)
         stats = {"accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
                  "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
