@@ -42,7 +42,7 @@ class DemoConfig:
     def resolved(self) -> "DemoConfig":
         """Fill preset values (full vs quick) into the fields left at 0 / None."""
         full = dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
-                    feedback_prompts=96, eval_prompts=48, ppo_iterations=10, prompts_per_iteration=16,
+                    feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
                     max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2)
         quick = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
                      feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
