@@ -1,6 +1,6 @@
 """Offline methods on the one loop: a fixed dataset, a deterministic order, one optimiser step per
 iteration. Supervised fine-tuning (Section 7.4) and reward modelling (Sections 4.2, 7.5) live here;
-direct preference methods reuse :class:`OfflineSchedule` and :func:`tokenize_pairs`.
+direct preference methods (``train/preference.py``) build on :class:`OfflineAlgorithm`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,48 @@ def tokenize_demonstrations(prompts, completions, tokenizer, config: TrainConfig
     return examples
 
 
+class OfflineAlgorithm:
+    """What every offline method shares on the loop: the seeded schedule, this process's shard of
+    each global batch, micro-batches weighted by their share, no per-iteration collection, and
+    saving the trained model. Subclasses implement ``loss`` (and may override ``updates``)."""
+
+    module_name = "policy"  # key in trainable_modules, and the output directory's name
+
+    def __init__(self, config: TrainConfig, model, tokenizer, num_examples: int):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.schedule = OfflineSchedule(num_examples, config)
+
+    def trainable_modules(self):
+        return {self.module_name: self.model}
+
+    def bind(self, accelerator, modules):
+        self.accelerator, self.model = accelerator, modules[self.module_name]
+
+    def num_iterations(self):
+        return self.schedule.total
+
+    def total_optimizer_steps(self):
+        return self.schedule.total
+
+    def collect(self, iteration):
+        return {}
+
+    def updates(self, iteration):
+        """Example indices of this process, split into micro-batches; each micro-batch's mean loss
+        is weighted by its share of this process's examples."""
+        mine = shard(self.schedule.indices(iteration), self.accelerator)
+        yield [(m, len(m) / len(mine)) for m in split(mine, self.config.gradient_accumulation_steps)]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def save_final(self, run_dir: Path):
+        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / self.module_name))
+
+
 @dataclass
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on demonstrations: completion-only loss (Section 7.4)."""
@@ -69,30 +111,15 @@ class SFTConfig(TrainConfig):
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW.")
 
 
-class SFTAlgorithm:
+class SFTAlgorithm(OfflineAlgorithm):
     """Maximise log pi(o | c) on demonstrations; prompt tokens carry no loss (the paper's SFT
     objective of Section 6.3, max E[ln pi_theta(o_w | c)])."""
 
     name = "sft"
 
     def __init__(self, config: SFTConfig, model, tokenizer, examples: list[tuple[list[int], list[int]]]):
-        self.config, self.model, self.tokenizer, self.examples = config, model, tokenizer, examples
-        self.schedule = OfflineSchedule(len(examples), config)
-
-    def trainable_modules(self):
-        return {"policy": self.model}
-
-    def bind(self, accelerator, modules):
-        self.accelerator, self.model = accelerator, modules["policy"]
-
-    def num_iterations(self):
-        return self.schedule.total
-
-    def total_optimizer_steps(self):
-        return self.schedule.total
-
-    def collect(self, iteration):
-        return {}
+        super().__init__(config, model, tokenizer, len(examples))
+        self.examples = examples
 
     def updates(self, iteration):
         chosen = [self.examples[i] for i in self.schedule.indices(iteration)]
@@ -112,15 +139,6 @@ class SFTAlgorithm:
         # sft_loss is this micro-batch's token mean; rescale it to its share of the global mean.
         return sft_loss(logprobs, mask) * (mask.sum() * scale), {"tokens": float(mask.sum())}
 
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def save_final(self, run_dir: Path):
-        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / "policy"))
-
 
 @dataclass
 class RewardConfig(TrainConfig):
@@ -138,38 +156,17 @@ class RewardConfig(TrainConfig):
     batch_size: int = option(16, "Feedback records per optimiser step across all processes.")
 
 
-class RewardAlgorithm:
+class RewardAlgorithm(OfflineAlgorithm):
     """R_phi trained by maximum likelihood of the feedback (Eq. 5-6), one forward per step over all
     completions of the batch (chosen and rejected together)."""
 
     name = "reward"
+    module_name = "reward_model"
 
     def __init__(self, config: RewardConfig, model, tokenizer, records: Sequence):
-        self.config, self.model, self.tokenizer, self.records = config, model, tokenizer, list(records)
-        self.schedule = OfflineSchedule(len(self.records), config)
+        super().__init__(config, model, tokenizer, len(records))
+        self.records = list(records)
         self.share_prompts = supports_shared_prompt(model, tokenizer)
-
-    def trainable_modules(self):
-        return {"reward_model": self.model}
-
-    def bind(self, accelerator, modules):
-        self.accelerator, self.model = accelerator, modules["reward_model"]
-
-    def num_iterations(self):
-        return self.schedule.total
-
-    def total_optimizer_steps(self):
-        return self.schedule.total
-
-    def collect(self, iteration):
-        return {}
-
-    def updates(self, iteration):
-        chosen = [self.records[i] for i in self.schedule.indices(iteration)]
-        mine = shard(chosen, self.accelerator)
-        micro = split(mine, self.config.gradient_accumulation_steps)
-        # Each micro-batch's mean loss is weighted by its share of this process's examples.
-        yield [(m, len(m) / len(mine)) for m in micro]
 
     def _rewards(self, contexts, outputs, group_size: int = 1):
         """R_phi of each (context, output). With ``group_size`` k > 1, ``contexts`` holds each
@@ -185,7 +182,8 @@ class RewardAlgorithm:
         return self.model(**encoded).logits.squeeze(-1).float()
 
     def loss(self, micro):
-        records, weight = micro
+        indices, weight = micro
+        records = [self.records[i] for i in indices]
         kind = self.config.feedback
         if kind == "preference":
             # (chosen, rejected) of each record side by side, so each prompt can be read once.
@@ -222,15 +220,6 @@ class RewardAlgorithm:
             loss = regression_loss(rewards, targets)
             stats = {}
         return loss * weight, stats
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def save_final(self, run_dir: Path):
-        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / "reward_model"))
 
 
 # ---- one prompt, k completions: the prompt's forward computed once ---------------------------------

@@ -39,10 +39,8 @@ from rlhflab.losses import (
     sequence_logprob,
     slic_loss,
 )
-from rlhflab.models.loading import save_model
 from rlhflab.rollout import completion_logprobs, join_prompt_completion
-from rlhflab.train.loop import shard, split
-from rlhflab.train.offline import OfflineSchedule, tokenize_demonstrations
+from rlhflab.train.offline import OfflineAlgorithm, tokenize_demonstrations
 
 PREFERENCE_LOSSES = ["dpo", "ipo", "cdpo", "rdpo", "slic"]
 RANKING_LOSSES = ["rrhf", "pro"]
@@ -116,38 +114,14 @@ class _FrozenReference:
         return sequence_logps(self.model, examples, pad_id)[0]
 
 
-class _OfflineListAlgorithm:
-    """What DPO-family and ranking methods share: the seeded offline schedule, per-process shards,
-    micro-batches weighted by their share, saving the policy."""
+class _OfflineListAlgorithm(OfflineAlgorithm):
+    """What DPO-family and ranking methods add to the shared offline algorithm: the pad id for
+    their own batching and whether the policy carries LoRA adapters (the reference then)."""
 
     def _init_common(self, config, model, tokenizer, num_examples):
-        self.config, self.model, self.tokenizer = config, model, tokenizer
+        OfflineAlgorithm.__init__(self, config, model, tokenizer, num_examples)
         self.pad_id = tokenizer.pad_token_id
-        self.schedule = OfflineSchedule(num_examples, config)
         self.use_lora = hasattr(model, "disable_adapter")
-
-    def trainable_modules(self):
-        return {"policy": self.model}
-
-    def num_iterations(self):
-        return self.schedule.total
-
-    def total_optimizer_steps(self):
-        return self.schedule.total
-
-    def updates(self, iteration):
-        mine = shard(self.schedule.indices(iteration), self.accelerator)
-        # Losses are means over examples: weight each micro-batch by its share of this process's.
-        yield [(m, len(m) / len(mine)) for m in split(mine, self.config.gradient_accumulation_steps)]
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def save_final(self, run_dir: Path):
-        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / "policy"))
 
 
 class PreferenceAlgorithm(_OfflineListAlgorithm):
@@ -173,7 +147,7 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
         self.reference_seconds = 0.0
 
     def bind(self, accelerator, modules):
-        self.accelerator, self.model = accelerator, modules["policy"]
+        super().bind(accelerator, modules)
         if self.reference is None:
             return
         if self.reference.model is not None:
@@ -268,12 +242,6 @@ class RankingAlgorithm(_OfflineListAlgorithm):
     def __init__(self, config: RankingConfig, model, tokenizer, rankings: list[tuple[list[Example], list[int]]]):
         self._init_common(config, model, tokenizer, len(rankings))
         self.name, self.rankings = config.loss, rankings
-
-    def bind(self, accelerator, modules):
-        self.accelerator, self.model = accelerator, modules["policy"]
-
-    def collect(self, iteration):
-        return {}
 
     def loss(self, micro):
         index, weight = micro
