@@ -174,9 +174,9 @@ def test_reward_loss_is_unchanged_by_prompt_sharing():
     algo = RewardAlgorithm(RewardConfig(batch_size=4), model, tokenizer, records)
     algo.accelerator = SimpleNamespace(device="cpu")
     assert algo.share_prompts
-    shared_loss, shared_stats = algo.loss((records, 1.0))
+    shared_loss, shared_stats = algo.loss((list(range(len(records))), 1.0))
     algo.share_prompts = False
-    plain_loss, plain_stats = algo.loss((records, 1.0))
+    plain_loss, plain_stats = algo.loss((list(range(len(records))), 1.0))
     torch.testing.assert_close(shared_loss, plain_loss, atol=1e-6, rtol=1e-5)
     assert shared_stats["accuracy"] == plain_stats["accuracy"]
 
