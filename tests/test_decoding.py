@@ -2,7 +2,6 @@
 reward-augmented decoding (RAD), on a tiny random policy."""
 
 import math
-import os
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ import torch
 
 from rlhflab.data.records import Rating, Ranking
 from rlhflab.errors import DataError
-from rlhflab.models import load_policy, load_reward_model, resolve_model
+from rlhflab.models import load_policy, load_reward_model
 from rlhflab.models.scoring import score
 from rlhflab.train.loop import train
 from rlhflab.train.offline import (

@@ -15,7 +15,7 @@ import torch
 
 from rlhflab.data.records import Prompt
 from rlhflab.errors import TrainingError
-from rlhflab.models import load_policy, resolve_model
+from rlhflab.models import load_policy
 from rlhflab.rewards import RewardSource
 from rlhflab.train.loop import train
 from rlhflab.train.policy_optimization import (

@@ -3,7 +3,6 @@ one loop, on a tiny random policy and data labelled by a known rule (more 'a's i
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -3,14 +3,12 @@ sampler (acceptance probabilities by hand), and SFT on positive feedback only.""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 
 from rlhflab.data.records import Preference
-from rlhflab.models import load_policy
 from rlhflab.rewards import RewardSource
 from rlhflab.train.rejection import (
     PositiveSFTConfig,

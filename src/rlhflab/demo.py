@@ -73,7 +73,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     from rlhflab import workflow
     from rlhflab.evaluate import evaluate_policy
     from rlhflab.models import load_policy
-    from rlhflab.report import evaluation_rows, format_evaluations, plot_before_after, plot_training_curves, read_metrics
+    from rlhflab.report import evaluation_rows, plot_before_after, plot_training_curves, read_metrics
     from rlhflab.rewards import load_reward_source
     from rlhflab.train.offline import RewardConfig
     from rlhflab.train.policy_optimization import RLConfig

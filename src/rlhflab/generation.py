@@ -33,7 +33,6 @@ import inspect
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def _causal_lm(model):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from rlhflab.errors import ConfigError
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.config import TrainConfig, default_run_dir, option, save_config
-from rlhflab.data import Prompt, Samples, load_prompt_set, prompt_text, read_records, render_prompt, write_records
+from rlhflab.config import TrainConfig, option
+from rlhflab.data import Prompt, Samples, load_prompt_set, read_records, render_prompt, write_records
 from rlhflab.errors import ConfigError
 from rlhflab.files import write_json
 

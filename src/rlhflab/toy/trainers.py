@@ -52,7 +52,6 @@ import torch
 from rlhflab.data.records import Prompt
 from rlhflab.rewards import RewardSource
 from rlhflab.toy.exact import (
-    best_of_n_distribution,
     evaluate_model_against_optimum,
     kl_divergence,
     kl_regularised_optimum,
@@ -301,7 +300,7 @@ def table_markdown(result: dict) -> str:
 def trainers_experiment(run_dir, seed: int = 0, beta: float = DEFAULT_BETA) -> dict:
     """``rlhflab toy trainers``: every trainer on the full instance; trainers.json, trainers.png,
     trainers.md (gap closed and wall time per trainer, GRPO with and without std scaling)."""
-    from rlhflab.files import write_json, write_text
+    from rlhflab.files import write_text
     from rlhflab.toy import experiments
 
     started = time.perf_counter()

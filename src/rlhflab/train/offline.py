@@ -17,8 +17,8 @@ from rlhflab.data.render import prompt_text, render_completion, render_prompt
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
 from rlhflab.models.loading import save_model
-from rlhflab.models.scoring import encode_for_reward, reward_forward
-from rlhflab.rollout import SequenceBatch, completion_logprobs, join_prompt_completion
+from rlhflab.models.scoring import encode_for_reward
+from rlhflab.rollout import completion_logprobs, join_prompt_completion
 from rlhflab.train.loop import shard, split
 
 
