@@ -42,20 +42,38 @@ def test_next_token_probs_match_generate_warpers():
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_engine_logprobs_equal_a_full_forward_pass(policy):
-    """Shared prefill + static cache + left padding give the same per-token log-probs as scoring
-    the finished rollouts with one full forward pass (what the trainers do)."""
+@pytest.mark.parametrize("samples", [3, 10])  # 12 rows: x @ W^T products; 40 rows: W @ x^T
+@pytest.mark.parametrize("stepper", ["lean", "model trunk"])
+def test_engine_logprobs_equal_a_full_forward_pass(policy, monkeypatch, samples, stepper):
+    """Shared prefill, the decode cache and left padding give the same per-token log-probs as
+    scoring the finished rollouts with one full forward pass (what the trainers do), whether the
+    steps run through the lean Llama stepper or through the model's own trunk."""
     model, tokenizer = policy
+    assert generation.LlamaStepper.applies(model.model)
+    if stepper == "model trunk":
+        monkeypatch.setattr(generation.LlamaStepper, "applies", staticmethod(lambda trunk: False))
     prompts = _prompts(tokenizer)
     torch.manual_seed(0)
-    rows, logprobs = generation.generate(model, prompts, 3, 12, [tokenizer.eos_token_id], tokenizer.pad_token_id,
-                                         temperature=0.8, return_logprobs=True)
-    assert len(rows) == 3 * len(prompts)
-    batch = join_prompt_completion([p for p in prompts for _ in range(3)], rows, tokenizer.pad_token_id)
+    rows, logprobs = generation.generate(model, prompts, samples, 12, [tokenizer.eos_token_id],
+                                         tokenizer.pad_token_id, temperature=0.8, return_logprobs=True)
+    assert len(rows) == samples * len(prompts)
+    batch = join_prompt_completion([p for p in prompts for _ in range(samples)], rows, tokenizer.pad_token_id)
     with torch.no_grad():
         full = completion_logprobs(model, batch, temperature=0.8)
     for i, row in enumerate(rows):
         torch.testing.assert_close(full[i, : len(row)], torch.tensor(logprobs[i]), atol=2e-4, rtol=1e-4)
+
+
+def test_lean_stepper_leaves_lora_models_to_their_own_forward(policy):
+    """Adapter-wrapped projections are not plain nn.Linear: the lean step would skip the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    import copy
+
+    model, _ = policy
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert generation.supports(lora)
+    assert not generation.LlamaStepper.applies(lora.get_base_model().model)
 
 
 def test_engine_greedy_matches_generate(policy):
@@ -71,19 +89,14 @@ def test_engine_greedy_matches_generate(policy):
         assert len(row) == 10 or row[-1] == tokenizer.eos_token_id
 
 
-def test_engine_reproduces_generate_samples_under_the_same_seed(policy):
-    """One multinomial draw per row per step on the same probabilities: same tokens as generate."""
-    model, tokenizer = policy
-    prompts = _prompts(tokenizer)
-    eos = [tokenizer.eos_token_id]
-    torch.manual_seed(7)
-    rows = generation.generate(model, prompts, 1, 8, eos, tokenizer.pad_token_id, top_k=20)
-    ids, mask = pad_left(prompts, tokenizer.pad_token_id)
-    torch.manual_seed(7)
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=20, top_p=1.0, max_new_tokens=8,
-                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    for row, ref in zip(rows, out[:, ids.shape[1]:].tolist()):
-        assert row == ref[: len(row)]
+def test_inverse_cdf_sampler_draws_from_the_given_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.1, 0.0, 0.0, 0.0, 0.9]])
+    torch.manual_seed(0)
+    draws = torch.stack([generation.sample_from_probs(probs) for _ in range(20000)])
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).float() / len(draws)
+        assert set(freq.nonzero().flatten().tolist()) == set(probs[row].nonzero().flatten().tolist())
+        assert torch.allclose(freq, probs[row], atol=0.015)
 
 
 def test_engine_first_token_frequencies_match_the_policy(policy):
