@@ -69,14 +69,16 @@ def test_rso_pairs_consecutive_accepted_samples_and_labels_them_by_reward():
 
 
 def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_file):
-    cfg = RAFTConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "raft"), num_rounds=3,
+    cfg = RAFTConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "raft"), num_rounds=4,
                      samples_per_prompt=8, keep_fraction=1 / 8, max_new_tokens=8, learning_rate=3e-3,
                      num_epochs=4, batch_size=8, use_chat_template=False, progress=False)
     run_dir = raft(cfg, reward_source=COUNT_A)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    assert [r["samples_drawn"] for r in rounds] == [128] * 3 and [r["kept"] for r in rounds] == [16] * 3
+    assert [r["samples_drawn"] for r in rounds] == [128] * 4 and [r["kept"] for r in rounds] == [16] * 4
     assert all(r["reward_kept"] >= r["reward"] for r in rounds)
-    assert rounds[2]["reward"] > 3 * rounds[0]["reward"] and rounds[2]["reward"] > 0.05, rounds
+    # Four seeds gave 0.11-0.20 in the last round from 0.004-0.010 in the first (three rounds
+    # were too few for a seed-independent bar: 0.044-0.068).
+    assert rounds[3]["reward"] > 5 * rounds[0]["reward"] and rounds[3]["reward"] > 0.08, rounds
     assert (run_dir / "policy" / "config.json").is_file()
 
 

@@ -239,3 +239,39 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, tmp_path, monk
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     for pa, pb in zip(params_a, params_b):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_logits_and_gradients_equal_the_full_forward(policy):
+    """Rows sharing a prompt (GRPO groups, DPO pairs) compute it once: same logits, hidden states
+    and parameter gradients as one full forward per row."""
+    import copy
+
+    from rlhflab import rollout
+
+    model, tokenizer = policy
+    enc = lambda t: tokenizer(t, add_special_tokens=False).input_ids  # noqa: E731
+    prompts = [enc("hello world"), enc("abc"), enc("hello world"), enc("abc"), enc("abc"), enc("zz top")]
+    completions = [enc("foo"), enc("x"), enc("barbaz"), enc("yyyy"), enc("hello"), enc("q")]
+    batch = join_prompt_completion(prompts, completions, tokenizer.pad_token_id)
+
+    def run(shared: bool):
+        m = copy.deepcopy(model).train()
+        if shared:
+            logits, hidden = rollout.shared_prompt_logits(m, batch, output_hidden_states=True)
+        else:
+            parts = [rollout.completion_logits(m, batch.select(slice(i, i + 1)), True) for i in range(len(prompts))]
+            width = batch.num_completion_tokens
+            logits = torch.cat([torch.nn.functional.pad(l, (0, 0, 0, width - l.shape[1])) for l, _ in parts])
+            hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for _, h in parts])
+        picked = logits.log_softmax(-1).gather(-1, batch.completion_ids[..., None]).squeeze(-1)
+        ((picked * batch.completion_mask).sum() + 0.01 * (hidden * batch.completion_mask[..., None]).sum()).backward()
+        return logits.detach(), hidden.detach(), {n: p.grad for n, p in m.named_parameters()}
+
+    shared, plain = run(True), run(False)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(shared[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1][mask], plain[1][mask], atol=1e-5, rtol=1e-5)
+    for name, grad in shared[2].items():
+        torch.testing.assert_close(grad, plain[2][name], atol=1e-5, rtol=1e-4)
+    # No two rows share a prompt: nothing to share, the plain forward runs.
+    assert rollout.shared_prompt_logits(model, batch.select([0, 1])) is None

@@ -18,6 +18,7 @@ import torch
 
 from rlhflab.config import option
 from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.generation import sample_from_probs
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
 from rlhflab.toy.exact import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
@@ -123,8 +124,8 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
 
     The reward source is called on B·k partial outputs per step, batched over rows; RAD's own
     unidirectional reward model caches its states across steps, which is not attempted here.
-    ``beta=0`` (or no reward source) is top-k ancestral sampling; the draw is
-    ``torch.multinomial`` over the full vocabulary, as ``generate`` does it.
+    ``beta=0`` (or no reward source) is top-k ancestral sampling; the draw is the sampling
+    engine's (``generation.sample_from_probs``), so it reproduces ``rollout.sample`` token for token.
     """
     raw = [getattr(p, "prompt", p) for p in prompts]
     contexts = [prompt_text(p) for p in raw]
@@ -158,7 +159,7 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
                 rewards = reward_source(ctx, texts).to(device).view_as(candidates)
                 calls += len(texts)
             probs = torch.softmax(rad_logits(logits, rewards, candidates, beta), dim=-1)
-            token = torch.multinomial(probs, 1).squeeze(1)
+            token = sample_from_probs(probs)
             token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
             generated = torch.cat([generated, token[:, None]], dim=1)
             done |= torch.isin(token, torch.tensor(eos_ids, device=device))

@@ -38,10 +38,11 @@ falls back to ``generate``.
 
 from __future__ import annotations
 
-import inspect
 from typing import Sequence
 
 import torch
+
+from rlhflab.rollout import cache_argument
 
 
 def _causal_lm(model):
@@ -62,16 +63,10 @@ def _parts(model):
     if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
             t != "full_attention" for t in config.layer_types):
         return None  # sliding-window or hybrid layers need their own cache layout
-    cache_arg = _cache_argument(trunk)
+    cache_arg = cache_argument(trunk)
     if cache_arg is None:
         return None
     return trunk, head, cache_arg
-
-
-def _cache_argument(trunk) -> str | None:
-    """The name under which this transformers version's models take a KV cache."""
-    params = inspect.signature(trunk.forward).parameters
-    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
 
 
 def supports(model) -> bool:

@@ -80,7 +80,12 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def completion_logits(model, batch: SequenceBatch, output_hidden_states: bool = False):
     """Logits predicting each completion token (B, T, V), and optionally the last hidden states at
-    the same positions (B, T, H). Only the last T + 1 positions go through the LM head."""
+    the same positions (B, T, H). Only the positions that predict completion tokens go through the
+    LM head. Rows that share a prompt (the samples of one prompt, the chosen and rejected answers
+    of a pair) have that prompt computed once: see :func:`shared_prompt_logits`."""
+    shared = shared_prompt_logits(model, batch, output_hidden_states)
+    if shared is not None:
+        return shared
     T = batch.num_completion_tokens
     out = model(
         input_ids=batch.input_ids,
@@ -92,6 +97,67 @@ def completion_logits(model, batch: SequenceBatch, output_hidden_states: bool = 
     )
     logits = out.logits[:, -(T + 1):-1]
     hidden = out.hidden_states[-1][:, -(T + 1):-1] if output_hidden_states else None
+    return logits, hidden
+
+
+def cache_argument(model) -> str | None:
+    """The keyword under which this decoder takes a key/value cache (None: not a cached decoder)."""
+    import inspect
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    params = inspect.signature(lm.forward).parameters
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+
+
+def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool = False):
+    """:func:`completion_logits` computing each distinct prompt once, or None when no two rows
+    share a prompt (or the model takes no key/value cache).
+
+    The distinct prompts go through the model once (Bp rows); their per-layer keys and values are
+    then gathered to the B rows (a differentiable index, so gradients from every completion flow
+    back into the one prompt computation) and the completions run on top of them as a cached
+    continuation. Same mathematics as the full forward pass — attention of a completion token over
+    [prompt | completion] — with B·P prompt-token positions replaced by Bp·P. The last completion
+    token predicts nothing the loss uses, so it is not fed."""
+    from transformers import DynamicCache
+
+    T, width = batch.num_completion_tokens, batch.input_ids.shape[1]
+    P = width - T
+    if P == 0 or batch.input_ids.shape[0] < 2:
+        return None
+    prompt_part = torch.cat([batch.input_ids[:, :P], batch.attention_mask[:, :P].long()], dim=1)
+    unique, row_to_prompt = torch.unique(prompt_part, dim=0, return_inverse=True)
+    cache_arg = None if unique.shape[0] == batch.input_ids.shape[0] else cache_argument(model)
+    if cache_arg is None:
+        return None
+    first_row = torch.full((unique.shape[0],), -1, dtype=torch.long, device=row_to_prompt.device)
+    first_row.scatter_reduce_(0, row_to_prompt, torch.arange(len(row_to_prompt), device=first_row.device),
+                              reduce="amin", include_self=False)
+    positions = position_ids_from_mask(batch.attention_mask)
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    prompt_cache = DynamicCache(config=config)
+    prompt_out = model(
+        input_ids=batch.input_ids[first_row, :P], attention_mask=batch.attention_mask[first_row, :P],
+        position_ids=positions[first_row, :P], use_cache=True, **{cache_arg: prompt_cache},
+        logits_to_keep=1, output_hidden_states=output_hidden_states,
+    )
+    first_logits = prompt_out.logits[:, -1][row_to_prompt]  # predicts each row's first completion token
+    first_hidden = prompt_out.hidden_states[-1][:, -1][row_to_prompt] if output_hidden_states else None
+    if T == 1:
+        return first_logits[:, None], None if first_hidden is None else first_hidden[:, None]
+    rows_cache = DynamicCache(config=config)
+    for layer_idx, layer in enumerate(prompt_cache.layers):
+        rows_cache.update(layer.keys[row_to_prompt], layer.values[row_to_prompt], layer_idx)
+    out = model(
+        input_ids=batch.input_ids[:, P: width - 1], attention_mask=batch.attention_mask[:, : width - 1],
+        position_ids=positions[:, P: width - 1], use_cache=True, **{cache_arg: rows_cache},
+        output_hidden_states=output_hidden_states,
+    )
+    logits = torch.cat([first_logits[:, None].to(out.logits.dtype), out.logits], dim=1)
+    hidden = (torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None)
     return logits, hidden
 
 

@@ -229,7 +229,7 @@ def supports_shared_prompt(model, tokenizer) -> bool:
     the prompt: with causal attention, the prompt's states do not depend on what follows. An
     encoder (MiniLM/BERT) attends both ways, so its prompt states change with each completion and
     nothing can be shared."""
-    from rlhflab import generation
+    from rlhflab.rollout import cache_argument
 
     if tokenizer.sep_token is not None and tokenizer.cls_token is not None:
         return False  # encode_for_reward gives encoders a sentence pair
@@ -239,7 +239,7 @@ def supports_shared_prompt(model, tokenizer) -> bool:
         return False
     if getattr(model.config, "is_encoder_decoder", False) or hasattr(model, "get_base_model"):
         return False
-    return generation._cache_argument(trunk) is not None
+    return cache_argument(trunk) is not None
 
 
 def shared_prompt_encoding(tokenizer, contexts, outputs, group_size: int, max_length: int):
@@ -271,11 +271,10 @@ def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
     the plain forward's up to float rounding (tested). Shape (B * k,)."""
     from transformers import DynamicCache
 
-    from rlhflab import generation
-    from rlhflab.rollout import pad_left, pad_right
+    from rlhflab.rollout import cache_argument, pad_left, pad_right
 
     trunk = getattr(model, model.base_model_prefix)
-    cache_arg = generation._cache_argument(trunk)
+    cache_arg = cache_argument(trunk)
     k, pad_id = encoded["group_size"], encoded["pad_id"]
     prompt_ids, prompt_real = pad_left(encoded["prompts"], pad_id)
     out_ids, out_real = pad_right(encoded["completions"], pad_id)
