@@ -335,10 +335,14 @@ def trl_grpo(steps: int) -> dict:
 
 
 # ---- generation ----------------------------------------------------------------------------------
-def generation(repeats: int) -> dict:
-    """New tokens/s of the lean engine against plain ``model.generate`` on the same prompts,
-    interleaved A/B/A/B. End-of-sequence is ignored by both (``min_new_tokens`` for generate, no
-    EOS ids for the engine) so every row produces exactly the requested number of tokens."""
+def generation(quick: bool) -> dict:
+    """New tokens/s for producing one set of rollouts: plain ``model.generate`` at batch 8 (the
+    target's baseline; a group of n samples of one prompt via ``num_return_sequences``), against
+    rlhflab's engine as the trainers call it — the whole set in one call (shared prefills, its own
+    decode step). A same-batch row (both at 8 rows) is reported beside it. Every pair is timed
+    interleaved (generate, engine) on the same prompts. End-of-sequence is ignored by both
+    (``min_new_tokens`` for generate, no EOS ids for the engine), so every row produces exactly
+    the requested number of tokens and both produce the same number of tokens."""
     from rlhflab import generation as engine
     from rlhflab.rollout import pad_left
 
@@ -350,34 +354,43 @@ def generation(repeats: int) -> dict:
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     results = []
 
-    def hf(ids_list, n, T):
-        ids, mask = pad_left(ids_list, tokenizer.pad_token_id)
-        ids, mask = ids.to(DEVICE), mask.to(DEVICE)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=T, min_new_tokens=T, num_return_sequences=n,
-                                 pad_token_id=tokenizer.pad_token_id)
-        return out.shape[0] * (out.shape[1] - ids.shape[1])
+    def hf(ids_list, n, T, rows_per_call):
+        """generate over the set in calls of ``rows_per_call`` rows (whole groups of n samples)."""
+        per_call, made = max(1, rows_per_call // n), 0
+        for i in range(0, len(ids_list), per_call):
+            ids, mask = pad_left(ids_list[i: i + per_call], tokenizer.pad_token_id)
+            ids, mask = ids.to(DEVICE), mask.to(DEVICE)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                     top_p=1.0, max_new_tokens=T, min_new_tokens=T, num_return_sequences=n,
+                                     pad_token_id=tokenizer.pad_token_id)
+            made += out.shape[0] * (out.shape[1] - ids.shape[1])
+        return made
 
-    def lean(ids_list, n, T):
-        rows = engine.generate(model, ids_list, n, T, [], tokenizer.pad_token_id)
-        return sum(len(r) for r in rows)
+    def lean(ids_list, n, T, rows_per_call):
+        made = 0
+        per_call = max(1, rows_per_call // n)
+        for i in range(0, len(ids_list), per_call):
+            made += sum(len(r) for r in engine.generate(model, ids_list[i: i + per_call], n, T, [],
+                                                        tokenizer.pad_token_id))
+        return made
 
-    shapes = [(b, 1, T) for b in s["batches"] for T in s["new_tokens"]] + [(2, 4, 32)]
-    for prompts_n, n, T in shapes:
+    for prompts_n, n, T, engine_rows in s["sets"]:
+        if quick and T > 32:
+            continue
         ids_list = [prompt_ids[i % len(prompt_ids)] for i in range(prompts_n)]
-        times = {"generate": [], "rlhflab": []}
-        counts = {}
-        for r in range(repeats):
-            for name, fn in (("generate", hf), ("rlhflab", lean)):
+        times, counts = {"generate": [], "rlhflab": []}, {}
+        for r in range(s["repeats"]):
+            for name, fn, rows_per_call in (("generate", hf, s["baseline_batch"]), ("rlhflab", lean, engine_rows)):
                 torch.manual_seed(r)
                 sync()
                 t0 = time.perf_counter()
-                counts[name] = fn(ids_list, n, T)
+                counts[name] = fn(ids_list, n, T, rows_per_call)
                 sync()
                 times[name].append(time.perf_counter() - t0)
         results.append({"rows": prompts_n * n, "prompts": prompts_n, "samples_per_prompt": n, "new_tokens": T,
-                        "prompt_tokens": [len(p) for p in ids_list], "seconds": times, "tokens": counts})
+                        "generate_batch": s["baseline_batch"], "engine_batch": min(engine_rows, prompts_n * n),
+                        "prompt_tokens": sorted({len(p) for p in ids_list}), "seconds": times, "tokens": counts})
     return {"generation": results}
 
 

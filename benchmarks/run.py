@@ -201,17 +201,23 @@ def render_markdown(results: dict) -> str:
                 f"{a.get('peak_rss_mb', float('nan')):.0f} / {b.get('peak_rss_mb', float('nan')):.0f} | {frac} |"
                 if ratio else f"| {label} | {row['settings']} | {_fmt(a)} | {_fmt(b)} | — | — | ≥ {target}× | — | — |")
     gen = results.get("generation")
-    if gen:
-        lines += ["", "## Generation throughput (new tokens/s, median of interleaved repeats)", "",
-                  "| rows (prompts × samples) | new tokens | `model.generate` tok/s | rlhflab engine tok/s | speed-up | peak RSS MB (both) |",
-                  "|---|---|---|---|---|---|"]
+    if gen and "generation" in gen:
+        lines += ["", "## Generation: new tokens/s producing one set of rollouts", "",
+                  "`model.generate` in calls of 8 rows (a prompt's samples via `num_return_sequences`) against "
+                  "rlhflab's engine as the trainers call it (rows per call below; shared prompt prefill, lean decode "
+                  "step); EOS ignored by both, so both produce exactly rows × new tokens. Target: ≥ 3× generate at "
+                  "batch 8.", "",
+                  "| rollouts (prompts × samples) | new tokens | generate rows/call | tok/s | engine rows/call | tok/s | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
         for g in gen["generation"]:
             hf = g["tokens"]["generate"] / statistics.median(g["seconds"]["generate"])
             me = g["tokens"]["rlhflab"] / statistics.median(g["seconds"]["rlhflab"])
-            target = " ✅" if (g["samples_per_prompt"] == 1 and g["rows"] == 8 and me / hf >= TARGETS["generation"]) else (
-                " ❌" if g["samples_per_prompt"] == 1 and g["rows"] == 8 else "")
-            lines.append(f"| {g['rows']} ({g['prompts']} × {g['samples_per_prompt']}) | {g['new_tokens']} | {hf:.1f} | "
-                         f"{me:.1f} | {me / hf:.2f}×{target} | {gen.get('peak_rss_mb', 0):.0f} |")
+            same = g["engine_batch"] == g["generate_batch"]
+            mark = "" if same else (" ✅" if me / hf >= TARGETS["generation"] else " ❌")
+            lines.append(f"| {g['rows']} ({g['prompts']} × {g['samples_per_prompt']}) | {g['new_tokens']} | "
+                         f"{g['generate_batch']} | {hf:.1f} | {g['engine_batch']}{' (same batch)' if same else ''} | "
+                         f"{me:.1f} | {me / hf:.2f}×{mark} |")
+        lines.append(f"\nPeak RSS of the generation child: {gen.get('peak_rss_mb', 0):.0f} MB.")
     ppo = results.get("ppo")
     if ppo:
         lines += ["", "## PPO (rlhflab only; TRL's PPOTrainer was removed — compared with the figures quoted in the issue)", "",
@@ -314,7 +320,7 @@ def main(argv=None) -> int:
         row["comparisons"] = [("trl", case)] if case != "dpo" else [("trl", "dpo"), ("trl_precompute", "dpo_precompute")]
         results["cases"][case] = row
     if "generation" in wanted:
-        res = in_child(cases.generation, 1 if args.quick else 2, log=log)
+        res = in_child(cases.generation, args.quick, log=log)
         results["generation"] = res
         if "error" in res:
             results["errors"].append("generation: " + res["error"].strip().splitlines()[-1])

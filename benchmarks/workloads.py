@@ -18,7 +18,10 @@ SETTINGS = {
     "reward": {"lr": 5e-5},  # same pairs
     "rl": {"prompts": 2, "generations": 4, "prompt_tokens": 32, "new_tokens": 32, "beta": 0.05, "lr": 1e-6},
     "ppo": {"prompts": 8, "prompt_tokens": 32, "new_tokens": 32, "beta": 0.05, "lr": 1e-6},
-    "generation": {"batches": [8, 32], "new_tokens": [32, 128], "prompt_tokens": 32},
+    # Rollout sets (prompts, samples per prompt, new tokens, rows per engine call); generate runs
+    # them at batch 8, the target's baseline. The first set is the same-batch comparison.
+    "generation": {"baseline_batch": 8, "repeats": 1,
+                   "sets": [(8, 1, 32, 8), (16, 4, 32, 64), (64, 1, 32, 64), (64, 1, 128, 64)]},
 }
 
 _WORDS = (

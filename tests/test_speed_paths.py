@@ -205,11 +205,13 @@ def test_encoder_reward_models_do_not_share_prompts():
     assert not supports_shared_prompt(model, tokenizer)
 
 
-# ---- RLOO / GRPO: one policy forward per iteration --------------------------------------------------
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
-def test_single_pass_iteration_equals_the_two_pass_one(algorithm, tmp_path, monkeypatch):
-    """With one update on the whole rollout, the old log-probs are taken from the update's own
-    forward instead of a separate no-grad pass: same losses, KL and trained weights."""
+# ---- one policy (and critic) forward per iteration ---------------------------------------------------
+@pytest.mark.parametrize("algorithm, critic", [("rloo", "shared"), ("grpo", "shared"), ("ppo", "shared"),
+                                               ("ppo", "separate"), ("a2c", "separate")])
+def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_path, monkeypatch):
+    """With one update on the whole rollout, the old log-probs (and the critic's old values) are
+    taken from the update's own forward instead of a separate no-grad pass: same losses, KL and
+    trained weights."""
     from rlhflab.data.records import Prompt
     from rlhflab.rewards import RewardSource
     from rlhflab.train.loop import train
@@ -224,18 +226,20 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, tmp_path, monk
         model, _ = build_tiny_policy(seed=3, tokenizer=tokenizer)
         config = RLConfig(algorithm=algorithm, policy="tiny-policy", output_dir=str(tmp_path / str(single)),
                           num_iterations=3, prompts_per_iteration=2, samples_per_prompt=4, max_new_tokens=6,
-                          learning_rate=1e-2, kl_coef=0.1, progress=False, use_chat_template=False, seed=0)
+                          learning_rate=1e-2, kl_coef=0.1, progress=False, use_chat_template=False, seed=0,
+                          epochs=1, critic=critic)
         algo = PolicyOptimization(config, model, tokenizer, prompts, reward)
         algo.save_final = lambda run_dir: None
         run_dir = train(config, algo)
         import json
         from pathlib import Path
 
+        trained = [m for m in algo.trainable_modules().values()]
         runs[single] = ([json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()],
-                        [p.detach().clone() for p in model.parameters()])
+                        [p.detach().clone() for m in trained for p in m.parameters()])
     (rows_a, params_a), (rows_b, params_b) = runs[True], runs[False]
     for a, b in zip(rows_a, rows_b):
-        for key in ("loss", "kl", "kl_k3", "reward", "completion_length"):
+        for key in ("loss", "kl", "kl_k3", "reward", "completion_length") + (("value_loss",) if algorithm in ("ppo", "a2c") else ()):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     for pa, pb in zip(params_a, params_b):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)

@@ -107,12 +107,15 @@ def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    """``layer(x)`` for a (B, in) batch of single tokens. From about 32 rows CPU BLAS runs the
-    product faster as ``W @ x^T`` (weights as the long operand) than as ``x @ W^T``."""
-    if x.shape[0] < 32 or x.device.type != "cpu":
-        return torch.nn.functional.linear(x, layer.weight, layer.bias)
-    out = torch.mm(layer.weight, x.t()).t()
-    return out if layer.bias is None else out + layer.bias
+    """``layer(x)`` for a (B, in) batch of single tokens, in the faster BLAS orientation. On CPU,
+    ``W @ x^T`` (weights as the long operand) beats ``x @ W^T`` for square and widening
+    projections at any width and for all of them from about 32 rows; ``x @ W^T`` stays ahead for
+    narrowing ones (k/v, down) at small widths (measured with SmolLM2's shapes, cold caches)."""
+    weight = layer.weight
+    if x.device.type == "cpu" and (x.shape[0] >= 32 or weight.shape[0] >= weight.shape[1]):
+        out = torch.mm(weight, x.t()).t()
+        return out if layer.bias is None else out + layer.bias
+    return torch.nn.functional.linear(x, weight, layer.bias)
 
 
 _LLAMA_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}

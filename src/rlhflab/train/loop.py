@@ -81,7 +81,12 @@ def make_optimizer(config: TrainConfig, modules: dict[str, nn.Module], total_ste
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: no parameter requires a gradient")
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The fused kernel does the whole AdamW update in one pass over each tensor; the default CPU
+    # path runs a dozen elementwise ops per parameter (4-5x slower on SmolLM2, and much slower
+    # still when the second moments turn subnormal). Same update up to float rounding.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=fused or None)
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=max(1, total_steps)
     )

@@ -305,9 +305,10 @@ class PolicyOptimization:
         batch = rollout.batch.to(device)
         clock.lap("generate")
         # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs.
-        # With a single update on the whole rollout, the old log-probs *are* the update's own
-        # (detached) log-probs: that pass is skipped here and the rest of the iteration is finished
-        # in `loss`, from the update's forward (one policy forward per iteration instead of two).
+        # With a single update on the whole rollout, the old log-probs and values *are* the update's
+        # own (detached) ones: those passes are skipped here and the rest of the iteration is
+        # finished in `loss`, from the update's forward (one policy and one critic forward per
+        # iteration instead of two each).
         single_pass = self._single_pass()
         old_logprobs = values = None
         if not single_pass:
@@ -347,10 +348,11 @@ class PolicyOptimization:
         return stats
 
     def _single_pass(self) -> bool:
-        """One optimiser step on the whole rollout and no critic: the old policy is the current one."""
+        """One optimiser step on the whole rollout: the old policy (and critic) are the current ones,
+        so the update's own forward gives the old log-probs and values (detached) exactly, and the
+        ratio starts at 1 and the value clip at 0 as they would after a separate pass."""
         cfg = self.config
-        return (cfg.num_epochs_per_rollout == 1 and cfg.num_minibatches == 1 and cfg.gradient_accumulation_steps == 1
-                and not cfg.uses_critic)
+        return cfg.num_epochs_per_rollout == 1 and cfg.num_minibatches == 1 and cfg.gradient_accumulation_steps == 1
 
     def _experience(self, batch, old_logprobs, ref_logprobs, values, rewards, rows):
         """Rewards with the KL penalty -> advantages (step 4 of the iteration), and the KL stats."""
@@ -411,11 +413,18 @@ class PolicyOptimization:
         mask = batch.completion_mask.float()
         logits, shared_values = self._forward(batch)
         logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+        values = self._values(batch, shared_values) if cfg.uses_critic else None
         stats = {}
         if "rewards" in exp:  # single pass (see collect): finish the iteration from this forward
+            rows = torch.as_tensor(index)  # this micro-batch is the whole rollout
             old = torch.empty_like(exp["ref_logprobs"])
-            old[torch.as_tensor(index)] = logprobs.detach().cpu()  # this micro-batch is the whole rollout
-            exp, stats = self._experience(exp["batch"], old, exp["ref_logprobs"], None, exp["rewards"], exp["rows"])
+            old[rows] = logprobs.detach().cpu()
+            old_values = None
+            if values is not None:
+                old_values = torch.empty_like(exp["ref_logprobs"])
+                old_values[rows] = values.detach().float().cpu()
+            exp, stats = self._experience(exp["batch"], old, exp["ref_logprobs"], old_values, exp["rewards"],
+                                          exp["rows"])
             self.experience = exp
         old_logprobs, advantages, ref_logprobs = take(exp["old_logprobs"]), take(exp["advantages"]), take(exp["ref_logprobs"])
         if cfg.algorithm in ("ppo", "rloo", "grpo"):
@@ -426,7 +435,6 @@ class PolicyOptimization:
             loss = policy_gradient_loss(logprobs, advantages, mask)
         stats["policy_loss"] = float(loss.detach())
         if cfg.uses_critic:
-            values = self._values(batch, shared_values)
             clip = cfg.value_clip_eps if (cfg.algorithm == "ppo" and cfg.value_clip_eps > 0) else None
             vloss = value_loss(values, take(exp["values"]), take(exp["returns"]), mask, clip)
             loss = loss + cfg.vf_coef * vloss
