@@ -10,10 +10,11 @@ Method (also written into the results):
 - Peak RSS per trial is the child's VmHWM (peak resident set). A forked child starts with the
   parent's resident pages (the imported libraries, reported as ``start RSS``), as a fresh process
   would after the same imports; peak minus start is what the trial itself added.
-- Achieved FLOP/s of training passes: the standard model-FLOP count of the case's useful work (6 x
-  body parameters x tokens + 6 x LM-head size x positions that need logits + attention), divided by
-  the median step time, as a fraction of the fp32 matmul peak (2048 x 2048 @ 2048 x 2048) measured
-  in this same run, before and after the cases.
+- Achieved FLOP/s of training passes: the model FLOPs each framework executes (6 x body
+  parameters x tokens + 6 x LM-head size x positions that need logits + attention; rlhflab's DPO
+  and reward model count each pair's prompt once, as they compute it once), divided by the median
+  step time, as a fraction of the fp32 matmul peak (2048 x 2048 @ 2048 x 2048) measured in this
+  same run, before and after the cases.
 - torch uses 2 threads everywhere.
 """
 
@@ -129,8 +130,10 @@ def forward_flops(dims, rows: int, length: int, head_positions: int) -> float:
     return rows * (2 * dims["body"] * length + 2 * dims["d"] * dims["vocab"] * head_positions + attention)
 
 
-def training_flops(case: str) -> float | None:
-    """Model FLOPs of one training step's useful work (forward + backward = 3 x forward)."""
+def training_flops(case: str, shared_prompt: bool = False) -> float | None:
+    """Model FLOPs of one training step (forward + backward = 3 x forward). With
+    ``shared_prompt`` the pair's prompt is counted once (what rlhflab's DPO and reward model
+    execute); without it, once per row (what TRL executes, and the standard count)."""
     from workloads import SETTINGS
 
     dims = _dims()
@@ -140,9 +143,15 @@ def training_flops(case: str) -> float | None:
         return 3 * forward_flops(dims, s["batch"], n, s["completion_tokens"] + 1)
     if case in ("dpo", "reward"):
         s = SETTINGS["pairs"]
-        n = s["prompt_tokens"] + s["completion_tokens"] + 1
-        heads = s["completion_tokens"] + 1 if case == "dpo" else 0
-        return 3 * forward_flops(dims, 2 * s["batch"], n, heads)
+        P, C = s["prompt_tokens"], s["completion_tokens"] + 1
+        heads = C if case == "dpo" else 0
+        if not shared_prompt:
+            return 3 * forward_flops(dims, 2 * s["batch"], P + C, heads)
+        # Prompt once per pair; each completion token attends over prompt + completion.
+        prompt = forward_flops(dims, s["batch"], P, 0)
+        completions = 2 * s["batch"] * (2 * dims["body"] * C + 2 * dims["d"] * dims["vocab"] * heads
+                                         + 4 * dims["layers"] * C * (P + C) * dims["d"])
+        return 3 * (prompt + completions)
     return None
 
 
@@ -183,7 +192,7 @@ def render_markdown(results: dict) -> str:
         "the first a dropped warm-up); trials interleaved A/B/A/B. Seconds per optimiser step: median (min–max). "
         f"{results['dtype']} matmul peak measured in this run: {peak:.1f} GFLOP/s. Whole suite: {results['wall_seconds'] / 60:.1f} min.",
         "",
-        "| case | settings | rlhflab s/step | TRL s/step | rlhflab/TRL | speed-up | target | peak RSS MB rlhflab / TRL | training FLOP/s vs peak rlhflab / TRL |",
+        "| case | settings | rlhflab s/step | TRL s/step | rlhflab/TRL | speed-up | target | peak RSS MB rlhflab / TRL | executed training FLOP/s vs peak rlhflab / TRL |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, row in results["cases"].items():
@@ -191,9 +200,9 @@ def render_markdown(results: dict) -> str:
             a, b = row["rlhflab"], row[trl_name]
             ratio = a["median"] / b["median"] if "median" in a and "median" in b else None
             target = TARGETS.get(label)
-            flops = row.get("flops")
-            frac = (f"{flops / a['median'] / 1e9 / peak:.0%} / {flops / b['median'] / 1e9 / peak:.0%}"
-                    if flops and ratio else "—")
+            flops = row.get("flops") or {}
+            frac = (f"{flops['rlhflab'] / a['median'] / 1e9 / peak:.0%} / {flops['trl'] / b['median'] / 1e9 / peak:.0%}"
+                    if flops.get("rlhflab") and ratio else "—")
             speed = f"{1 / ratio:.2f}×" if ratio else "—"
             met = "" if not (ratio and target) else (" ✅" if 1 / ratio >= target else " ❌")
             lines.append(
@@ -232,7 +241,7 @@ def render_markdown(results: dict) -> str:
             quoted = QUOTED["ppo_1_epoch" if s["epochs"] == 1 else "ppo_4_epochs"]
             speed = quoted / s["median"]
             lines.append(
-                f"| {s['epochs']} | {_fmt(s)} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in
+                f"| {s['epochs']} | {_fmt(s)} | " + " | ".join(f"{m[k]:.2f}" if k in m else "— (single pass)" for k in
                 ("time_generate", "time_policy_forward", "time_critic_forward", "time_reference_forward", "time_score", "time_update"))
                 + f" | {quoted} | {speed:.2f}×{' ✅' if speed >= TARGETS['ppo'] else ' ❌'} | {s.get('peak_rss_mb', 0):.0f} |")
     lines += ["", "Reference-model handling: " + "; ".join(results.get("reference_handling", [])), ""]
@@ -250,7 +259,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--device", default="cpu", help="cpu (the reference setting) or cuda (benchmarks/gpu.sh).")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--render", metavar="JSON", help="Only rewrite the Markdown table of an earlier results file.")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        for case, row in results["cases"].items():
+            row["flops"] = {"rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
+                            "trl": training_flops(case)}
+        Path(args.render).with_suffix(".md").write_text(render_markdown(results))
+        Path(args.render).write_text(json.dumps(results, indent=1, default=str))
+        print(render_markdown(results))
+        return 0
     # Read by cases.py at import (below), so every forked child sees the same setting.
     os.environ["BENCH_DEVICE"], os.environ["BENCH_DTYPE"] = args.device, args.dtype
     trials = args.trials or (1 if args.quick else 2)
@@ -316,7 +335,8 @@ def main(argv=None) -> int:
         for name, s in row.items():
             results["errors"] += [f"{case}/{name}: {e.strip().splitlines()[-1]}" for e in s["errors"]]
         row["settings"] = settings_text[case]
-        row["flops"] = training_flops(case)
+        row["flops"] = {"rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
+                        "trl": training_flops(case)}
         row["comparisons"] = [("trl", case)] if case != "dpo" else [("trl", "dpo"), ("trl_precompute", "dpo_precompute")]
         results["cases"][case] = row
     if "generation" in wanted:
