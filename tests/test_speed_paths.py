@@ -245,12 +245,17 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_pa
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
-def test_shared_prompt_logits_and_gradients_equal_the_full_forward(policy):
+@pytest.mark.parametrize("head", ["trunk then head once", "model forward twice"])
+def test_shared_prompt_logits_and_gradients_equal_the_full_forward(policy, monkeypatch, head):
     """Rows sharing a prompt (GRPO groups, DPO pairs) compute it once: same logits, hidden states
-    and parameter gradients as one full forward per row."""
+    and parameter gradients as one full forward per row — whether the LM head is applied once to
+    the trunk's outputs (plain-head architectures) or by the model's own forward on each part."""
     import copy
 
     from rlhflab import rollout
+
+    if head == "model forward twice":
+        monkeypatch.setattr(rollout, "_PLAIN_HEAD_MODELS", set())
 
     model, tokenizer = policy
     enc = lambda t: tokenizer(t, add_special_tokens=False).input_ids  # noqa: E731

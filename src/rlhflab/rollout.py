@@ -137,28 +137,45 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     first_row.scatter_reduce_(0, row_to_prompt, torch.arange(len(row_to_prompt), device=first_row.device),
                               reduce="amin", include_self=False)
     positions = position_ids_from_mask(batch.attention_mask)
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = lm.config
+    trunk = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    # Trunk and head called separately, so the head runs once over all B x T positions (one
+    # gradient contribution to its 49k-row weight instead of two): only for heads that are a plain
+    # linear map of the trunk's output (no logit scaling or soft-capping in the model's forward).
+    split_head = (trunk is not None and type(head) is torch.nn.Linear
+                  and getattr(config, "model_type", "") in _PLAIN_HEAD_MODELS)
     prompt_cache = DynamicCache(config=config)
-    prompt_out = model(
-        input_ids=batch.input_ids[first_row, :P], attention_mask=batch.attention_mask[first_row, :P],
-        position_ids=positions[first_row, :P], use_cache=True, **{cache_arg: prompt_cache},
-        logits_to_keep=1, output_hidden_states=output_hidden_states,
-    )
-    first_logits = prompt_out.logits[:, -1][row_to_prompt]  # predicts each row's first completion token
-    first_hidden = prompt_out.hidden_states[-1][:, -1][row_to_prompt] if output_hidden_states else None
+    prompt_inputs = dict(input_ids=batch.input_ids[first_row, :P], attention_mask=batch.attention_mask[first_row, :P],
+                         position_ids=positions[first_row, :P], use_cache=True, **{cache_arg: prompt_cache})
+    if split_head:
+        first_hidden = trunk(**prompt_inputs).last_hidden_state[:, -1][row_to_prompt]
+        first_logits = None
+    else:
+        prompt_out = model(**prompt_inputs, logits_to_keep=1, output_hidden_states=output_hidden_states)
+        first_logits = prompt_out.logits[:, -1][row_to_prompt]  # predicts each row's first completion token
+        first_hidden = prompt_out.hidden_states[-1][:, -1][row_to_prompt] if output_hidden_states else None
     if T == 1:
+        if split_head:
+            return head(first_hidden)[:, None], first_hidden[:, None] if output_hidden_states else None
         return first_logits[:, None], None if first_hidden is None else first_hidden[:, None]
     rows_cache = DynamicCache(config=config)
     for layer_idx, layer in enumerate(prompt_cache.layers):
         rows_cache.update(layer.keys[row_to_prompt], layer.values[row_to_prompt], layer_idx)
-    out = model(
-        input_ids=batch.input_ids[:, P: width - 1], attention_mask=batch.attention_mask[:, : width - 1],
-        position_ids=positions[:, P: width - 1], use_cache=True, **{cache_arg: rows_cache},
-        output_hidden_states=output_hidden_states,
-    )
+    completion_inputs = dict(input_ids=batch.input_ids[:, P: width - 1], attention_mask=batch.attention_mask[:, : width - 1],
+                             position_ids=positions[:, P: width - 1], use_cache=True, **{cache_arg: rows_cache})
+    if split_head:
+        hidden = torch.cat([first_hidden[:, None], trunk(**completion_inputs).last_hidden_state], dim=1)
+        return head(hidden), hidden if output_hidden_states else None
+    out = model(**completion_inputs, output_hidden_states=output_hidden_states)
     logits = torch.cat([first_logits[:, None].to(out.logits.dtype), out.logits], dim=1)
     hidden = (torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None)
     return logits, hidden
+
+
+# Causal LMs whose logits are exactly ``lm_head(final hidden state)``.
+_PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "gpt2"}
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
