@@ -92,24 +92,13 @@ def in_child(fn, *args, log=None) -> dict:
         return {"error": f"child died without a result ({len(data)} bytes)"}
 
 
-def matmul_peak(repeats: int = 10) -> dict:
+def matmul_peak() -> dict:
     import torch
 
-    from cases import DEVICE, DTYPE, sync
+    from cases import DEVICE, DTYPE
+    from rlhflab.hardware import matmul_peak as measure
 
-    n = 2048 if DEVICE == "cpu" else 8192  # a GPU needs a bigger product to reach its peak
-    dtype = getattr(torch, DTYPE)
-    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        times.append(time.perf_counter() - t0)
-    flops = 2 * n**3
-    return {"gflops_median": flops / statistics.median(times) / 1e9, "gflops_best": flops / min(times) / 1e9}
+    return measure(DEVICE, getattr(torch, DTYPE))
 
 
 # ---- FLOP counts ---------------------------------------------------------------------------------

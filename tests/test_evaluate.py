@@ -173,3 +173,28 @@ def test_format_table_renders_markdown():
         "| ppo | 0.51 | – |",
         "| a\\|b | 1.00 | 2.0 |",
     ]
+
+
+def _evaluation(prompt_index, rewards, contexts_by_prompt):
+    from rlhflab.evaluate import PolicyEvaluation
+
+    return PolicyEvaluation(J=None, J_se=None, J_hat=None, J_hat_se=None, kl=None, kl_se=None, mean_length=0.0,
+                            truncated_fraction=0.0, distinct_1=0.0, distinct_2=0.0, n=len(rewards),
+                            num_prompts=len(contexts_by_prompt), prompt_index=prompt_index,
+                            contexts=[contexts_by_prompt[i] for i in prompt_index], texts=[""] * len(rewards),
+                            oracle_rewards=rewards, proxy_rewards=None)
+
+
+def test_paired_difference_is_the_mean_and_se_of_per_prompt_differences_by_hand():
+    from rlhflab.evaluate import paired_difference
+
+    contexts = ["a", "b", "c"]
+    # two samples per prompt; per-prompt means before 0.0, 1.0, 2.0 and after 0.5, 1.0, 3.0
+    before = _evaluation([0, 0, 1, 1, 2, 2], [-1.0, 1.0, 1.0, 1.0, 2.0, 2.0], contexts)
+    after = _evaluation([0, 1, 2, 0, 1, 2], [0.0, 0.5, 3.0, 1.0, 1.5, 3.0], contexts)
+    delta, se = paired_difference(before, after)
+    # differences 0.5, 0.0, 1.0: mean 0.5, sample std 0.5, se 0.5 / sqrt(3)
+    assert delta == pytest.approx(0.5)
+    assert se == pytest.approx(0.5 / math.sqrt(3))
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(before, _evaluation([0, 1, 2], [0.0, 0.0, 0.0], ["a", "b", "x"]))

@@ -32,9 +32,12 @@ class DemoConfig:
     feedback_prompts: int = option(0, "Training prompts that get sampled and annotated (0: preset).")
     samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
     eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
+    eval_samples: int = option(0, "Samples per evaluation prompt; J is averaged per prompt (0: preset).")
     ppo_iterations: int = option(0, "PPO iterations (0: preset).")
     prompts_per_iteration: int = option(0, "Prompts per PPO iteration (0: preset).")
     max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
+    reward_learning_rate: float = option(0.0, "Reward-model learning rate (0: preset).")
+    reward_epochs: float = option(0.0, "Reward-model passes over the preference pairs (0: preset).")
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
     ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
     ppo_epochs: int = option(0, "PPO epochs per rollout (0: preset).")
@@ -43,10 +46,12 @@ class DemoConfig:
         """Fill preset values (full vs quick) into the fields left at 0 / None."""
         full = dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
                     feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
-                    max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2)
+                    max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2, eval_samples=4,
+                    reward_learning_rate=5e-5, reward_epochs=2.0)
         quick = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
                      feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
-                     max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2)
+                     max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2, eval_samples=2,
+                     reward_learning_rate=1e-3, reward_epochs=4.0)
         preset = quick if self.quick else full
         values = {k: (getattr(self, k) or v) for k, v in preset.items()}
         return dataclasses.replace(self, **values)
@@ -72,6 +77,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     from rlhflab import workflow
     from rlhflab.evaluate import evaluate_policy
+    from rlhflab.hardware import matmul_peak
     from rlhflab.models import load_policy
     from rlhflab.report import evaluation_rows, plot_before_after, plot_training_curves, read_metrics
     from rlhflab.rewards import load_reward_source
@@ -86,6 +92,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     save_config(cfg, run_dir / "demo_config.yaml")
     stages = Stages()
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
+    peak_before = matmul_peak()["gflops_median"]
     policy, tokenizer = stages.run("load initial policy", load_policy, cfg.policy)
     oracle = load_reward_source(cfg.oracle)
     train_prompts = workflow.load_prompts("train")
@@ -105,16 +112,16 @@ def run_demo(cfg: DemoConfig) -> Path:
     prefs = stages.run("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
 
     # 3. evaluate pi_0 before anything is trained (its samples also test R_phi on unseen contexts)
-    eval_kw = dict(oracle=oracle, reward_model=None, max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat,
-                   seed=cfg.seed + 1)
+    eval_kw = dict(oracle=oracle, reward_model=None, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
+                   use_chat_template=use_chat, seed=cfg.seed + 1)
     before = stages.run("evaluate initial policy", lambda: {
         "seen": evaluate_policy(policy, tokenizer, seen_prompts, **eval_kw),
         "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **eval_kw)})
 
     # 4. reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
     reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
-                              seed=cfg.seed, progress=True,
-                              **({"learning_rate": 1e-3, "num_epochs": 4.0} if cfg.quick else {}))
+                              seed=cfg.seed, progress=True, learning_rate=cfg.reward_learning_rate,
+                              num_epochs=cfg.reward_epochs)
     seen_samples = (before["seen"].contexts, before["seen"].texts)
     unseen_samples = (before["unseen"].contexts, before["unseen"].texts)
     reward_dir, reward_report = stages.run("train reward model", workflow.reward, reward_cfg, cfg.oracle,
@@ -151,7 +158,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     plot_training_curves(metrics, run_dir / "training_curves.png", f"PPO against R_phi ({cfg.policy})")
     plot_before_after(rows, run_dir / "before_after.png", "initial", "final")
     write_json(run_dir / "evaluation.json", {p: {s: e.to_dict() for s, e in r.items()} for p, r in results.items()})
-    summary = _summary(cfg, results, reward_report, stages.seconds, len(prefs), run_dir)
+    peaks = (peak_before, matmul_peak()["gflops_median"])
+    summary = _summary(cfg, results, reward_report, stages.seconds, len(prefs), run_dir, peaks)
     write_text(run_dir / "summary.md", summary)
     write_json(run_dir / "stage_seconds.json", stages.seconds)
     print("\n" + summary)
@@ -162,7 +170,8 @@ def _fmt(x, spec=".3f"):
     return "–" if x is None else format(x, spec)
 
 
-def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir) -> str:
+def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir, peaks) -> str:
+    from rlhflab.evaluate import paired_difference
     from rlhflab.report import format_evaluations
 
     lines = [f"# rlhflab demo — {run_dir}", "",
@@ -172,11 +181,14 @@ def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir) -> str:
              format_evaluations(results), ""]
     for contexts in ("seen", "unseen"):
         b, a = results["initial"][contexts], results["final"][contexts]
-        delta = a.J - b.J
-        se = ((a.J_se or 0) ** 2 + (b.J_se or 0) ** 2) ** 0.5
-        lines.append(f"- {contexts} contexts: ΔJ = {delta:+.3f} ± {se:.3f} (oracle), "
-                     f"ΔĴ = {a.J_hat - b.J_hat:+.3f} (reward model); the change in J is "
-                     f"{abs(delta) / se if se else float('inf'):.1f} standard errors.")
+        delta, se = paired_difference(b, a)
+        delta_hat, se_hat = paired_difference(b, a, "proxy_rewards")
+        lines.append(f"- {contexts} contexts: ΔJ = {delta:+.3f} ± {_fmt(se)} (oracle), "
+                     f"ΔĴ = {delta_hat:+.3f} ± {_fmt(se_hat)} (reward model); the change in J is "
+                     f"{delta / se if se else float('inf'):+.1f} standard errors.")
+    lines += ["", f"Standard errors of Δ are over prompts: each prompt's mean reward over its {cfg.eval_samples} "
+              "samples after training minus before (Eq. 12 per context), so the variance between contexts "
+              "cancels."]
     lines += ["", "## Reward model", "",
               f"- held-out pairwise accuracy {_fmt(reward_report.get('accuracy'))} "
               f"(the oracle itself agrees with {_fmt(reward_report.get('oracle_accuracy'))} of the noisy labels)",
@@ -187,5 +199,8 @@ def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir) -> str:
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
     lines += [f"| total | {sum(seconds.values()):.1f} |", "",
+              f"fp32 matmul rate of this machine, measured before and after the run: {peaks[0]:.0f} and "
+              f"{peaks[1]:.0f} GFLOP/s (median of 2048² products). The demo is sized to finish in 10 minutes "
+              "at about 180 GFLOP/s; its time scales roughly with 180 / this rate.", "",
               "Plots: `training_curves.png` (proxy and oracle reward against KL), `before_after.png`."]
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ class PolicyEvaluation:
     distinct_2: float
     n: int  # completions = num_prompts * num_samples
     num_prompts: int
+    prompt_index: list[int]  # which prompt each completion answers (0 … num_prompts − 1)
     contexts: list[str]
     texts: list[str]
     oracle_rewards: list[float] | None
@@ -118,9 +119,35 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
         mean_length=float(rollout.batch.completion_mask.sum(-1).float().mean()),
         truncated_fraction=float(rollout.truncated.float().mean()),
         distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
-        n=len(texts), num_prompts=len(prompts), contexts=contexts, texts=texts,
+        n=len(texts), num_prompts=len(prompts), prompt_index=idx.tolist(), contexts=contexts, texts=texts,
         oracle_rewards=oracle_rewards, proxy_rewards=proxy_rewards,
     )
+
+
+def paired_difference(before: PolicyEvaluation, after: PolicyEvaluation,
+                      rewards: str = "oracle_rewards") -> tuple[float, float | None]:
+    """The change of J (Eq. 12; ``rewards="proxy_rewards"``: of Ĵ, Eq. 14) between two policies
+    evaluated on the same prompts, with its standard error.
+
+    The unit is the prompt: d_c = mean reward of ``after``'s samples for c − mean of ``before``'s,
+    ΔJ = mean_c d_c and se = std(d_c) / sqrt(#prompts). Contexts differ in how high any reply can
+    score (some prompts invite a cheerful answer, others do not); pairing by context removes that
+    shared variance, which the two separate standard errors would count twice.
+    """
+    prompt_of = [dict(zip(ev.prompt_index, ev.contexts)) for ev in (before, after)]
+    if before.num_prompts != after.num_prompts or prompt_of[0] != prompt_of[1]:
+        raise ValueError("paired_difference needs both evaluations on the same prompts")
+    values = []
+    for ev in (before, after):
+        scores = getattr(ev, rewards)
+        if scores is None:
+            raise ValueError(f"paired_difference: an evaluation has no {rewards}")
+        index = torch.tensor(ev.prompt_index)
+        sums = torch.zeros(ev.num_prompts, dtype=torch.float64).index_add_(0, index, torch.tensor(scores, dtype=torch.float64))
+        values.append(sums / torch.bincount(index, minlength=ev.num_prompts).clamp(min=1))
+    diff = values[1] - values[0]
+    se = float(diff.std(unbiased=True) / math.sqrt(diff.numel())) if diff.numel() > 1 else None
+    return float(diff.mean()), se
 
 
 def evaluate_seen_unseen(policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt],
