@@ -97,6 +97,32 @@ def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cach
     assert (run_dir / "policy" / "config.json").is_file()
 
 
+def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatch, capsys):
+    """Short samples often repeat; a batched reward model may score two copies a rounding error
+    apart, so the tie rule alone does not drop them. RSO must skip them, not emit a record the
+    reader rejects."""
+    from types import SimpleNamespace
+
+    from rlhflab.data.records import Prompt
+    from rlhflab.models import load_policy
+    from rlhflab.train import rejection
+
+    texts = ["aa", "aa", "ab", "xb"]  # one prompt, 4 candidates, all accepted
+
+    def fake_sample(policy, tokenizer, ids, num_samples, **kw):
+        return SimpleNamespace(completion_texts=list(texts), prompt_index=torch.zeros(len(texts), dtype=torch.long))
+
+    jitter = RewardSource("count a + position", lambda c, o: [x.count("a") + 1e-6 * i for i, x in enumerate(o)])
+    monkeypatch.setattr(rejection, "sample", fake_sample)
+    policy, tokenizer = load_policy("tiny-policy")
+    cfg = RSOConfig(model="tiny-policy", num_candidates=4, num_accepted=4, sampling_beta=1e6, max_new_tokens=2,
+                    use_chat_template=False, progress=False)
+    records, stats = rejection.rso_preferences(cfg, policy, tokenizer, [Prompt("q")], jitter)
+    assert all(r.chosen != r.rejected for r in records)
+    assert stats["identical_pairs_skipped"] == 1 and stats["pairs"] == len(records) == 1
+    assert "skipped 1 pair(s) of identical samples" in capsys.readouterr().err
+
+
 def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_path):
     prefs = [Preference(prompt="p", chosen="good", rejected="bad"), Preference(prompt="q", chosen="fine", rejected="no")]
     assert [(d.prompt, d.completion) for d in chosen_demonstrations(prefs)] == [("p", "good"), ("q", "fine")]
