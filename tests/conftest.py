@@ -1,4 +1,13 @@
-"""Test set-up: offline, a private model cache, single-threaded torch (tests run two at a time)."""
+"""Test set-up: offline, a private model cache, single-threaded torch (tests run two at a time), and
+every test seeded afresh so that none depends on the random state another test left behind (xdist
+may put a file on either worker, in any order).
+
+Two environment variables widen what the suite checks without editing it:
+- ``RLHFLAB_TEST_SEED`` (default 0): the seed of every test's RNGs and of the training runs whose
+  outcome is asserted (they read ``TEST_SEED``), to check that a bar holds across seeds;
+- ``RLHFLAB_TEST_THREADS`` (default 1): torch's intra-op threads, which change the order of float
+  reductions and so the trajectory of every training run.
+(``ATEN_CPU_CAPABILITY=avx2`` or ``default``, read by torch itself, changes the kernels' FP path.)"""
 
 import os
 
@@ -6,10 +15,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+from tests._env import TEST_SEED, TEST_THREADS  # noqa: E402
+
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    """The same RNG state at the start of every test, whatever ran before it on this worker."""
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)
 
 
 @pytest.fixture(scope="session")
