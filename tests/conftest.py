@@ -7,7 +7,8 @@ Two environment variables widen what the suite checks without editing it:
   outcome is asserted (they read ``TEST_SEED``), to check that a bar holds across seeds;
 - ``RLHFLAB_TEST_THREADS`` (default 1): torch's intra-op threads, which change the order of float
   reductions and so the trajectory of every training run.
-(``ATEN_CPU_CAPABILITY=avx2`` or ``default``, read by torch itself, changes the kernels' FP path.)"""
+(``ATEN_CPU_CAPABILITY=avx2`` or ``default``, read by torch itself, changes the kernels' FP path.)
+With ``RLHFLAB_TEST_MARGINS=FILE``, every bar a training test checks appends its margin to FILE."""
 
 import os
 
@@ -15,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import json  # noqa: E402
 import random  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,6 +34,25 @@ def _seed_every_test():
     random.seed(TEST_SEED)
     np.random.seed(TEST_SEED)
     torch.manual_seed(TEST_SEED)
+
+
+@pytest.fixture
+def record_margin(request):
+    """``record_margin(what, value, bar, above=True)``: note how far a trained outcome is from the bar
+    the test then asserts (value − bar, or bar − value for an upper bar). A no-op unless
+    RLHFLAB_TEST_MARGINS names a file, where one JSON line per call goes: sweeping seeds, threads and
+    CPU paths then shows how much room each bar leaves."""
+    path = os.environ.get("RLHFLAB_TEST_MARGINS")
+
+    def record(what: str, value: float, bar: float, above: bool = True) -> None:
+        if path:
+            row = {"test": request.node.nodeid, "what": what, "value": float(value), "bar": float(bar),
+                   "margin": float(value) - float(bar) if above else float(bar) - float(value), "seed": TEST_SEED,
+                   "threads": TEST_THREADS, "cpu": os.environ.get("ATEN_CPU_CAPABILITY", "native")}
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from rlhflab.train.preference import (
     tokenize_pairs,
     tokenize_rankings,
 )
+from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 
 
@@ -29,7 +30,7 @@ def read_metrics(run_dir):
 
 def pref_config(tmp_path, **overrides):
     fields = dict(output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5, learning_rate=3e-3, progress=False,
-                  use_chat_template=False, beta=0.1)
+                  use_chat_template=False, beta=0.1, seed=TEST_SEED)
     fields.update(overrides)
     return PreferenceConfig(**fields)
 
@@ -47,7 +48,7 @@ def heldout_accuracy(model, reference, tokenizer, config, loss):
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "cdpo", "rdpo", "slic"])
-def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_cache, tmp_path, loss):
+def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_cache, tmp_path, loss, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     reference = copy.deepcopy(model)
     config = pref_config(tmp_path, loss=loss, label_smoothing=0.1 if loss in ("cdpo", "rdpo") else 0.0)
@@ -58,6 +59,7 @@ def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_
     assert len(rows) == 20  # 5 epochs of 32 pairs in batches of 8
     assert rows[-1]["accuracy"] == 1.0
     after = heldout_accuracy(model, reference, tokenizer, config, loss)
+    record_margin("held-out accuracy", after, 0.9)
     assert after >= 0.9 and after > before, (before, after)
     assert (run_dir / "policy" / "config.json").is_file()
 
@@ -119,14 +121,16 @@ def top1_accuracy(model, tokenizer, config):
 
 
 @pytest.mark.parametrize("loss", ["rrhf", "pro"])
-def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss):
+def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     config = RankingConfig(loss=loss, output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5,
-                           learning_rate=3e-3, progress=False, use_chat_template=False)
+                           learning_rate=3e-3, progress=False, use_chat_template=False, seed=TEST_SEED)
     before = top1_accuracy(model, tokenizer, config)
     rankings = tokenize_rankings(a_rankings(32), tokenizer, config, use_chat_template=False)
     run_dir = train(config, RankingAlgorithm(config, model, tokenizer, rankings))
     after = top1_accuracy(model, tokenizer, config)
+    record_margin("held-out top-1 gain", after - before, 0.25)
+    record_margin("last batch's top-1 accuracy", read_metrics(run_dir)[-1]["top1_accuracy"], 0.75)
     assert after >= before + 0.25, (before, after)  # 0.54 -> 0.83 (rrhf), 0.88 (pro) on held-out lists
     assert read_metrics(run_dir)[-1]["top1_accuracy"] >= 0.75
 

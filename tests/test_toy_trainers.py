@@ -48,8 +48,11 @@ def _train_to_bar(lab, name):
     return result
 
 
-def _assert_reaches_bar(lab, name):
+def _assert_reaches_bar(lab, name, record_margin):
     result = _train_to_bar(lab, name)
+    budget = _settings(name).overrides.get("num_iterations", _settings(name).overrides.get("max_steps"))
+    record_margin("gap closed", result["gap_closed"], BARS[name])
+    record_margin("iterations to the bar (of the budget)", result["iterations_run"], budget, above=False)
     assert result["gap_closed"] >= BARS[name], (
         f"{name} closed {result['gap_closed']:.4f} of the gap (bar {BARS[name]}) within its budget; "
         f"(iteration, gap): {result['gap_trace']}")
@@ -76,20 +79,20 @@ def test_stopping_rule_truncates_the_run_it_would_have_been(lab):
     assert stopped["gap_closed"] == stopped["gap_trace"][-1][1] >= target
 
 
-def test_ppo_reaches_closed_form_optimum_on_toy_mdp(lab):
-    _assert_reaches_bar(lab, "ppo")
+def test_ppo_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
+    _assert_reaches_bar(lab, "ppo", record_margin)
 
 
-def test_a2c_reaches_closed_form_optimum_on_toy_mdp(lab):
-    _assert_reaches_bar(lab, "a2c")
+def test_a2c_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
+    _assert_reaches_bar(lab, "a2c", record_margin)
 
 
-def test_reinforce_reaches_closed_form_optimum_on_toy_mdp(lab):
-    _assert_reaches_bar(lab, "reinforce")
+def test_reinforce_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
+    _assert_reaches_bar(lab, "reinforce", record_margin)
 
 
-def test_rloo_reaches_closed_form_optimum_on_toy_mdp(lab):
-    _assert_reaches_bar(lab, "rloo")
+def test_rloo_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
+    _assert_reaches_bar(lab, "rloo", record_margin)
 
 
 def test_expected_count_labels_are_the_bradley_terry_probabilities_and_pin_the_optimum(lab):
@@ -128,11 +131,11 @@ def test_expected_count_labels_are_the_bradley_terry_probabilities_and_pin_the_o
     assert torch.allclose(fitted, kl_regularised_optimum(instance.reference, oracle, DEFAULT_BETA), atol=1e-5)
 
 
-def test_dpo_on_bradley_terry_pairs_reaches_closed_form_optimum_on_toy_mdp(lab):
-    _assert_reaches_bar(lab, "dpo")
+def test_dpo_on_bradley_terry_pairs_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
+    _assert_reaches_bar(lab, "dpo", record_margin)
 
 
-def test_best_of_n_samples_match_exact_best_of_n_distribution(lab):
+def test_best_of_n_samples_match_exact_best_of_n_distribution(lab, record_margin):
     """decoding.best_of_n (the real sampler on π_ref's HF model) vs best_of_n_distribution.
 
     Per context, M prompts; the statistic is the TV between the empirical and exact joint over
@@ -159,7 +162,10 @@ def test_best_of_n_samples_match_exact_best_of_n_distribution(lab):
     N = C * per_context
     expected = 0.5 * float((exact * (1 - exact) / per_context).sqrt().sum()) / C
     threshold = expected + math.sqrt(math.log(1e4) / (2 * N))
+    record_margin("TV to exact best-of-n", tv, threshold, above=False)
     assert tv <= threshold
     # ... and the test can tell best-of-n from plain sampling and from best-of-(n+4).
-    for other in (instance.reference, best_of_n_distribution(instance.reference, instance.oracle_reward, n + 4)):
+    for what, other in (("π_ref", instance.reference),
+                        ("best-of-(n+4)", best_of_n_distribution(instance.reference, instance.oracle_reward, n + 4))):
+        record_margin(f"TV to {what}", 0.5 * float((empirical - other).abs().sum()) / C, threshold)
         assert 0.5 * float((empirical - other).abs().sum()) / C > threshold
