@@ -70,8 +70,11 @@ def mean(rows, key):
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_each_estimator_raises_a_known_reward(estimator, model_cache, tmp_path, record_margin):
     # A2C's critic starts from zero and takes longer to help: at 25 iterations its gain over four
-    # seeds was 0.14-0.43 (the 0.3 bar was a coin toss), at 40 iterations 0.86-0.97.
-    config = rl_config(tmp_path / estimator, algorithm=estimator, num_iterations=40 if estimator == "a2c" else 25)
+    # seeds was 0.14-0.43 (the 0.3 bar was a coin toss), at 40 iterations 0.86-0.97. REINFORCE (one
+    # sample per prompt, a batch-mean baseline) is the noisiest: at 25 iterations its gain over seeds
+    # 0-4 was -0.03 to 0.11 above the bar, so it gets 40 as well.
+    slow = estimator in ("a2c", "reinforce")
+    config = rl_config(tmp_path / estimator, algorithm=estimator, num_iterations=40 if slow else 25)
     _, rows = run_rl(config)
     assert len(rows) == config.num_iterations
     first, last = mean(rows[:5], "reward"), mean(rows[-5:], "reward")
