@@ -179,11 +179,13 @@ def _stopping_rule(model_of, instance: ToyInstance, beta: float, tokenizer, stop
     return should_stop
 
 
-def _stopping_fields(trace: list, stop_at: float | None) -> dict:
+def _stopping_fields(trace: list, stop_at: float | None, budget: int) -> dict:
     if stop_at is None:
         return {}
-    return {"stop_at": stop_at, "iterations_run": trace[-1][0] if trace else 0,
-            "stopped_early": bool(trace) and trace[-1][1] >= stop_at, "gap_trace": trace}
+    stopped = bool(trace) and trace[-1][1] >= stop_at
+    return {"stop_at": stop_at, "iterations_run": trace[-1][0] if stopped else budget, "stopped_early": stopped,
+            "gap_trace": trace}
+
 
 def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
                         beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None, stop_at: float | None = None,
@@ -213,7 +215,7 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
         trained = algorithm._policy()
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
     return {"trainer": settings.name, "algorithm": settings.algorithm, "wall_time_s": round(wall, 2),
-            "config": settings.overrides, **_stopping_fields(trace, stop_at), **result}
+            "config": settings.overrides, **_stopping_fields(trace, stop_at, cfg.num_iterations), **result}
 
 
 def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected", temperature: float = 1.0,
@@ -289,7 +291,8 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
                    "output pair per context" if settings.dpo_labels == "expected" else
                    "Bradley-Terry sampled binary labels, pairs ~ π_ref")
     return {"trainer": settings.name, "algorithm": "dpo", "wall_time_s": round(wall, 2), "num_pairs": len(pairs),
-            "label_model": label_model, "config": settings.overrides, **_stopping_fields(trace, stop_at), **result}
+            "label_model": label_model, "config": settings.overrides,
+            **_stopping_fields(trace, stop_at, algorithm.num_iterations()), **result}
 
 
 def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings, beta: float = DEFAULT_BETA,
