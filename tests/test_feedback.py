@@ -265,6 +265,22 @@ def test_annotate_helpers_cover_every_prompt_and_completion():
     assert {r.prompt for r in ratings} == {"p1", "p2", "p3"}  # Prompt records are unwrapped
 
 
+def test_annotate_pairs_skips_and_counts_pairs_of_identical_completions(capsys):
+    completions = [["good", "good", "bad"], ["fine", "fine"], ["great", "awful"]]
+    prefs = annotate_pairs(annotator(), ["p1", "p2", "p3"], completions, np.random.default_rng(0), pairs_per_prompt=10)
+    assert all(p.chosen != p.rejected for p in prefs)
+    # p1: good-bad twice (one per copy of "good"); p2: nothing distinct to compare; p3: one pair.
+    assert sorted(p.prompt for p in prefs) == ["p1", "p1", "p3"]
+    assert "skipped 2 pair(s) of identical completions" in capsys.readouterr().err
+
+
+def test_ranking_to_preferences_skips_a_text_listed_twice():
+    from rlhflab.data import Ranking, ranking_to_preferences
+
+    prefs = ranking_to_preferences(Ranking("p", ["good", "good", "bad"]))
+    assert [(p.chosen, p.rejected) for p in prefs] == [("good", "bad"), ("good", "bad")]
+
+
 def test_annotate_pairs_rejects_prompts_without_two_completions():
     with pytest.raises(ConfigError, match="pairs need 2"):
         annotate_pairs(annotator(), ["p"], [["good"]], np.random.default_rng(0))

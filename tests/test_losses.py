@@ -219,6 +219,34 @@ def test_gae_padding_ignores_garbage_and_ends_episode_at_last_valid_token():
     close(advantages, [[0.0 + 0.6 - 0.2, 1.0 - 0.6, 0.0, 0.0]])
 
 
+def test_gae_ignores_nan_and_inf_in_padded_positions():
+    mask = t([1, 1, 1, 0, 0], [1, 1, 0, 0, 0])
+    rewards, values = t([0.1, 0.2, 1.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0, 0.0]), t([0.3, 0.4, 0.2, 0.0, 0.0], [0.1, 0.7, 0.0, 0.0, 0.0])
+    clean = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+    pad = mask == 0
+    dirty_rewards = rewards.masked_fill(pad, float("nan"))
+    dirty_values = values.masked_fill(pad, float("nan"))
+    dirty_values[0, 4] = float("inf")
+    got = gae_advantages(dirty_rewards, dirty_values, mask, gamma=0.9, lam=0.8)
+    for have, want in zip(got, clean):
+        assert torch.isfinite(have).all()
+        torch.testing.assert_close(have, want, rtol=0, atol=0)
+
+
+def test_gae_skips_a_hole_in_the_mask_as_if_its_position_were_removed():
+    gamma, lam = 0.9, 0.8
+    rewards, values = t([[0.1, 0.3, float("nan"), 0.2, 1.0]]), t([[0.5, 0.4, float("nan"), 0.6, 0.2]])
+    mask = t([[1, 1, 0, 1, 1]])
+    advantages, returns = gae_advantages(rewards, values, mask, gamma, lam)
+    keep = [0, 1, 3, 4]
+    want_adv, want_ret = gae_advantages(rewards[:, keep], values[:, keep], torch.ones(1, 4), gamma, lam)
+    close(advantages[:, keep], want_adv)
+    close(returns[:, keep], want_ret)
+    assert advantages[0, 2] == 0 and returns[0, 2] == 0
+    # Not an episode end: the value after the hole bootstraps the step before it.
+    assert advantages[0, 1] != gae_advantages(rewards[:, :2], values[:, :2], torch.ones(1, 2), gamma, lam)[0][0, 1]
+
+
 def test_ppo_clip_loss_matches_eq16_by_hand():
     old = torch.zeros(1, 4)
     logprobs = t([[0.1, 0.5, -0.5, 0.5]])

@@ -23,6 +23,7 @@ from rlhflab.train.offline import (
     SFTConfig,
     tokenize_demonstrations,
 )
+from tests._env import TEST_SEED
 from tests._train_entry import a_preferences, demonstrations
 from tests._train_entry import main as train_entry_main
 
@@ -40,11 +41,11 @@ def losses(run_dir):
 # ---- SFT ----------------------------------------------------------------------------------------
 
 
-def test_sft_lowers_its_loss_and_changes_the_weights(model_cache, tmp_path):
+def test_sft_lowers_its_loss_and_changes_the_weights(model_cache, tmp_path, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = SFTConfig(output_dir=str(tmp_path / "sft"), batch_size=4, num_epochs=20, learning_rate=3e-3,
-                       progress=False, use_chat_template=False)
+                       progress=False, use_chat_template=False, seed=TEST_SEED)
     demos = demonstrations()
     examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, config,
                                        use_chat_template=False)
@@ -52,6 +53,7 @@ def test_sft_lowers_its_loss_and_changes_the_weights(model_cache, tmp_path):
 
     trajectory = losses(run_dir)
     assert len(trajectory) == 40  # 20 epochs of 8 demonstrations in batches of 4
+    record_margin("last 4 / first 4 losses", sum(trajectory[-4:]) / sum(trajectory[:4]), 0.5, above=False)
     assert sum(trajectory[-4:]) / 4 < 0.5 * sum(trajectory[:4]) / 4, trajectory
     after = model.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before), "every weight gets a gradient"
@@ -103,16 +105,17 @@ def held_out_accuracy(model, tokenizer, pairs) -> float:
     return float((chosen > rejected).float().mean())
 
 
-def test_bradley_terry_reward_model_ranks_held_out_pairs_and_round_trips(model_cache, tmp_path):
+def test_bradley_terry_reward_model_ranks_held_out_pairs_and_round_trips(model_cache, tmp_path, record_margin):
     model, tokenizer = load_reward_model("tiny-reward")
     config = RewardConfig(output_dir=str(tmp_path / "bt"), batch_size=8, num_epochs=4, learning_rate=1e-3,
-                          progress=False)
+                          progress=False, seed=TEST_SEED)
     train_pairs, held_out = a_preferences(64, seed=0), a_preferences(64, seed=1)
     run_dir = train(config, RewardAlgorithm(config, model, tokenizer, train_pairs))
 
     trajectory = losses(run_dir)
     assert trajectory[-1] < trajectory[0]
     accuracy = held_out_accuracy(model, tokenizer, held_out)
+    record_margin("held-out accuracy", accuracy, 0.9)
     assert accuracy >= 0.9, f"held-out accuracy {accuracy:.2f} (chance is 0.5)"
 
     # Saved reward model round-trip: plain from_pretrained gives the same scores.
@@ -141,7 +144,7 @@ def _ranked(seed: int, n: int):
 
 
 @pytest.mark.parametrize("feedback", ["ranking", "rating"])
-def test_plackett_luce_and_regression_reward_models_lower_their_loss(feedback, model_cache, tmp_path):
+def test_plackett_luce_and_regression_reward_models_lower_their_loss(feedback, model_cache, tmp_path, record_margin):
     model, tokenizer = load_reward_model("tiny-reward")
     if feedback == "ranking":
         records = _ranked(0, 32)
@@ -149,9 +152,10 @@ def test_plackett_luce_and_regression_reward_models_lower_their_loss(feedback, m
         records = [Rating(prompt="rate", completion=c, score=float(c.count("a")))
                    for r in _ranked(0, 16) for c in r.completions]
     config = RewardConfig(output_dir=str(tmp_path / feedback), feedback=feedback, batch_size=8, num_epochs=4,
-                          learning_rate=1e-3, progress=False)
+                          learning_rate=1e-3, progress=False, seed=TEST_SEED)
     run_dir = train(config, RewardAlgorithm(config, model, tokenizer, records))
     trajectory = losses(run_dir)
+    record_margin("last 3 / first 3 losses", sum(trajectory[-3:]) / sum(trajectory[:3]), 0.7, above=False)
     assert sum(trajectory[-3:]) / 3 < 0.7 * sum(trajectory[:3]) / 3, trajectory
 
 

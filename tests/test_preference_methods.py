@@ -20,6 +20,7 @@ from rlhflab.train.preference import (
     tokenize_pairs,
     tokenize_rankings,
 )
+from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 
 
@@ -29,7 +30,7 @@ def read_metrics(run_dir):
 
 def pref_config(tmp_path, **overrides):
     fields = dict(output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5, learning_rate=3e-3, progress=False,
-                  use_chat_template=False, beta=0.1)
+                  use_chat_template=False, beta=0.1, seed=TEST_SEED)
     fields.update(overrides)
     return PreferenceConfig(**fields)
 
@@ -47,7 +48,7 @@ def heldout_accuracy(model, reference, tokenizer, config, loss):
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "cdpo", "rdpo", "slic"])
-def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_cache, tmp_path, loss):
+def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_cache, tmp_path, loss, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     reference = copy.deepcopy(model)
     config = pref_config(tmp_path, loss=loss, label_smoothing=0.1 if loss in ("cdpo", "rdpo") else 0.0)
@@ -58,6 +59,7 @@ def test_each_preference_loss_learns_the_labelling_rule_on_held_out_pairs(model_
     assert len(rows) == 20  # 5 epochs of 32 pairs in batches of 8
     assert rows[-1]["accuracy"] == 1.0
     after = heldout_accuracy(model, reference, tokenizer, config, loss)
+    record_margin("held-out accuracy", after, 0.9)
     assert after >= 0.9 and after > before, (before, after)
     assert (run_dir / "policy" / "config.json").is_file()
 
@@ -109,9 +111,17 @@ def a_rankings(n: int, seed: int = 0):
     return [Ranking(prompt="pick", completions=[p.chosen, p.rejected, "xyz" * 2 + "y"]) for p in prefs]
 
 
+# Held-out top-1 accuracy starts near 0.55. Over seeds 0-4 the gain on 48 held-out lists was
+# 0.25-0.40 (rrhf) and 0.33-0.40 (pro), so the bar is a gain of 0.15 (7 lists); the old bar (0.25
+# on 24 lists) was met with 0-1 lists to spare. The training-side check averages the last epoch's
+# 4 batches (one batch of 8 lists moves in steps of 0.125 and sat exactly on its 0.75 bar on seed 1).
+# Training on 64 lists instead of 32 did not help: the gains fell to 0.06-0.31.
+TRAIN_LISTS, HELD_OUT_LISTS, MIN_GAIN = 32, 48, 0.15
+
+
 @torch.no_grad()
 def top1_accuracy(model, tokenizer, config):
-    rankings = tokenize_rankings(a_rankings(24, seed=1), tokenizer, config, use_chat_template=False)
+    rankings = tokenize_rankings(a_rankings(HELD_OUT_LISTS, seed=1), tokenizer, config, use_chat_template=False)
     rows = [e for examples, _ in rankings for e in examples]
     logps, lengths = sequence_logps(model, rows, tokenizer.pad_token_id)
     scores = (logps / lengths).view(len(rankings), 3)
@@ -119,16 +129,20 @@ def top1_accuracy(model, tokenizer, config):
 
 
 @pytest.mark.parametrize("loss", ["rrhf", "pro"])
-def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss):
+def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     config = RankingConfig(loss=loss, output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5,
-                           learning_rate=3e-3, progress=False, use_chat_template=False)
+                           learning_rate=3e-3, progress=False, use_chat_template=False, seed=TEST_SEED)
     before = top1_accuracy(model, tokenizer, config)
-    rankings = tokenize_rankings(a_rankings(32), tokenizer, config, use_chat_template=False)
+    rankings = tokenize_rankings(a_rankings(TRAIN_LISTS), tokenizer, config, use_chat_template=False)
     run_dir = train(config, RankingAlgorithm(config, model, tokenizer, rankings))
     after = top1_accuracy(model, tokenizer, config)
-    assert after >= before + 0.25, (before, after)  # 0.54 -> 0.83 (rrhf), 0.88 (pro) on held-out lists
-    assert read_metrics(run_dir)[-1]["top1_accuracy"] >= 0.75
+    last_epoch = read_metrics(run_dir)[-TRAIN_LISTS // 8:]
+    last_epoch_top1 = sum(r["top1_accuracy"] for r in last_epoch) / len(last_epoch)
+    record_margin("held-out top-1 gain", after - before, MIN_GAIN)
+    record_margin("last epoch's top-1 accuracy", last_epoch_top1, 0.75)
+    assert after >= before + MIN_GAIN, (before, after)
+    assert last_epoch_top1 >= 0.75
 
 
 def test_rlhflab_dpo_command_trains_from_a_jsonl_file(model_cache, tmp_path, capsys):

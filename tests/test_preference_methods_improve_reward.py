@@ -32,8 +32,9 @@ from rlhflab.train.preference import (
     tokenize_pairs,
     tokenize_rankings,
 )
+from tests._env import TEST_SEED
 
-SEED = 0
+SEED = TEST_SEED  # RLHFLAB_TEST_SEED, default 0
 PROMPTS = [f"q{i}" for i in range(32)]
 NUM_SAMPLES = 8  # per prompt
 MAX_NEW_TOKENS = 8
@@ -124,14 +125,16 @@ METHODS = ["dpo", "ipo", "slic", "rrhf", "pro"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trained_on_its_own_labelled_samples_raises_the_known_reward_of_new_samples(
-        model_cache, tmp_path, method):
+        model_cache, tmp_path, method, record_margin):
     before, after, n = train_on_own_samples(method, tmp_path)
+    record_margin("rise", after - before, MARGIN)
     assert n >= 30, n  # enough on-policy pairs / lists to carry a signal
     assert 0.2 < before < 0.35, before  # the random policy: ~26 of its ~100 characters are lowercase
     assert after >= before + MARGIN, (method, before, after)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_flipped_labels_lower_the_known_reward_instead(model_cache, tmp_path, method):
+def test_flipped_labels_lower_the_known_reward_instead(model_cache, tmp_path, method, record_margin):
     before, after, _ = train_on_own_samples(method, tmp_path, sign=-1.0)
+    record_margin("fall", before - after, CONTROL_MARGIN)
     assert after <= before - CONTROL_MARGIN, (method, before, after)

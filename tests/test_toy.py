@@ -117,6 +117,37 @@ def test_best_of_n_distribution_is_exact_with_ties(small):
         assert (kl_per_context(bon, ref) <= best_of_n_kl_bound(n) + 1e-12).all()
 
 
+def _float32_rows_off_by_2e_7():
+    """π_ref rows as a float32 model gives them: each sums to 1 ± 2e-7, not to 1."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.softmax(torch.randn(5, 6, generator=g, dtype=torch.float64), -1)
+    ref = (ref * (1 + 2e-7 * torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))[:, None]).float()
+    reward = torch.tensor([0.0, 1.0, 1.0, 2.0, 0.5, 2.0], dtype=torch.float64).expand(5, 6).clone()
+    return ref, reward
+
+
+def test_best_of_n_distribution_keeps_every_rows_mass_at_n_1024_from_float32_rows():
+    ref, reward = _float32_rows_off_by_2e_7()
+    assert (ref.double().sum(-1) - 1).abs().max() > 1e-7  # the input really is off
+    bon = best_of_n_distribution(ref, reward, 1024)
+    assert bon.dtype == torch.float64
+    assert (bon.sum(-1) - 1).abs().max() < 1e-12
+
+
+def test_best_of_n_distribution_equals_enumerating_every_n_tuple_of_draws():
+    """Direct computation: all 6^n tuples of i.i.d. draws, the kept one the first with the top reward."""
+    import itertools
+
+    ref, reward = _float32_rows_off_by_2e_7()
+    pi = ref.double() / ref.double().sum(-1, keepdim=True)
+    for n in (1, 2, 3):
+        direct = torch.zeros_like(pi)
+        for draws in itertools.product(range(6), repeat=n):
+            kept = max(draws, key=lambda o: (reward[0, o], -draws.index(o)))
+            direct[:, kept] += pi[:, list(draws)].prod(-1)
+        torch.testing.assert_close(best_of_n_distribution(ref, reward, n), direct, rtol=0, atol=1e-12)
+
+
 def test_best_of_4_sampling_matches_exact_distribution(small):
     c, n, draws = 2, 4, 4000
     tied = (small.oracle_reward > 0).double()  # ties broken by first index here; exact form must not care

@@ -238,6 +238,10 @@ class Preference(_Record):
         self._set("prompt", _check_prompt(self.prompt))
         self._set("chosen", _check_completion(self.chosen, "chosen"))
         self._set("rejected", _check_completion(self.rejected, "rejected"))
+        if self.rejected == self.chosen:
+            # One text both preferred and dispreferred: no signal, and a DPO-style loss sees a zero
+            # margin it cannot move. Producers of pairs (annotators, RSO) skip such pairs instead.
+            raise _Invalid("rejected", "is identical to 'chosen' (a pair with no preference carries no signal)")
         self._set("margin", _check_number(self.margin, "margin", optional=True))
         self._set("annotator", _check_optional_str(self.annotator, "annotator"))
 
@@ -361,11 +365,12 @@ def record_type(kind: str) -> type:
 
 def ranking_to_preferences(ranking: Ranking) -> list[Preference]:
     """The ``k(k-1)/2`` pairwise preferences implied by a ranking (Section 4.1: "Ranking N outputs
-    provides N(N-1)/2 pairwise comparisons"); tied pairs carry no preference and are skipped."""
+    provides N(N-1)/2 pairwise comparisons"); tied pairs carry no preference and are skipped, as are
+    pairs of identical completions (a ranking may list one text twice)."""
     groups = ranking.ties if ranking.ties is not None else list(range(len(ranking.completions)))
     out = []
     for i, better in enumerate(ranking.completions):
         for j in range(i + 1, len(ranking.completions)):
-            if groups[i] < groups[j]:
+            if groups[i] < groups[j] and better != ranking.completions[j]:
                 out.append(Preference(ranking.prompt, better, ranking.completions[j], annotator=ranking.annotator))
     return out

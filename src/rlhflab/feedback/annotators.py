@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -223,20 +224,33 @@ def annotate_pairs(
     """Preferences on up to ``pairs_per_prompt`` distinct pairs of each prompt's completions.
 
     Pairs are drawn without replacement; which member of a pair is shown first is random, so a
-    position bias adds noise rather than a systematic lean toward earlier samples.
+    position bias adds noise rather than a systematic lean toward earlier samples. Pairs of identical
+    completions (common with short samples) carry no preference and are never offered: they are
+    skipped, and their number is printed to stderr; a prompt whose completions are all the same gets
+    no pair.
     """
     prompts = _check_lengths(prompts, completions_per_prompt)
-    out = []
+    out, identical = [], 0
     for prompt, completions in zip(prompts, completions_per_prompt):
         if len(completions) < 2:
             raise ConfigError(f"prompt {prompt_text(prompt)[:60]!r} has {len(completions)} completion(s); pairs need 2")
-        pairs = list(itertools.combinations(range(len(completions)), 2))
+        pairs = []
+        for i, j in itertools.combinations(range(len(completions)), 2):
+            if completions[i] == completions[j]:
+                identical += 1
+            else:
+                pairs.append((i, j))
+        if not pairs:
+            continue
         picked = rng.choice(len(pairs), size=min(pairs_per_prompt, len(pairs)), replace=False)
         for p in picked:
             i, j = pairs[int(p)]
             if rng.random() < 0.5:
                 i, j = j, i
             out.append(annotator.compare(prompt, completions[i], completions[j], rng))
+    if identical:
+        print(f"annotate_pairs: skipped {identical} pair(s) of identical completions (no preference to label)",
+              file=sys.stderr)
     return out
 
 

@@ -12,21 +12,33 @@ def gae_advantages(
     """Generalised advantage estimation (Schulman et al. 2016).
 
     δ_t = r_t + γ V_{t+1} - V_t;  A_t = δ_t + γλ A_{t+1};  V and A after the last valid token are 0
-    (the episode ends there). rewards, values, mask: (B, T) over completion tokens, mask
-    right-padded. Returns (advantages, returns), both (B, T) and detached: advantages are 0 at
-    padding and returns = advantages + values (the critic's regression target).
+    (the episode ends there). rewards, values, mask: (B, T) over completion tokens. Returns
+    (advantages, returns), both (B, T) and detached: returns = advantages + values (the critic's
+    regression target), and both are 0 wherever the mask is 0.
+
+    The mask says which positions are steps of the episode (nonzero) and which are not (0). Masked
+    positions are ignored, whatever they hold (NaN and inf included: they are replaced before any
+    arithmetic, since NaN·0 is NaN): the recursion runs over the valid positions only, so a hole in
+    the mask is skipped — the next valid position's value bootstraps across it, with one factor of γ,
+    exactly as if the hole's position were removed. Right padding is the usual case: the episode then
+    ends at the last valid token.
     """
     check_same_shape(rewards=rewards, values=values, mask=mask)
-    mask = mask.to(values.dtype)
-    rewards, values = rewards.detach() * mask, values.detach() * mask
+    valid = mask != 0
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    rewards = torch.where(valid, rewards.detach().to(values.dtype), zero)
+    values = torch.where(valid, values.detach(), zero)
     advantages = torch.zeros_like(values)
     next_value = torch.zeros_like(values[:, 0])
     next_advantage = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.shape[1])):  # loop over time, vectorised over the batch
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        advantages[:, t] = next_advantage
-        next_value = values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        step = valid[:, t]
+        # A masked position passes the next valid position's V and A through unchanged.
+        next_advantage = torch.where(step, advantage, next_advantage)
+        next_value = torch.where(step, values[:, t], next_value)
+        advantages[:, t] = torch.where(step, advantage, zero)
     return advantages, advantages + values
 
 

@@ -19,7 +19,7 @@ import torch
 
 from rlhflab.errors import ConfigError
 from rlhflab.losses import sequence_logprob, sft_loss
-from rlhflab.rollout import batched_completion_logprobs, completion_logprobs, join_prompt_completion
+from rlhflab.rollout import completion_logits, completion_logprobs, join_prompt_completion
 
 END_TOKEN = "<eos>"
 DEFAULT_TOKENS = ("a", "b", "c", "d")
@@ -228,15 +228,26 @@ def enumeration_batch(instance: ToyInstance, tokenizer):
 def exact_policy(model, instance: ToyInstance, tokenizer=None, batch_size: int = 4096) -> torch.Tensor:
     """π(o|c) for every context and output, (C, O) float64, by enumeration: log π(o|c) is the sum of
     the completion's token log-probs (an end token counts when present; a cut output has none), so
-    each row sums to 1 over ``instance.outputs``."""
+    each row sums to 1 over ``instance.outputs``.
+
+    The log-softmax is taken in float64 from the model's logits (in float32 each row would sum to
+    1 ± 2e-7, an error that best-of-n's F^n amplifies n-fold), and each row is renormalised so the
+    exact quantities downstream see a distribution to float64 rounding."""
     tokenizer = tokenizer or build_toy_tokenizer(instance.tokens)
     batch = enumeration_batch(instance, tokenizer).to(model.device)
     was_training = model.training
     model.eval()
-    logprobs = batched_completion_logprobs(model, batch, batch_size)
+    parts = []
+    with torch.no_grad():
+        for i in range(0, batch.input_ids.shape[0], batch_size):
+            chunk = batch.select(slice(i, i + batch_size))
+            logits = completion_logits(model, chunk)[0].double()
+            picked = torch.gather(logits, -1, chunk.completion_ids.unsqueeze(-1)).squeeze(-1)
+            parts.append(picked - torch.logsumexp(logits, dim=-1))
     model.train(was_training)
-    seq = sequence_logprob(logprobs.double(), batch.completion_mask)
-    return seq.view(instance.num_contexts, instance.num_outputs).exp().cpu()
+    seq = sequence_logprob(torch.cat(parts, dim=0), batch.completion_mask)
+    table = seq.view(instance.num_contexts, instance.num_outputs).cpu()
+    return torch.softmax(table, dim=-1)  # = exp(table) renormalised per row
 
 
 def pretrain_reference(instance: ToyInstance, seed: int = 0, steps: int = 150, batch_size: int = 256,

@@ -159,9 +159,40 @@ def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dp
 # ---------------------------------------------------------------------------------------------
 # Running one trainer.
 
+def _stopping_rule(model_of, instance: ToyInstance, beta: float, tokenizer, stop_at: float | None,
+                   check_every: int, trace: list):
+    """``should_stop`` for the loop: every ``check_every`` iterations, the exact gap closed by the
+    model so far (appended to ``trace`` as (iteration, gap)); stop once it reaches ``stop_at``.
+
+    The check enumerates the exact output table in eval mode and draws no random numbers, so a
+    stopped run is the prefix of the run it would have been: the stopping rule only truncates it."""
+    if stop_at is None:
+        return None
+
+    def should_stop(iteration: int) -> bool:
+        if (iteration + 1) % check_every:
+            return False
+        gap = evaluate_model_against_optimum(model_of(), instance, beta, tokenizer)["gap_closed"]
+        trace.append((iteration + 1, gap))
+        return gap >= stop_at
+
+    return should_stop
+
+
+def _stopping_fields(trace: list, stop_at: float | None, budget: int) -> dict:
+    if stop_at is None:
+        return {}
+    stopped = bool(trace) and trace[-1][1] >= stop_at
+    return {"stop_at": stop_at, "iterations_run": trace[-1][0] if stopped else budget, "stopped_early": stopped,
+            "gap_trace": trace}
+
+
 def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
-                        beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None) -> dict:
-    """Train a copy of π_ref with ``PolicyOptimization`` on R* and evaluate it exactly."""
+                        beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None, stop_at: float | None = None,
+                        check_every: int = 10) -> dict:
+    """Train a copy of π_ref with ``PolicyOptimization`` on R* and evaluate it exactly; with
+    ``stop_at``, stop as soon as the exact gap closed (checked every ``check_every`` iterations)
+    reaches it, ``num_iterations`` being the budget."""
     from rlhflab.train.loop import train
     from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
@@ -176,13 +207,15 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
         algorithm = PolicyOptimization(cfg, policy, tokenizer, context_prompts(instance),
                                        oracle_reward_source(instance), reference=reference_model)
+        trace: list = []
+        should_stop = _stopping_rule(algorithm._policy, instance, beta, tokenizer, stop_at, check_every, trace)
         started = time.perf_counter()
-        train(cfg, algorithm)
+        train(cfg, algorithm, should_stop=should_stop)
         wall = time.perf_counter() - started
         trained = algorithm._policy()
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
     return {"trainer": settings.name, "algorithm": settings.algorithm, "wall_time_s": round(wall, 2),
-            "config": settings.overrides, **result}
+            "config": settings.overrides, **_stopping_fields(trace, stop_at, cfg.num_iterations), **result}
 
 
 def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected", temperature: float = 1.0,
@@ -226,9 +259,11 @@ def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected",
 
 
 def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
-            beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None) -> dict:
+            beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None, stop_at: float | None = None,
+            check_every: int = 50) -> dict:
     """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT preferences from
-    R* with expected-count (soft) labels; see the module docstring for why its minimiser is π*_β."""
+    R* with expected-count (soft) labels; see the module docstring for why its minimiser is π*_β.
+    ``stop_at`` / ``check_every`` (in optimiser steps) as in :func:`run_policy_gradient`."""
     from rlhflab.train.loop import train
     from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
 
@@ -244,22 +279,29 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
         algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model,
                                         pair_label_smoothing=smoothing)
+        trace: list = []
+        model_of = lambda: algorithm.accelerator.unwrap_model(algorithm.model)  # noqa: E731
+        should_stop = _stopping_rule(model_of, instance, beta, tokenizer, stop_at, check_every, trace)
         started = time.perf_counter()
-        train(cfg, algorithm)
+        train(cfg, algorithm, should_stop=should_stop)
         wall = time.perf_counter() - started
-        trained = algorithm.accelerator.unwrap_model(algorithm.model)
+        trained = model_of()
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
     label_model = ("Bradley-Terry soft labels P(o ≻ o') = sigmoid(R*(o) - R*(o')) (temperature 1) on every "
                    "output pair per context" if settings.dpo_labels == "expected" else
                    "Bradley-Terry sampled binary labels, pairs ~ π_ref")
     return {"trainer": settings.name, "algorithm": "dpo", "wall_time_s": round(wall, 2), "num_pairs": len(pairs),
-            "label_model": label_model, "config": settings.overrides, **result}
+            "label_model": label_model, "config": settings.overrides,
+            **_stopping_fields(trace, stop_at, algorithm.num_iterations()), **result}
 
 
 def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings, beta: float = DEFAULT_BETA,
-                seed: int = 0) -> dict:
+                seed: int = 0, stop_at: float | None = None, check_every: int | None = None) -> dict:
+    """One trainer, its full budget (the report), or until the exact gap closed reaches ``stop_at``
+    (the tests: the budget is then a ceiling, and a trainer that never gets there fails)."""
     runner = run_dpo if settings.algorithm == "dpo" else run_policy_gradient
-    return runner(instance, reference_model, tokenizer, settings, beta=beta, seed=seed)
+    extra = {} if check_every is None else {"check_every": check_every}
+    return runner(instance, reference_model, tokenizer, settings, beta=beta, seed=seed, stop_at=stop_at, **extra)
 
 
 # ---------------------------------------------------------------------------------------------

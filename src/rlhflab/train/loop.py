@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -154,8 +154,13 @@ def _truncate_metrics(path: Path, last_iteration: int) -> None:
     path.write_text("".join(kept))
 
 
-def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to_save: Any = None) -> Path:
-    """Run ``algorithm`` to completion (or resume it) and return the run directory."""
+def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to_save: Any = None,
+          should_stop: Callable[[int], bool] | None = None) -> Path:
+    """Run ``algorithm`` to completion (or resume it) and return the run directory.
+
+    ``should_stop(iteration)``, if given, is asked after each iteration's updates; True ends training
+    there (the learning-rate schedule still spans the full ``num_iterations`` budget) and the model
+    is saved as after a full run. Under several processes it must answer the same on every one."""
     from accelerate.utils import set_seed
 
     accelerator = accelerator or make_accelerator(config)
@@ -232,6 +237,10 @@ def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to
         logger.advance()
         if config.save_steps > 0 and (iteration + 1) % config.save_steps == 0 and iteration < total_iterations - 1:
             save_checkpoint(accelerator, run_dir, iteration, algorithm)
+        if should_stop is not None and should_stop(iteration):
+            if iteration % max(1, config.logging_steps) != 0 and iteration != total_iterations - 1:
+                logger.log(row)  # the last row of a stopped run is always logged
+            break
     logger.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,14 +225,23 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
     rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(prompts), n)
     rng = np.random.default_rng(cfg.seed)
     beta = cfg.sampling_beta or cfg.beta
-    records, accepted_rewards = [], []
+    records, accepted_rewards, identical = [], [], 0
     for i, p in enumerate(prompts):
         accepted = statistical_rejection_sample(rewards[i], cfg.num_accepted, beta, rng)
         accepted_rewards += rewards[i, accepted].tolist()
         for c, r in rso_pairs(accepted, rewards[i]):
-            records.append(Preference(prompt=p.prompt, chosen=texts[i * n + c], rejected=texts[i * n + r]))
-    stats = {"samples_drawn": len(texts), "pairs": len(records), "mean_reward_candidates": float(rewards.mean()),
+            chosen, rejected = texts[i * n + c], texts[i * n + r]
+            # Two samples of one prompt are often the same text; a batched reward model can still
+            # score them a rounding error apart, so equal rewards do not catch every such pair.
+            if chosen == rejected:
+                identical += 1
+                continue
+            records.append(Preference(prompt=p.prompt, chosen=chosen, rejected=rejected))
+    stats = {"samples_drawn": len(texts), "pairs": len(records), "identical_pairs_skipped": identical,
+             "mean_reward_candidates": float(rewards.mean()),
              "mean_reward_accepted": float(np.mean(accepted_rewards)), "sampling_beta": beta}
+    if identical:
+        print(f"rso: skipped {identical} pair(s) of identical samples (no preference to label)", file=sys.stderr)
     if not records:
         raise ConfigError("RSO produced no pairs (all accepted pairs tied in reward)")
     return records, stats
