@@ -16,6 +16,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from rlhflab.errors import ConfigError
+from rlhflab.files import write_text
 
 T = TypeVar("T")
 
@@ -73,8 +74,6 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from rlhflab.files import write_text
-
     write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 

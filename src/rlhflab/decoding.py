@@ -16,18 +16,18 @@ from typing import Sequence
 
 import torch
 
+from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.config import option
 from rlhflab.data.render import prompt_text, render_prompt
 from rlhflab.generation import sample_from_probs
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
-from rlhflab.toy.exact import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 
 
 def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None = None) -> float:
     """A sample-based estimate of KL(π_bon ‖ π) for one prompt from its n draws.
 
-    The exact KL of best-of-n for a discrete π (Beirami et al. 2024; `toy.exact.best_of_n_distribution`)
+    The exact KL of best-of-n for a discrete π (Beirami et al. 2024; `best_of_n_math.best_of_n_distribution`)
     is evaluated with π replaced by the *empirical* distribution of the n draws (identical texts
     merged; the reward decides, so draws with equal rewards form one level). It is a plug-in
     estimate, biased low: even for n distinct draws it gives the n-atom value (0.59 for n=4,

@@ -40,7 +40,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is assumed anywhere)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def _plt():
 def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
     """Proxy reward Ĵ and oracle reward J of the rollouts against KL(π‖π_ref) over training: the
     over-optimisation picture (a proxy that keeps rising while the oracle flattens or falls)."""
-    plt = _plt()
+    plt = pyplot()
     kl = [m["kl"] for m in metrics]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(kl, [m["reward"] for m in metrics], "o-", label="proxy reward (R_phi)")
@@ -79,7 +80,7 @@ def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "")
 
 def plot_before_after(rows: list[dict], path: str | Path, before: str, after: str) -> None:
     """Bars of J and Ĵ (with ±1 standard error) before and after, on seen and unseen contexts."""
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     sets = sorted({r["contexts"] for r in rows}, key=lambda s: (s != "seen", s))

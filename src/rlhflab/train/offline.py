@@ -16,9 +16,10 @@ from rlhflab.config import TrainConfig, option
 from rlhflab.data.render import prompt_text, render_completion, render_prompt
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
+from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
-from rlhflab.rollout import completion_logprobs, join_prompt_completion
+from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
 from rlhflab.train.loop import shard, split
 
 
@@ -229,8 +230,6 @@ def supports_shared_prompt(model, tokenizer) -> bool:
     the prompt: with causal attention, the prompt's states do not depend on what follows. An
     encoder (MiniLM/BERT) attends both ways, so its prompt states change with each completion and
     nothing can be shared."""
-    from rlhflab.rollout import cache_argument
-
     if tokenizer.sep_token is not None and tokenizer.cls_token is not None:
         return False  # encode_for_reward gives encoders a sentence pair
     score = getattr(model, "score", None)
@@ -270,8 +269,6 @@ def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
     as ``*ForSequenceClassification`` pools) are those of the joined sequence, so the rewards equal
     the plain forward's up to float rounding (tested). Shape (B * k,)."""
     from transformers import DynamicCache
-
-    from rlhflab.rollout import cache_argument, pad_left, pad_right
 
     trunk = getattr(model, model.base_model_prefix)
     cache_arg = cache_argument(trunk)

@@ -40,12 +40,14 @@ from rlhflab.losses import (
     sft_loss,
     value_loss,
 )
-from rlhflab.models.loading import save_model
+from rlhflab.models.loading import disable_dropout, save_model
+from rlhflab.models.registry import resolve_model
 from rlhflab.rollout import (
     SequenceBatch,
     completion_logits,
     join_prompt_completion,
     logprobs_from_logits,
+    position_ids_from_mask,
     sample,
 )
 from rlhflab.train.loop import shard, split
@@ -139,17 +141,12 @@ class ValueModel(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        from rlhflab.models.loading import disable_dropout
-        from rlhflab.models.registry import resolve_model
-
         self.trunk = disable_dropout(AutoModel.from_pretrained(resolve_model(name_or_path), dtype=dtype))
         self.value_head = nn.Linear(self.trunk.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, batch: SequenceBatch):
-        from rlhflab.rollout import position_ids_from_mask
-
         T = batch.num_completion_tokens
         hidden = self.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             position_ids=position_ids_from_mask(batch.attention_mask)).last_hidden_state
