@@ -18,7 +18,7 @@ import torch
 
 from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.config import option
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.generation import sample_from_probs
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
@@ -77,7 +77,7 @@ def best_of_n(policy, tokenizer, prompts: Sequence, reward_source: RewardSource,
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     raw = [getattr(p, "prompt", p) for p in prompts]
-    ids = [tokenizer(render_prompt(p, tokenizer, use_chat_template), add_special_tokens=False).input_ids for p in raw]
+    ids = encode_prompts(tokenizer, raw, use_chat_template)
     torch.manual_seed(seed)
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, batch_size=batch_size)
@@ -137,8 +137,7 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     rows, calls = [], 0
     for start in range(0, len(raw), batch_size):
         chunk = raw[start: start + batch_size]
-        ids = [tokenizer(render_prompt(p, tokenizer, use_chat_template), add_special_tokens=False).input_ids
-               for p in chunk]
+        ids = encode_prompts(tokenizer, chunk, use_chat_template)
         input_ids, mask = (t.to(device) for t in pad_left(ids, tokenizer.pad_token_id))
         generated = torch.zeros((len(chunk), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)

@@ -71,11 +71,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     import torch
 
     from rlhflab import workflow
-    from rlhflab.evaluate import evaluate_policy
+    from rlhflab.evaluate import evaluate_on_sets
     from rlhflab.models import load_policy
+    from rlhflab.pool import build_feedback_pool
     from rlhflab.report import evaluation_rows, plot_before_after, plot_training_curves, read_metrics
     from rlhflab.rewards import load_reward_source
-    from rlhflab.train.offline import RewardConfig
     from rlhflab.train.policy_optimization import RLConfig
 
     cfg = cfg.resolved()
@@ -88,38 +88,21 @@ def run_demo(cfg: DemoConfig) -> Path:
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
     policy, tokenizer = stages.run("load initial policy", load_policy, cfg.policy)
     oracle = load_reward_source(cfg.oracle)
-    train_prompts = workflow.load_prompts("train")
-    feedback_prompts = train_prompts[: cfg.feedback_prompts]
-    seen_prompts = feedback_prompts[: cfg.eval_prompts]  # contexts covered by feedback (C_rew)
-    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
-
-    # 1. sample the initial policy on the feedback prompts
-    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt,
-                                       max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed,
-                                       output=str(run_dir / "samples.jsonl"))
-    samples = stages.run("sample initial policy", workflow.sample, sample_cfg, policy, tokenizer, feedback_prompts)
-
-    # 2. simulated annotators (a pool driven by R*) give pairwise preferences
-    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
-                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
-    prefs = stages.run("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
-
-    # 3. evaluate pi_0 before anything is trained (its samples also test R_phi on unseen contexts)
     eval_kw = dict(oracle=oracle, reward_model=None, max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat,
                    seed=cfg.seed + 1)
-    before = stages.run("evaluate initial policy", lambda: {
-        "seen": evaluate_policy(policy, tokenizer, seen_prompts, **eval_kw),
-        "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **eval_kw)})
+    before = {}
 
-    # 4. reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
-    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
-                              seed=cfg.seed, progress=True,
-                              **({"learning_rate": 1e-3, "num_epochs": 4.0} if cfg.quick else {}))
-    seen_samples = (before["seen"].contexts, before["seen"].texts)
-    unseen_samples = (before["unseen"].contexts, before["unseen"].texts)
-    reward_dir, reward_report = stages.run("train reward model", workflow.reward, reward_cfg, cfg.oracle,
-                                           seen_samples, unseen_samples)
-    reward_model = load_reward_source(str(reward_dir / "reward_model"))
+    def evaluate_initial(seen_prompts, unseen_prompts):
+        # pi_0 before anything is trained; its samples also test R_phi on unseen contexts
+        before.update(stages.run("evaluate initial policy", evaluate_on_sets, policy, tokenizer,
+                                 {"seen": seen_prompts, "unseen": unseen_prompts}, **eval_kw))
+        return (before["seen"].contexts, before["seen"].texts), (before["unseen"].contexts, before["unseen"].texts)
+
+    # 1-4. sample pi_0 -> simulated annotators (a pool driven by R*) give pairwise preferences ->
+    # evaluate pi_0 -> reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
+    pool = build_feedback_pool(cfg, run_dir, policy, tokenizer, stage=stages.run, before_reward=evaluate_initial,
+                               progress=True)
+    reward_dir, reward_report, reward_model = pool.reward_dir, pool.reward_report, pool.reward_model
     for ev in before.values():  # Ĵ of pi_0 on the very samples J was measured on
         ev.proxy_rewards = reward_model(ev.contexts, ev.texts).tolist()
         ev.J_hat = sum(ev.proxy_rewards) / len(ev.proxy_rewards)
@@ -138,9 +121,8 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     # 6. evaluate the final policy on the same contexts
     eval_kw.update(reward_model=reward_model, reference=reference)
-    after = stages.run("evaluate final policy", lambda: {
-        "seen": evaluate_policy(final_policy, tokenizer, seen_prompts, **eval_kw),
-        "unseen": evaluate_policy(final_policy, tokenizer, unseen_prompts, **eval_kw)})
+    after = stages.run("evaluate final policy", evaluate_on_sets, final_policy, tokenizer, pool.prompt_sets,
+                       **eval_kw)
     for ev in before.values():
         ev.kl = 0.0  # pi_0 is the reference
 
@@ -151,7 +133,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     plot_training_curves(metrics, run_dir / "training_curves.png", f"PPO against R_phi ({cfg.policy})")
     plot_before_after(rows, run_dir / "before_after.png", "initial", "final")
     write_json(run_dir / "evaluation.json", {p: {s: e.to_dict() for s, e in r.items()} for p, r in results.items()})
-    summary = _summary(cfg, results, reward_report, stages.seconds, len(prefs), run_dir)
+    summary = _summary(cfg, results, reward_report, stages.seconds, len(pool.preferences), run_dir)
     write_text(run_dir / "summary.md", summary)
     write_json(run_dir / "stage_seconds.json", stages.seconds)
     print("\n" + summary)

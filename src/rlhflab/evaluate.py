@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhflab.data.records import Preference, Prompt
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
 from rlhflab.rewards import RewardSource
@@ -82,8 +82,7 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
     samples come from (greedy decoding, temperature 0, gives no unbiased estimate; T=1 is used).
     ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL).
     """
-    prompt_ids = [tokenizer(render_prompt(p.prompt, tokenizer, use_chat_template), add_special_tokens=False).input_ids
-                  for p in prompts]
+    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template)
     torch.manual_seed(seed)
     rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, batch_size=batch_size)
     idx = rollout.prompt_index
@@ -205,3 +204,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def evaluate_on_sets(policy, tokenizer, prompt_sets: dict[str, list[Prompt]], **kwargs) -> dict[str, PolicyEvaluation]:
+    """:func:`evaluate_policy` on each named prompt set (e.g. seen and unseen contexts), same settings."""
+    return {name: evaluate_policy(policy, tokenizer, prompts, **kwargs) for name, prompts in prompt_sets.items()}

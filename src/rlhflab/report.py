@@ -98,3 +98,26 @@ def plot_before_after(rows: list[dict], path: str | Path, before: str, after: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_comparison(rows: list[dict], path) -> None:
+    """Bars of J, Ĵ and KL per method, seen and unseen contexts side by side, ±1 standard error."""
+    plt = pyplot()
+    import numpy as np
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 2 + 0.9 * len(methods)), 10))
+    for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
+                                       ("kl", "KL(π‖π_0) (nats)")]):
+        x = np.arange(len(methods))
+        for offset, contexts in ((-0.2, "seen"), (0.2, "unseen")):
+            pick = [next((r for r in rows if r["method"] == m and r["contexts"] == contexts), {}) for m in methods]
+            ax.bar(x + offset, [p.get(key) or 0 for p in pick], width=0.4, label=f"{contexts} contexts",
+                   yerr=[p.get(key + "_se") or 0 for p in pick], capsize=3)
+        ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rlhflab.config import TrainConfig, option
-from rlhflab.data import Prompt, Samples, load_prompt_set, read_records, render_prompt, write_records
+from rlhflab.data import Prompt, Samples, encode_prompts, load_prompt_set, read_records, write_records
 from rlhflab.errors import ConfigError
 from rlhflab.files import write_json
 
@@ -65,8 +65,7 @@ def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt]
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     torch.manual_seed(cfg.seed)
     rollout = sample_rollout(policy, tokenizer, ids, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)

@@ -15,7 +15,7 @@ from rlhflab.data.records import (
     ranking_to_preferences,
     record_type,
 )
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion, render_prompt
 
 __all__ = [
     "PROMPT_SETS",
@@ -27,6 +27,7 @@ __all__ = [
     "Ranking",
     "Rating",
     "Samples",
+    "encode_prompts",
     "load_prompt_set",
     "parse_scale",
     "prompt_text",

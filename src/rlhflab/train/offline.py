@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from rlhflab.config import TrainConfig, option
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
 from rlhflab.models.decoder_parts import cache_argument
@@ -46,7 +46,7 @@ def tokenize_demonstrations(prompts, completions, tokenizer, config: TrainConfig
     """(prompt ids, completion ids + EOS) per example, with the length check of ``max_length``."""
     examples = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        p = tokenizer(render_prompt(prompt, tokenizer, use_chat_template), add_special_tokens=False).input_ids
+        p = encode_prompts(tokenizer, [prompt], use_chat_template)[0]
         c = tokenizer(render_completion(completion), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         if len(p) + len(c) > config.max_length:
             if not config.truncate or len(c) >= config.max_length:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rlhflab.config import TrainConfig, option
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.losses import (
     AdaptiveKLController,
@@ -215,10 +215,7 @@ class PolicyOptimization:
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_moments = RunningMoments()
-        self.prompt_ids = [
-            tokenizer(render_prompt(p.prompt, tokenizer, config.use_chat_template), add_special_tokens=False).input_ids
-            for p in prompts
-        ]
+        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template)
         self.contexts = [prompt_text(p.prompt) for p in prompts]
         if len(prompts) < config.prompts_per_iteration:
             raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")

@@ -23,7 +23,7 @@ import torch
 
 from rlhflab.config import TrainConfig, default_run_dir, option
 from rlhflab.data.records import Demonstration, Preference
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
 from rlhflab.models.loading import save_model
@@ -112,8 +112,7 @@ def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracl
     if (run_dir / "rounds.jsonl").exists():
         raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     n, per_round = cfg.samples_per_prompt, cfg.prompts_per_round or len(prompts)
     for r in range(cfg.num_rounds):
         t0 = time.perf_counter()
@@ -213,8 +212,7 @@ class RSOConfig(PreferenceConfig):
 
 def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -> tuple[list[Preference], dict]:
     """The RSO preference pairs: sample from π_ref (the policy as given), accept toward π*, pair."""
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     torch.manual_seed(cfg.seed)
     n = cfg.num_candidates
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
