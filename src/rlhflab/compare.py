@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rlhflab import workflow
-from rlhflab.config import default_run_dir, option, save_config
+from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.data import Ranking, prompt_text
 from rlhflab.decoding import best_of_n
 from rlhflab.errors import ConfigError
@@ -47,43 +47,51 @@ from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig, po
 METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-positive"]
 
 
+# Budgets on the offline defaults (full) and on tiny in-process models (quick).
+PRESETS = {
+    "full": dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
+                 oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
+                 offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5),
+    "quick": dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
+                  feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
+                  preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3),
+}
+
+
 @dataclass
 class CompareConfig:
     """Run several alignment methods from one shared pool of simulated feedback with matched budgets,
     and tabulate J (oracle), Ĵ (reward model) and KL to the initial policy on seen and unseen prompts."""
 
-    methods: str = option("", "Comma-separated methods from: " + ", ".join(METHODS) + " (default: ppo,dpo,bon,sft-positive; all with --quick).")
-    quick: bool = option(False, "Tiny random models and the keyword:e oracle: every method end to end in a few minutes.")
+    methods: str | None = preset_option(PRESETS, "methods", "Comma-separated methods from: " + ", ".join(METHODS) + ".")
+    preset: str = option("full", "Named budgets: full (the offline default models) or quick (tiny models).",
+                         choices=list(PRESETS))
+    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and the keyword:e oracle, every method end to end in a few minutes.")
     output_dir: str | None = option(None, "Run directory (default runs/compare-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = option(None, "Initial policy pi_0, also the reference (default smollm2-135m-instruct; tiny-policy with --quick).")
-    reward_backbone: str | None = option(None, "Reward-model backbone (default minilm-l6; tiny-reward with --quick).")
-    oracle: str | None = option(None, "Oracle R* of the simulated annotators and of J (default sentiment; keyword:e with --quick).")
-    feedback_prompts: int = option(0, "Training prompts sampled and annotated for the shared pool (0: preset).")
+    policy: str | None = preset_option(PRESETS, "policy", "Initial policy pi_0, also the reference.")
+    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
+    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R* of the simulated annotators and of J.")
+    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts sampled and annotated for the shared pool.")
     samples_per_prompt: int = option(4, "Samples per feedback prompt in the pool.")
-    eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
-    max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
-    beta: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.")
-    online_samples: int = option(0, "Fresh policy samples each online method (ppo, raft, rso) may draw (0: preset).")
-    offline_steps: int = option(0, "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso) (0: preset).")
+    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
+    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
+    kl_coef: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.", aliases=["--beta"])
+    online_samples: int | None = preset_option(PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw.")
+    offline_steps: int | None = preset_option(PRESETS, "offline_steps", "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso).")
     batch_size: int = option(8, "Examples per optimiser step of the offline methods.")
-    preference_learning_rate: float = option(0.0, "Learning rate of dpo, ipo, slic, rrhf, rso (0: preset).")
-    sft_learning_rate: float = option(0.0, "Learning rate of sft-positive and raft (0: preset).")
-    ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
+    preference_learning_rate: float | None = preset_option(PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso.")
+    sft_learning_rate: float | None = preset_option(PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft.")
+    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")
     rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
 
     def resolved(self) -> "CompareConfig":
-        full = dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
-                    oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
-                    offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5)
-        quick = dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                     feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
-                     preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3)
-        preset = quick if self.quick else full
-        cfg = dataclasses.replace(self, **{k: (getattr(self, k) or v) for k, v in preset.items()})
+        """The options left unset filled from the chosen preset; unknown methods are an error."""
+        preset = "quick" if self.quick else self.preset
+        cfg = dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
         unknown = [m for m in cfg.method_list if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
@@ -144,7 +152,7 @@ class _Shared:
         return dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
 
     def preference_config(self, cls, name, **kw):
-        return cls(model=self.cfg.policy, output_dir=str(self.run_dir / name),
+        return cls(policy=self.cfg.policy, output_dir=str(self.run_dir / name),
                    learning_rate=self.cfg.preference_learning_rate, use_chat_template=self.use_chat, **self.common,
                    **kw)
 
@@ -164,14 +172,14 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
     iterations = max(1, cfg.online_samples // cfg.prompts_per_iteration)
     rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(s.pool.reward_dir / "reward_model"),
                       oracle=cfg.oracle, num_iterations=iterations, prompts_per_iteration=cfg.prompts_per_iteration,
-                      max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.beta, learning_rate=cfg.ppo_learning_rate, epochs=2,
+                      max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, learning_rate=cfg.ppo_learning_rate, epochs=2,
                       use_chat_template=s.use_chat, seed=cfg.seed, progress=False, output_dir=str(s.run_dir / "ppo"))
     method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.pool.reward_model, s.oracle)
     return MethodRun(iterations * cfg.prompts_per_iteration, method_dir)
 
 
 def _run_preference(s: _Shared, method: str) -> MethodRun:
-    pcfg = s.preference_config(PreferenceConfig, method, loss=method, beta=s.cfg.beta)
+    pcfg = s.preference_config(PreferenceConfig, method, loss=method, kl_coef=s.cfg.kl_coef)
     return MethodRun(0, preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
 
 
@@ -184,7 +192,7 @@ def _run_rrhf(s: _Shared, method: str) -> MethodRun:
 
 def _run_rso(s: _Shared, method: str) -> MethodRun:
     cfg, n = s.cfg, s.cfg.rso_candidates
-    rso_cfg = s.preference_config(RSOConfig, method, loss="dpo", beta=cfg.beta, prompts="train",
+    rso_cfg = s.preference_config(RSOConfig, method, loss="dpo", kl_coef=cfg.kl_coef, prompts="train",
                                   limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
                                   max_new_tokens=cfg.max_new_tokens)
     return MethodRun(rso_cfg.limit * n, rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
@@ -205,7 +213,7 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
 
 
 def _run_positive_sft(s: _Shared, method: str) -> MethodRun:
-    scfg = PositiveSFTConfig(model=s.cfg.policy, output_dir=str(s.run_dir / method), use_chat_template=s.use_chat,
+    scfg = PositiveSFTConfig(policy=s.cfg.policy, output_dir=str(s.run_dir / method), use_chat_template=s.use_chat,
                              **{**s.common, "learning_rate": s.cfg.sft_learning_rate})
     return MethodRun(0, positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
 

@@ -13,9 +13,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab.config import default_run_dir, option, save_config
+from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
 from rlhflab.files import write_json, write_text
+
+
+# The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
+PRESETS = {
+    "full": dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
+                 feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
+                 max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2),
+    "quick": dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
+                  feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
+                  max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2),
+}
 
 
 @dataclass
@@ -23,33 +34,28 @@ class DemoConfig:
     """The whole RLHF workflow on the offline defaults (SmolLM2-135M-Instruct, MiniLM reward model,
     the sentiment oracle as R*). --quick runs it on tiny in-process models for a first look."""
 
-    quick: bool = option(False, "Tiny random models and a character-level oracle (keyword:e): the pipeline end to end in about a minute.")
+    preset: str = option("full", "Named sizes: full (the offline default models) or quick (tiny models).",
+                         choices=list(PRESETS))
+    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and a character-level oracle (keyword:e), the pipeline end to end in about a minute.")
     output_dir: str | None = option(None, "Run directory (default runs/demo-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = option(None, "Initial policy (default smollm2-135m-instruct; tiny-policy with --quick).")
-    reward_backbone: str | None = option(None, "Reward-model backbone (default minilm-l6; tiny-reward with --quick).")
-    oracle: str | None = option(None, "Oracle R* (default sentiment; keyword:e with --quick).")
-    feedback_prompts: int = option(0, "Training prompts that get sampled and annotated (0: preset).")
+    policy: str | None = preset_option(PRESETS, "policy", "Initial policy.")
+    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
+    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R*.")
+    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts that get sampled and annotated.")
     samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
-    eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
-    ppo_iterations: int = option(0, "PPO iterations (0: preset).")
-    prompts_per_iteration: int = option(0, "Prompts per PPO iteration (0: preset).")
-    max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
+    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
+    ppo_iterations: int | None = preset_option(PRESETS, "ppo_iterations", "PPO iterations.")
+    prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per PPO iteration.")
+    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
-    ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
-    ppo_epochs: int = option(0, "PPO epochs per rollout (0: preset).")
+    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
+    ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")
 
     def resolved(self) -> "DemoConfig":
-        """Fill preset values (full vs quick) into the fields left at 0 / None."""
-        full = dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
-                    feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
-                    max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2)
-        quick = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                     feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
-                     max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2)
-        preset = quick if self.quick else full
-        values = {k: (getattr(self, k) or v) for k, v in preset.items()}
-        return dataclasses.replace(self, **values)
+        """The options left unset filled from the chosen preset."""
+        preset = "quick" if self.quick else self.preset
+        return dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
 
 
 class Stages:

@@ -74,7 +74,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSource | None,
                     reward_model: RewardSource | None, reference=None, num_samples: int = 1,
                     max_new_tokens: int = 32, temperature: float = 1.0, use_chat_template: bool = True,
-                    seed: int = 0, batch_size: int = 32) -> PolicyEvaluation:
+                    seed: int = 0, batch_size: int = 32, top_p: float = 1.0) -> PolicyEvaluation:
     """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
 
     The KL is the unbiased k1 estimate mean_i Σ_t [log π(o_t|c, o_<t) − log π_ref(o_t|c, o_<t)] at the
@@ -84,7 +84,8 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
     """
     prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template)
     torch.manual_seed(seed)
-    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, batch_size=batch_size)
+    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p,
+                     batch_size=batch_size)
     idx = rollout.prompt_index
     contexts = [prompt_text(prompts[i].prompt) for i in idx.tolist()]
     texts = rollout.completion_texts

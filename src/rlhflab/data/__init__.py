@@ -1,6 +1,6 @@
 """Feedback data: record types, strict readers and writers, chat rendering, shipped prompt sets."""
 
-from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set
+from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set, load_prompts
 from rlhflab.data.readers import read_records, records_to_dataset, write_records
 from rlhflab.data.records import (
     RECORD_TYPES,
@@ -29,6 +29,7 @@ __all__ = [
     "Samples",
     "encode_prompts",
     "load_prompt_set",
+    "load_prompts",
     "parse_scale",
     "prompt_text",
     "ranking_to_preferences",

@@ -236,7 +236,7 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
         overrides["batch_size"] = min(len(pairs), overrides.get("batch_size", 512))
-        cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, use_chat_template=False,
+        cfg = PreferenceConfig(loss="dpo", policy="<toy>", kl_coef=beta, use_chat_template=False,
                                progress=False, reference_batch_size=4096,
                                output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
         cfg.validate()

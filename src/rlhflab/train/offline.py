@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from rlhflab.config import TrainConfig, option
+from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
@@ -103,10 +103,9 @@ class OfflineAlgorithm:
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, PolicyOptions):
     """Supervised fine-tuning on demonstrations: completion-only loss (Section 7.4)."""
 
-    model: str = option("smollm2-135m-instruct", "Policy to fine-tune: a registry name, hub id or local path.")
     data: str | None = option(None, "Demonstrations (prompt, completion | messages): JSONL, JSON, Parquet or a saved dataset.")
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW.")

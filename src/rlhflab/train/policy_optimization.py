@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhflab.config import TrainConfig, option
+from rlhflab.config import (
+    DEFAULT_POLICY,
+    LoopOptions,
+    PolicyOptions,
+    PromptOptions,
+    ResumeOptions,
+    SamplingOptions,
+    option,
+)
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.losses import (
@@ -56,22 +64,18 @@ ESTIMATORS = ["ppo", "a2c", "reinforce", "rloo", "grpo"]
 
 
 @dataclass
-class RLConfig(TrainConfig):
+class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, PolicyOptions):
     """Online policy optimisation against a reward source, with a KL penalty to the reference."""
 
     algorithm: str = option("ppo", "Policy-gradient estimator.", choices=ESTIMATORS)
-    policy: str = option("smollm2-135m-instruct", "Initial policy (also the reference pi_ref): registry name, hub id or path.")
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
+    policy: str = option(DEFAULT_POLICY, "Initial policy (also the reference pi_ref): registry name, hub id or path.",
+                         aliases=["--model"])
     reward: str = option("sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function.")
     oracle: str | None = option(None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised).")
     num_iterations: int = option(20, "Rollout-then-update iterations.")
     prompts_per_iteration: int = option(8, "Prompts sampled per iteration (across all processes).")
     samples_per_prompt: int = option(1, "Completions per prompt (>= 2 for RLOO and GRPO).")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-    temperature: float = option(1.0, "Sampling temperature (1.0 samples from pi itself, as the objective assumes).")
     top_k: int = option(0, "Top-k sampling (0: off).")
-    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
     kl_coef: float = option(0.05, "beta: weight of the KL penalty to the reference policy (Section 6.2).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the penalty.", choices=["k1", "k2", "k3"])
     kl_in_loss: bool = option(False, "Put beta*KL(k3) in the loss (GRPO style) instead of in the reward (default for grpo).")
@@ -97,8 +101,6 @@ class RLConfig(TrainConfig):
     ptx_coef: float = option(0.0, "Weight of the pretraining-mix (PPO-ptx) language-modelling loss.")
     ptx_data: str | None = option(None, "Demonstrations (prompt, completion) for the PPO-ptx term.")
     generation_batch_size: int = option(64, "Prompts per generate call.")
-    learning_rate: float = option(1e-5, "Peak learning rate of AdamW.")
-    batch_size: int = option(8, "Unused by online methods (see prompts_per_iteration).")
 
     def validate(self):
         super().validate()
