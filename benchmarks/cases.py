@@ -135,7 +135,7 @@ def rlhflab_dpo(steps: int) -> dict:
     model, tokenizer = _policy()
     records = _preference_records(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        config = _config(PreferenceConfig, tmp, steps, loss="dpo", beta=s["beta"], batch_size=s["batch"],
+        config = _config(PreferenceConfig, tmp, steps, loss="dpo", kl_coef=s["beta"], batch_size=s["batch"],
                          learning_rate=s["lr"], use_chat_template=False, precompute_reference=True)
         pairs = tokenize_pairs(records, tokenizer, config, use_chat_template=False)
         algorithm = PreferenceAlgorithm(config, model, tokenizer, pairs)

@@ -45,4 +45,7 @@ def test_quick_demo_runs_the_whole_workflow_and_writes_its_report(tmp_path):
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert set(evaluation) == {"initial", "final"} and set(evaluation["final"]) == {"seen", "unseen"}
     assert evaluation["final"]["seen"]["kl"] is not None
-    assert "J (oracle)" in (run_dir / "summary.md").read_text()
+    summary = (run_dir / "summary.md").read_text()
+    assert "J (oracle)" in summary and "GFLOP/s" in summary
+    assert "seen contexts: ΔJ = " in summary and "standard errors" in summary
+    assert evaluation["final"]["seen"]["n"] == 8 * 2  # the quick preset's two samples per evaluation prompt

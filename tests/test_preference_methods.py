@@ -30,7 +30,7 @@ def read_metrics(run_dir):
 
 def pref_config(tmp_path, **overrides):
     fields = dict(output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5, learning_rate=3e-3, progress=False,
-                  use_chat_template=False, beta=0.1, seed=TEST_SEED)
+                  use_chat_template=False, kl_coef=0.1, seed=TEST_SEED)
     fields.update(overrides)
     return PreferenceConfig(**fields)
 

@@ -112,7 +112,7 @@ def train_on_own_samples(method: str, tmp_path, sign: float = 1.0) -> tuple[floa
     else:
         # beta 0.1 leaves room to move; SLiC's hinge margin delta is on summed log-probs of ~9
         # tokens, where the default 1 is met after a few steps and only the regulariser still pulls.
-        config = PreferenceConfig(loss=method, beta=BETA[method], slic_delta=4.0, **common)
+        config = PreferenceConfig(loss=method, kl_coef=BETA[method], slic_delta=4.0, **common)
         records = pairs_from(feedback, sign)
         data = tokenize_pairs(records, tokenizer, config, use_chat_template=False)
         train(config, PreferenceAlgorithm(config, model, tokenizer, data))

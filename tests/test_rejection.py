@@ -86,8 +86,8 @@ def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_f
 
 
 def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cache, tmp_path, prompts_file):
-    cfg = RSOConfig(model="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "rso"), num_candidates=8,
-                    num_accepted=4, beta=0.05, max_new_tokens=8, learning_rate=3e-3, num_epochs=2, batch_size=4,
+    cfg = RSOConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "rso"), num_candidates=8,
+                    num_accepted=4, kl_coef=0.05, max_new_tokens=8, learning_rate=3e-3, num_epochs=2, batch_size=4,
                     use_chat_template=False, progress=False, seed=TEST_SEED)
     run_dir = rso(cfg, reward_source=COUNT_A)
     stats = json.loads((run_dir / "rso_sampling.json").read_text())
@@ -118,7 +118,7 @@ def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatc
     jitter = RewardSource("count a + position", lambda c, o: [x.count("a") + 1e-6 * i for i, x in enumerate(o)])
     monkeypatch.setattr(rejection, "sample", fake_sample)
     policy, tokenizer = load_policy("tiny-policy")
-    cfg = RSOConfig(model="tiny-policy", num_candidates=4, num_accepted=4, sampling_beta=1e6, max_new_tokens=2,
+    cfg = RSOConfig(policy="tiny-policy", num_candidates=4, num_accepted=4, sampling_kl_coef=1e6, max_new_tokens=2,
                     use_chat_template=False, progress=False)
     records, stats = rejection.rso_preferences(cfg, policy, tokenizer, [Prompt("q")], jitter)
     assert all(r.chosen != r.rejected for r in records)
@@ -129,7 +129,7 @@ def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatc
 def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_path, record_margin):
     prefs = [Preference(prompt="p", chosen="good", rejected="bad"), Preference(prompt="q", chosen="fine", rejected="no")]
     assert [(d.prompt, d.completion) for d in chosen_demonstrations(prefs)] == [("p", "good"), ("q", "fine")]
-    cfg = PositiveSFTConfig(model="tiny-policy", output_dir=str(tmp_path / "sft"), batch_size=8, num_epochs=4,
+    cfg = PositiveSFTConfig(policy="tiny-policy", output_dir=str(tmp_path / "sft"), batch_size=8, num_epochs=4,
                             learning_rate=3e-3, use_chat_template=False, progress=False, seed=TEST_SEED)
     run_dir = positive_sft(cfg, records=a_preferences(16))
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

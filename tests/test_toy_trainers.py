@@ -1,4 +1,4 @@
-"""Issue B item 3: the trainers of rlhflab.train, unchanged, against the toy lab's closed form.
+"""The trainers of rlhflab.train, unchanged, against the toy lab's closed form.
 
 Reduced instance (3 tokens, 2-token contexts, horizon 2: 9 contexts × 13 outputs), β = 0.25, R* as the
 reward through a RewardSource over decoded text; DPO on every output pair with soft Bradley-Terry labels. The bar is the fraction of the gap between

@@ -146,9 +146,9 @@ def _bon(argv):
     import json
 
     from rlhflab.config import parse_config
-    from rlhflab.decoding import DecodeConfig, run_best_of_n
+    from rlhflab.decoding import BestOfNConfig, run_best_of_n
 
-    cfg = parse_config(DecodeConfig, argv, "rlhflab bon", DecodeConfig.__doc__)
+    cfg = parse_config(BestOfNConfig, argv, "rlhflab bon", BestOfNConfig.__doc__)
     summary = run_best_of_n(cfg)
     print(json.dumps(summary, indent=2))
     print(f"chosen completions written to {cfg.output}")
@@ -158,9 +158,9 @@ def _rad(argv):
     import json
 
     from rlhflab.config import parse_config
-    from rlhflab.decoding import DecodeConfig, run_rad
+    from rlhflab.decoding import RADConfig, run_rad
 
-    cfg = parse_config(DecodeConfig, argv, "rlhflab rad", DecodeConfig.__doc__)
+    cfg = parse_config(RADConfig, argv, "rlhflab rad", RADConfig.__doc__)
     summary = run_rad(cfg)
     print(json.dumps(summary, indent=2))
     print(f"completions written to {cfg.output}")

@@ -29,12 +29,35 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.config import default_run_dir, option, save_config
+from rlhflab import workflow
+from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
+from rlhflab.data import Ranking, prompt_text
+from rlhflab.decoding import best_of_n
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import format_table
+from rlhflab.evaluate import evaluate_on_sets, format_table
 from rlhflab.files import write_json, write_text
+from rlhflab.models import load_policy
+from rlhflab.pool import Pool, build_feedback_pool
+from rlhflab.report import plot_comparison
+from rlhflab.rewards import load_reward_source
+from rlhflab.train.policy_optimization import RLConfig
+from rlhflab.train.preference import PreferenceConfig, RankingConfig, preference_optimization, ranking_optimization
+from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig, positive_sft, raft, rso
 
 METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-positive"]
+
+
+# Budgets on the offline defaults (full) and on tiny in-process models (quick).
+PRESETS = {
+    "full": dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
+                 oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
+                 offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5,
+                 reward_learning_rate=5e-5, reward_epochs=2.0),
+    "quick": dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
+                  feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
+                  preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3,
+                  reward_learning_rate=1e-3, reward_epochs=4.0),
+}
 
 
 @dataclass
@@ -42,38 +65,37 @@ class CompareConfig:
     """Run several alignment methods from one shared pool of simulated feedback with matched budgets,
     and tabulate J (oracle), Ĵ (reward model) and KL to the initial policy on seen and unseen prompts."""
 
-    methods: str = option("", "Comma-separated methods from: " + ", ".join(METHODS) + " (default: ppo,dpo,bon,sft-positive; all with --quick).")
-    quick: bool = option(False, "Tiny random models and the keyword:e oracle: every method end to end in a few minutes.")
+    methods: str | None = preset_option(PRESETS, "methods", "Comma-separated methods from: " + ", ".join(METHODS) + ".")
+    preset: str = option("full", "Named budgets: full (the offline default models) or quick (tiny models).",
+                         choices=list(PRESETS))
+    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and the keyword:e oracle, every method end to end in a few minutes.")
     output_dir: str | None = option(None, "Run directory (default runs/compare-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = option(None, "Initial policy pi_0, also the reference (default smollm2-135m-instruct; tiny-policy with --quick).")
-    reward_backbone: str | None = option(None, "Reward-model backbone (default minilm-l6; tiny-reward with --quick).")
-    oracle: str | None = option(None, "Oracle R* of the simulated annotators and of J (default sentiment; keyword:e with --quick).")
-    feedback_prompts: int = option(0, "Training prompts sampled and annotated for the shared pool (0: preset).")
+    policy: str | None = preset_option(PRESETS, "policy", "Initial policy pi_0, also the reference.")
+    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
+    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R* of the simulated annotators and of J.")
+    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts sampled and annotated for the shared pool.")
     samples_per_prompt: int = option(4, "Samples per feedback prompt in the pool.")
-    eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
-    max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
-    beta: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.")
-    online_samples: int = option(0, "Fresh policy samples each online method (ppo, raft, rso) may draw (0: preset).")
-    offline_steps: int = option(0, "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso) (0: preset).")
+    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
+    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
+    kl_coef: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.", aliases=["--beta"])
+    online_samples: int | None = preset_option(PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw.")
+    offline_steps: int | None = preset_option(PRESETS, "offline_steps", "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso).")
     batch_size: int = option(8, "Examples per optimiser step of the offline methods.")
-    preference_learning_rate: float = option(0.0, "Learning rate of dpo, ipo, slic, rrhf, rso (0: preset).")
-    sft_learning_rate: float = option(0.0, "Learning rate of sft-positive and raft (0: preset).")
-    ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
+    preference_learning_rate: float | None = preset_option(PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso.")
+    sft_learning_rate: float | None = preset_option(PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft.")
+    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
+    reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
+    reward_epochs: float | None = preset_option(PRESETS, "reward_epochs", "Reward-model passes over the preference pairs.")
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")
     rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
 
     def resolved(self) -> "CompareConfig":
-        full = dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
-                    oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
-                    offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5)
-        quick = dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                     feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
-                     preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3)
-        preset = quick if self.quick else full
-        cfg = dataclasses.replace(self, **{k: (getattr(self, k) or v) for k, v in preset.items()})
+        """The options left unset filled from the chosen preset; unknown methods are an error."""
+        preset = "quick" if self.quick else self.preset
+        cfg = dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
         unknown = [m for m in cfg.method_list if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
@@ -86,8 +108,6 @@ class CompareConfig:
 
 def _rankings_by_reward_model(samples, reward_model):
     """Each pool prompt's samples ordered best first by R_phi (equal scores tied): RRHF's data."""
-    from rlhflab.data import Ranking, prompt_text
-
     out = []
     for s in samples:
         completions = [c for c in s.completions if c.strip()]
@@ -103,17 +123,111 @@ def _rankings_by_reward_model(samples, reward_model):
     return out
 
 
-def run_compare(cfg: CompareConfig) -> Path:
-    from rlhflab import workflow
-    from rlhflab.decoding import best_of_n
-    from rlhflab.evaluate import evaluate_policy
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.offline import RewardConfig
-    from rlhflab.train.policy_optimization import RLConfig
-    from rlhflab.train.preference import PreferenceConfig, RankingConfig, preference_optimization, ranking_optimization
-    from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig, positive_sft, raft, rso
+@dataclass
+class MethodRun:
+    """What running one method gave: a trained policy directory to evaluate, or (best-of-n, which
+    trains nothing) its evaluations directly; the fresh policy samples it drew beyond the pool."""
 
+    extra_samples: int = 0
+    policy_dir: Path | None = None
+    evaluations: dict | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _Shared:
+    """What every method runner reads: the run, the pool, π_0 and the settings they share."""
+
+    cfg: CompareConfig
+    run_dir: Path
+    pool: Pool
+    policy: object  # π_0, also the reference; runners train fresh copies (`fresh`)
+    tokenizer: object
+    oracle: object
+    use_chat: bool
+
+    def fresh(self):
+        return load_policy(self.cfg.policy)[0]
+
+    @property
+    def common(self) -> dict:
+        """Training options every offline method shares."""
+        cfg = self.cfg
+        return dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
+
+    def preference_config(self, cls, name, **kw):
+        return cls(policy=self.cfg.policy, output_dir=str(self.run_dir / name),
+                   learning_rate=self.cfg.preference_learning_rate, use_chat_template=self.use_chat, **self.common,
+                   **kw)
+
+
+def _run_bon(s: _Shared, method: str) -> MethodRun:
+    cfg, out, extra = s.cfg, {}, 0
+    for name, prompts in s.pool.prompt_sets.items():
+        bon = best_of_n(s.policy, s.tokenizer, prompts, s.pool.reward_model, n=cfg.bon_n,
+                        max_new_tokens=cfg.max_new_tokens, use_chat_template=s.use_chat, seed=cfg.seed + 1)
+        out[name] = _bon_row(bon, s.oracle)
+        extra += bon.samples_drawn
+    return MethodRun(extra, evaluations=out, info={"kl_bound": out["seen"]["kl_bound"]})
+
+
+def _run_ppo(s: _Shared, method: str) -> MethodRun:
+    cfg = s.cfg
+    iterations = max(1, cfg.online_samples // cfg.prompts_per_iteration)
+    rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(s.pool.reward_dir / "reward_model"),
+                      oracle=cfg.oracle, num_iterations=iterations, prompts_per_iteration=cfg.prompts_per_iteration,
+                      max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, learning_rate=cfg.ppo_learning_rate, epochs=2,
+                      use_chat_template=s.use_chat, seed=cfg.seed, progress=False, output_dir=str(s.run_dir / "ppo"))
+    method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.pool.reward_model, s.oracle)
+    return MethodRun(iterations * cfg.prompts_per_iteration, method_dir)
+
+
+def _run_preference(s: _Shared, method: str) -> MethodRun:
+    pcfg = s.preference_config(PreferenceConfig, method, loss=method, kl_coef=s.cfg.kl_coef)
+    return MethodRun(0, preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
+
+
+def _run_rrhf(s: _Shared, method: str) -> MethodRun:
+    rankings = _rankings_by_reward_model(s.pool.samples, s.pool.reward_model)
+    rcfg = s.preference_config(RankingConfig, method, loss="rrhf")
+    rcfg.batch_size = min(rcfg.batch_size, len(rankings))
+    return MethodRun(0, ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
+
+
+def _run_rso(s: _Shared, method: str) -> MethodRun:
+    cfg, n = s.cfg, s.cfg.rso_candidates
+    rso_cfg = s.preference_config(RSOConfig, method, loss="dpo", kl_coef=cfg.kl_coef, prompts="train",
+                                  limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
+                                  max_new_tokens=cfg.max_new_tokens)
+    return MethodRun(rso_cfg.limit * n, rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
+
+
+def _run_raft(s: _Shared, method: str) -> MethodRun:
+    cfg = s.cfg
+    per_round = max(1, cfg.online_samples // (cfg.raft_rounds * cfg.samples_per_prompt))
+    raft_cfg = RAFTConfig(policy=cfg.policy, prompts="train", prompts_per_round=per_round,
+                          num_rounds=cfg.raft_rounds, samples_per_prompt=cfg.samples_per_prompt,
+                          keep_fraction=1 / cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                          use_chat_template=s.use_chat, learning_rate=cfg.sft_learning_rate,
+                          num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
+                          seed=cfg.seed, progress=False, batch_size=cfg.batch_size,
+                          output_dir=str(s.run_dir / "raft"))
+    method_dir = raft(raft_cfg, s.fresh(), s.tokenizer, s.pool.reward_model)
+    return MethodRun(cfg.raft_rounds * per_round * cfg.samples_per_prompt, method_dir)
+
+
+def _run_positive_sft(s: _Shared, method: str) -> MethodRun:
+    scfg = PositiveSFTConfig(policy=s.cfg.policy, output_dir=str(s.run_dir / method), use_chat_template=s.use_chat,
+                             **{**s.common, "learning_rate": s.cfg.sft_learning_rate})
+    return MethodRun(0, positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
+
+
+# Every method of METHODS: how it runs from the shared pool.
+RUNNERS = {"ppo": _run_ppo, "dpo": _run_preference, "ipo": _run_preference, "slic": _run_preference,
+           "rrhf": _run_rrhf, "raft": _run_raft, "rso": _run_rso, "bon": _run_bon, "sft-positive": _run_positive_sft}
+
+
+def run_compare(cfg: CompareConfig) -> Path:
     cfg = cfg.resolved()
     run_dir = Path(cfg.output_dir or default_run_dir("compare"))
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -122,115 +236,43 @@ def run_compare(cfg: CompareConfig) -> Path:
     save_config(cfg, run_dir / "compare_config.yaml")
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
     oracle = load_reward_source(cfg.oracle)
-    feedback_prompts = workflow.load_prompts("train")[: cfg.feedback_prompts]
-    seen_prompts = feedback_prompts[: cfg.eval_prompts]
-    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
-    T = cfg.max_new_tokens
 
-    # ---- the shared pool: the demo's sample -> annotate -> reward steps -------------------------
     t0 = time.perf_counter()
     policy, tokenizer = load_policy(cfg.policy)
-    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt, max_new_tokens=T,
-                                       use_chat_template=use_chat, seed=cfg.seed, output=str(run_dir / "samples.jsonl"))
-    samples = workflow.sample(sample_cfg, policy, tokenizer, feedback_prompts)
-    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
-                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
-    prefs = workflow.annotate(annotate_cfg, samples)
-    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
-                              seed=cfg.seed, progress=False,
-                              **({"learning_rate": 1e-3, "num_epochs": 4.0} if cfg.quick else {}))
-    reward_dir, reward_report = workflow.reward(reward_cfg)
-    reward_model = load_reward_source(str(reward_dir / "reward_model"))
-    pool_samples = len(feedback_prompts) * cfg.samples_per_prompt
+    pool = build_feedback_pool(cfg, run_dir, policy, tokenizer)
+    pool_samples = len(pool.feedback_prompts) * cfg.samples_per_prompt
     pool_seconds = time.perf_counter() - t0
-    print(f"[compare] shared pool: {pool_samples} samples, {len(prefs)} pairs, reward model "
-          f"(held-out accuracy {reward_report.get('accuracy', float('nan')):.3f}); {pool_seconds:.1f} s", flush=True)
+    print(f"[compare] shared pool: {pool_samples} samples, {len(pool.preferences)} pairs, reward model "
+          f"(held-out accuracy {pool.reward_report.get('accuracy', float('nan')):.3f}); {pool_seconds:.1f} s",
+          flush=True)
 
-    reference = policy  # pi_0; every method starts from a fresh copy and this one stays untouched
-    common = dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
-    eval_kw = dict(oracle=oracle, reward_model=reward_model, reference=reference, max_new_tokens=T,
+    shared = _Shared(cfg, run_dir, pool, policy, tokenizer, oracle, use_chat)
+    eval_kw = dict(oracle=oracle, reward_model=pool.reward_model, reference=policy, max_new_tokens=cfg.max_new_tokens,
                    use_chat_template=use_chat, seed=cfg.seed + 1)
-
-    def fresh():
-        return load_policy(cfg.policy)[0]
-
-    def pref_cfg(cls, name, **kw):
-        return cls(model=cfg.policy, output_dir=str(run_dir / name), learning_rate=cfg.preference_learning_rate,
-                   use_chat_template=use_chat, **common, **kw)
-
-    results, info = {}, {}
-    results["initial"] = {"seen": evaluate_policy(policy, tokenizer, seen_prompts, **eval_kw),
-                          "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **eval_kw)}
-    info["initial"] = {"extra_samples": 0, "train_seconds": 0.0}
+    results = {"initial": evaluate_on_sets(policy, tokenizer, pool.prompt_sets, **eval_kw)}
+    info = {"initial": {"extra_samples": 0, "train_seconds": 0.0}}
     for method in cfg.method_list:
         print(f"[compare] {method} ...", flush=True)
         t0 = time.perf_counter()
-        extra = 0
-        if method == "bon":
-            out = {}
-            for name, prompts in (("seen", seen_prompts), ("unseen", unseen_prompts)):
-                bon = best_of_n(policy, tokenizer, prompts, reward_model, n=cfg.bon_n, max_new_tokens=T,
-                                use_chat_template=use_chat, seed=cfg.seed + 1)
-                out[name] = _bon_row(bon, oracle)
-                extra += bon.samples_drawn
-            results[method], seconds = out, time.perf_counter() - t0
-            info[method] = {"extra_samples": extra, "train_seconds": seconds, "kl_bound": out["seen"]["kl_bound"]}
-            print(f"[compare] {method}: {seconds:.1f} s", flush=True)
-            continue
-        if method == "ppo":
-            iterations = max(1, cfg.online_samples // cfg.prompts_per_iteration)
-            rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(reward_dir / "reward_model"),
-                              oracle=cfg.oracle, num_iterations=iterations, prompts_per_iteration=cfg.prompts_per_iteration,
-                              max_new_tokens=T, kl_coef=cfg.beta, learning_rate=cfg.ppo_learning_rate, epochs=2,
-                              use_chat_template=use_chat, seed=cfg.seed, progress=False, output_dir=str(run_dir / "ppo"))
-            method_dir = workflow.policy_optimization(rl_cfg, fresh(), tokenizer, reward_model, oracle)
-            extra = iterations * cfg.prompts_per_iteration
-        elif method in ("dpo", "ipo", "slic"):
-            method_dir = preference_optimization(pref_cfg(PreferenceConfig, method, loss=method, beta=cfg.beta),
-                                                 fresh(), tokenizer, prefs)
-        elif method == "rrhf":
-            rankings = _rankings_by_reward_model(samples, reward_model)
-            rcfg = pref_cfg(RankingConfig, method, loss="rrhf")
-            rcfg.batch_size = min(rcfg.batch_size, len(rankings))
-            method_dir = ranking_optimization(rcfg, fresh(), tokenizer, rankings)
-        elif method == "rso":
-            n = cfg.rso_candidates
-            rso_cfg = pref_cfg(RSOConfig, method, loss="dpo", beta=cfg.beta, prompts="train",
-                               limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
-                               max_new_tokens=T)
-            method_dir = rso(rso_cfg, fresh(), tokenizer, reward_model)
-            extra = rso_cfg.limit * n
-        elif method == "raft":
-            per_round = max(1, cfg.online_samples // (cfg.raft_rounds * cfg.samples_per_prompt))
-            raft_cfg = RAFTConfig(policy=cfg.policy, prompts="train", prompts_per_round=per_round,
-                                  num_rounds=cfg.raft_rounds, samples_per_prompt=cfg.samples_per_prompt,
-                                  keep_fraction=1 / cfg.samples_per_prompt, max_new_tokens=T,
-                                  use_chat_template=use_chat, learning_rate=cfg.sft_learning_rate,
-                                  num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
-                                  seed=cfg.seed, progress=False, batch_size=cfg.batch_size,
-                                  output_dir=str(run_dir / "raft"))
-            method_dir = raft(raft_cfg, fresh(), tokenizer, reward_model)
-            extra = cfg.raft_rounds * per_round * cfg.samples_per_prompt
-        elif method == "sft-positive":
-            scfg = PositiveSFTConfig(model=cfg.policy, output_dir=str(run_dir / method), use_chat_template=use_chat,
-                                     **{**common, "learning_rate": cfg.sft_learning_rate})
-            method_dir = positive_sft(scfg, fresh(), tokenizer, prefs)
-        train_seconds = time.perf_counter() - t0
-        trained, _ = load_policy(str(method_dir / "policy"))
-        results[method] = {"seen": evaluate_policy(trained, tokenizer, seen_prompts, **eval_kw),
-                           "unseen": evaluate_policy(trained, tokenizer, unseen_prompts, **eval_kw)}
-        info[method] = {"extra_samples": extra, "train_seconds": train_seconds}
-        print(f"[compare] {method}: {train_seconds:.1f} s", flush=True)
+        run = RUNNERS[method](shared, method)
+        seconds = time.perf_counter() - t0  # training (for bon: its inference); evaluation excluded
+        if run.evaluations is None:
+            trained, _ = load_policy(str(run.policy_dir / "policy"))
+            run.evaluations = evaluate_on_sets(trained, tokenizer, pool.prompt_sets, **eval_kw)
+        results[method] = run.evaluations
+        info[method] = {"extra_samples": run.extra_samples, "train_seconds": seconds, **run.info}
+        print(f"[compare] {method}: {seconds:.1f} s", flush=True)
 
     rows = comparison_rows(results, info, pool_samples)
     table = format_table(rows, COMPARE_COLUMNS)
     write_json(run_dir / "comparison.json", {
-        "config": dataclasses.asdict(cfg), "pool": {"samples": pool_samples, "pairs": len(prefs),
-                                                     "seconds": pool_seconds, "reward_model": reward_report},
+        "config": dataclasses.asdict(cfg), "pool": {"samples": pool_samples, "pairs": len(pool.preferences),
+                                                     "seconds": pool_seconds, "reward_model": pool.reward_report},
         "methods": info, "rows": rows})
     plot_comparison(rows, run_dir / "comparison.png")
-    note = (f"Shared pool: {pool_samples} samples of pi_0 on {len(feedback_prompts)} prompts, {len(prefs)} simulated "
-            f"pairs (oracle `{cfg.oracle}`), reward model on `{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
+    note = (f"Shared pool: {pool_samples} samples of pi_0 on {len(pool.feedback_prompts)} prompts, "
+            f"{len(pool.preferences)} simulated pairs (oracle `{cfg.oracle}`), reward model on "
+            f"`{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
             "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
             "training time (for bon, its inference on both prompt sets), evaluation excluded. "
             "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
@@ -270,29 +312,3 @@ def comparison_rows(results: dict, info: dict, pool_samples: int) -> list[dict]:
                 row["kl"], row["kl_se"] = 0.0, 0.0  # pi_0 is the reference
             rows.append(row)
     return rows
-
-
-def plot_comparison(rows: list[dict], path) -> None:
-    """Bars of J, Ĵ and KL per method, seen and unseen contexts side by side, ±1 standard error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 2 + 0.9 * len(methods)), 10))
-    for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
-                                       ("kl", "KL(π‖π_0) (nats)")]):
-        x = np.arange(len(methods))
-        for offset, contexts in ((-0.2, "seen"), (0.2, "unseen")):
-            pick = [next((r for r in rows if r["method"] == m and r["contexts"] == contexts), {}) for m in methods]
-            ax.bar(x + offset, [p.get(key) or 0 for p in pick], width=0.4, label=f"{contexts} contexts",
-                   yerr=[p.get(key + "_se") or 0 for p in pick], capsize=3)
-        ax.set_xticks(x, methods, rotation=30, ha="right")
-        ax.set_title(title)
-        ax.axhline(0, color="black", lw=0.5)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -16,6 +16,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from rlhflab.errors import ConfigError
+from rlhflab.files import write_text
 
 T = TypeVar("T")
 
@@ -54,6 +55,10 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
     if known.config:
         values = load_yaml(known.config)
+        for f in dataclasses.fields(cls):  # a flag's old spelling works in the file too
+            for alias in f.metadata.get("aliases", []):
+                if alias.lstrip("-") in values and f.name not in values:
+                    values[f.name] = values.pop(alias.lstrip("-"))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -73,8 +78,6 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from rlhflab.files import write_text
-
     write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
@@ -83,9 +86,39 @@ def default_run_dir(command: str) -> str:
     return str(Path("runs") / f"{command}-{stamp}")
 
 
+# ---- option groups, mixed into each command's config ------------------------------------------
+DEFAULT_POLICY = "smollm2-135m-instruct"
+
+
 @dataclass
-class TrainConfig:
-    """Options shared by every training loop (SFT, reward modelling, policy optimisation, DPO...)."""
+class PolicyOptions:
+    """The policy a command samples, trains or evaluates."""
+
+    policy: str = option(DEFAULT_POLICY, "Policy: registry name, hub id or local path.", aliases=["--model"])
+
+
+@dataclass
+class PromptOptions:
+    """Where a command's prompts come from and how they become model input."""
+
+    prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
+    limit: int = option(0, "Use only the first N prompts (0: all).")
+    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+
+
+@dataclass
+class SamplingOptions:
+    """How completions are sampled from the policy."""
+
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+    temperature: float = option(1.0, "Sampling temperature (1.0 samples from pi itself, as the objective assumes).")
+    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
+    generation_batch_size: int = option(32, "Prompts per generate call.")
+
+
+@dataclass
+class LoopOptions:
+    """Options of the one training loop, shared by every trainer."""
 
     output_dir: str | None = option(None, "Run directory (config, metrics, checkpoints, models). Default: runs/CMD-TIMESTAMP.")
     seed: int = option(0, "Random seed for sampling, shuffling, initialisation and simulated annotators.")
@@ -93,16 +126,12 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.")
     lr_scheduler: str = option("constant", "Learning-rate schedule after warm-up.", choices=["constant", "linear", "cosine"])
     warmup_steps: int = option(0, "Linear warm-up steps.")
-    batch_size: int = option(8, "Examples per optimiser step across all processes (the global batch).")
     gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimiser step (each of batch_size / (processes * accumulation)).")
-    num_epochs: float = option(1.0, "Passes over the training data (offline methods).")
-    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: run num_epochs).")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).")
     max_length: int = option(512, "Maximum tokens of prompt + completion; longer examples are an error unless truncate is set.")
     truncate: bool = option(False, "Truncate over-long examples (prompt from the left) instead of failing.")
     logging_steps: int = option(1, "Write a metrics row every N optimiser steps.")
     save_steps: int = option(0, "Checkpoint every N optimiser steps (0: only the final model).")
-    resume: str | None = option(None, "Resume from this run directory's latest checkpoint.")
     lora_r: int = option(0, "LoRA rank (0: train all weights). With LoRA the reference policy is the adapter-disabled model.")
     lora_alpha: int = option(16, "LoRA scaling alpha.")
     lora_dropout: float = option(0.0, "LoRA dropout.")
@@ -111,9 +140,55 @@ class TrainConfig:
     progress: bool = option(True, "Show progress bars.")
 
     def validate(self) -> None:
-        if self.batch_size <= 0:
-            raise ConfigError("batch_size must be positive")
-        if self.gradient_accumulation_steps <= 0 or self.batch_size % self.gradient_accumulation_steps:
-            raise ConfigError("batch_size must be a positive multiple of gradient_accumulation_steps")
+        if self.gradient_accumulation_steps <= 0:
+            raise ConfigError("gradient_accumulation_steps must be positive")
         if self.learning_rate < 0:
             raise ConfigError("learning_rate must be non-negative")
+
+
+@dataclass
+class ResumeOptions:
+    """Resuming an interrupted run of the loop."""
+
+    resume: str | None = option(None, "Resume from this run directory's latest checkpoint.")
+
+
+@dataclass
+class DatasetOptions:
+    """Passes over a fixed dataset (the offline methods)."""
+
+    batch_size: int = option(8, "Examples per optimiser step across all processes (the global batch).")
+    num_epochs: float = option(1.0, "Passes over the training data (offline methods).")
+    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: run num_epochs).")
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError("batch_size must be positive")
+        accumulation = getattr(self, "gradient_accumulation_steps", 1)
+        if accumulation <= 0 or self.batch_size % accumulation:
+            raise ConfigError("batch_size must be a positive multiple of gradient_accumulation_steps")
+
+
+@dataclass
+class TrainConfig(LoopOptions, DatasetOptions, ResumeOptions):
+    """Options shared by the training loops on a fixed dataset (SFT, reward modelling, DPO...)."""
+
+    def validate(self) -> None:
+        DatasetOptions.validate(self)
+        LoopOptions.validate(self)
+
+
+# ---- named presets -----------------------------------------------------------------------------
+def preset_option(presets: dict[str, dict], name: str, help: str, **kwargs: Any) -> Any:
+    """A field left at None unless given, then filled from the chosen preset; --help shows each
+    preset's value."""
+    values = ", ".join(f"{p}={v[name]}" for p, v in presets.items())
+    return option(None, f"{help} (preset: {values})", **kwargs)
+
+
+def apply_preset(cfg: T, presets: dict[str, dict], preset: str) -> T:
+    """``cfg`` with every field left at None filled from ``presets[preset]``."""
+    if preset not in presets:
+        raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(presets)}")
+    values = {k: v for k, v in presets[preset].items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **values)

@@ -16,18 +16,18 @@ from typing import Sequence
 
 import torch
 
-from rlhflab.config import option
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
+from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, option
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.generation import sample_from_probs
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
-from rlhflab.toy.exact import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 
 
 def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None = None) -> float:
     """A sample-based estimate of KL(π_bon ‖ π) for one prompt from its n draws.
 
-    The exact KL of best-of-n for a discrete π (Beirami et al. 2024; `toy.exact.best_of_n_distribution`)
+    The exact KL of best-of-n for a discrete π (Beirami et al. 2024; `best_of_n_math.best_of_n_distribution`)
     is evaluated with π replaced by the *empirical* distribution of the n draws (identical texts
     merged; the reward decides, so draws with equal rewards form one level). It is a plug-in
     estimate, biased low: even for n distinct draws it gives the n-atom value (0.59 for n=4,
@@ -77,7 +77,7 @@ def best_of_n(policy, tokenizer, prompts: Sequence, reward_source: RewardSource,
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     raw = [getattr(p, "prompt", p) for p in prompts]
-    ids = [tokenizer(render_prompt(p, tokenizer, use_chat_template), add_special_tokens=False).input_ids for p in raw]
+    ids = encode_prompts(tokenizer, raw, use_chat_template)
     torch.manual_seed(seed)
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, batch_size=batch_size)
@@ -137,8 +137,7 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     rows, calls = [], 0
     for start in range(0, len(raw), batch_size):
         chunk = raw[start: start + batch_size]
-        ids = [tokenizer(render_prompt(p, tokenizer, use_chat_template), add_special_tokens=False).input_ids
-               for p in chunk]
+        ids = encode_prompts(tokenizer, chunk, use_chat_template)
         input_ids, mask = (t.to(device) for t in pad_left(ids, tokenizer.pad_token_id))
         generated = torch.zeros((len(chunk), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
@@ -176,22 +175,30 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
 
 # ---- command-line entry points --------------------------------------------------------------------
 @dataclass
-class DecodeConfig:
-    """Decode prompts with a policy, steered by a reward source at inference time (no training)."""
+class DecodeConfig(PromptOptions, PolicyOptions):
+    """Options of both inference-time methods (bon, rad)."""
 
-    policy: str = option("smollm2-135m-instruct", "Policy: registry name, hub id or local path.")
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
     limit: int = option(16, "Use only the first N prompts (0: all).")
     reward: str = option("sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function.")
     oracle: str | None = option(None, "Oracle R* also scored on the outputs (reported, never used to steer).")
-    n: int = option(4, "bon: samples per prompt.")
-    beta: float = option(1.0, "rad: weight of the reward added to the top-k logits.")
-    top_k: int = option(10, "rad: next-token candidates scored per step.")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-    temperature: float = option(1.0, "bon: sampling temperature.")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
     seed: int = option(0, "Random seed.")
     output: str = option("decoded.jsonl", "Output JSONL of (prompt, completion) rows.")
+
+
+@dataclass
+class BestOfNConfig(DecodeConfig, SamplingOptions):
+    """Best-of-n: sample n completions per prompt, keep the one the reward source scores highest."""
+
+    n: int = option(4, "Samples per prompt.")
+
+
+@dataclass
+class RADConfig(DecodeConfig):
+    """Reward-augmented decoding: at every step the top-k next tokens are reweighted by the reward source."""
+
+    reward_weight: float = option(1.0, "Weight of the reward added to the top-k logits (RAD's beta).", aliases=["--beta"])
+    top_k: int = option(10, "Next-token candidates scored per step.")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
 
 
 def _load_for_decoding(cfg: DecodeConfig):
@@ -210,10 +217,10 @@ def _write_outputs(cfg, prompts, completions) -> None:
     write_records([Demonstration(prompt=p.prompt, completion=c) for p, c in zip(prompts, completions)], cfg.output)
 
 
-def run_best_of_n(cfg: DecodeConfig) -> dict:
+def run_best_of_n(cfg: BestOfNConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature,
-                    use_chat_template=cfg.use_chat_template, seed=cfg.seed)
+    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature, top_p=cfg.top_p,
+                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size)
     _write_outputs(cfg, prompts, bon.completions)
     summary = bon.summary()
     if oracle is not None:
@@ -223,12 +230,12 @@ def run_best_of_n(cfg: DecodeConfig) -> dict:
     return summary
 
 
-def run_rad(cfg: DecodeConfig) -> dict:
+def run_rad(cfg: RADConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    out = rad_decode(policy, tokenizer, prompts, reward, cfg.beta, cfg.top_k, cfg.max_new_tokens,
+    out = rad_decode(policy, tokenizer, prompts, reward, cfg.reward_weight, cfg.top_k, cfg.max_new_tokens,
                      cfg.use_chat_template, cfg.seed)
     _write_outputs(cfg, prompts, out.completions)
-    summary = {"prompts": len(prompts), "beta": cfg.beta, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
+    summary = {"prompts": len(prompts), "beta": cfg.reward_weight, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
                "mean_reward": float(reward(out.contexts, out.completions).mean())}
     if oracle is not None:
         summary["oracle"] = float(oracle(out.contexts, out.completions).mean())

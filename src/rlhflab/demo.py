@@ -13,9 +13,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab.config import default_run_dir, option, save_config
+from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
 from rlhflab.files import write_json, write_text
+
+
+# The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
+PRESETS = {
+    "full": dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
+                 feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
+                 max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2, eval_samples=4,
+                 reward_learning_rate=5e-5, reward_epochs=2.0),
+    "quick": dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
+                  feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
+                  max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2, eval_samples=2,
+                  reward_learning_rate=1e-3, reward_epochs=4.0),
+}
 
 
 @dataclass
@@ -23,38 +36,31 @@ class DemoConfig:
     """The whole RLHF workflow on the offline defaults (SmolLM2-135M-Instruct, MiniLM reward model,
     the sentiment oracle as R*). --quick runs it on tiny in-process models for a first look."""
 
-    quick: bool = option(False, "Tiny random models and a character-level oracle (keyword:e): the pipeline end to end in about a minute.")
+    preset: str = option("full", "Named sizes: full (the offline default models) or quick (tiny models).",
+                         choices=list(PRESETS))
+    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and a character-level oracle (keyword:e), the pipeline end to end in about a minute.")
     output_dir: str | None = option(None, "Run directory (default runs/demo-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = option(None, "Initial policy (default smollm2-135m-instruct; tiny-policy with --quick).")
-    reward_backbone: str | None = option(None, "Reward-model backbone (default minilm-l6; tiny-reward with --quick).")
-    oracle: str | None = option(None, "Oracle R* (default sentiment; keyword:e with --quick).")
-    feedback_prompts: int = option(0, "Training prompts that get sampled and annotated (0: preset).")
+    policy: str | None = preset_option(PRESETS, "policy", "Initial policy.")
+    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
+    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R*.")
+    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts that get sampled and annotated.")
     samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
-    eval_prompts: int = option(0, "Prompts per evaluation set, seen and unseen (0: preset).")
-    eval_samples: int = option(0, "Samples per evaluation prompt; J is averaged per prompt (0: preset).")
-    ppo_iterations: int = option(0, "PPO iterations (0: preset).")
-    prompts_per_iteration: int = option(0, "Prompts per PPO iteration (0: preset).")
-    max_new_tokens: int = option(0, "Completion length in tokens (0: preset).")
-    reward_learning_rate: float = option(0.0, "Reward-model learning rate (0: preset).")
-    reward_epochs: float = option(0.0, "Reward-model passes over the preference pairs (0: preset).")
+    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
+    eval_samples: int | None = preset_option(PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt.")
+    ppo_iterations: int | None = preset_option(PRESETS, "ppo_iterations", "PPO iterations.")
+    prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per PPO iteration.")
+    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
+    reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
+    reward_epochs: float | None = preset_option(PRESETS, "reward_epochs", "Reward-model passes over the preference pairs.")
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
-    ppo_learning_rate: float = option(0.0, "PPO learning rate (0: preset).")
-    ppo_epochs: int = option(0, "PPO epochs per rollout (0: preset).")
+    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
+    ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")
 
     def resolved(self) -> "DemoConfig":
-        """Fill preset values (full vs quick) into the fields left at 0 / None."""
-        full = dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
-                    feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
-                    max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2, eval_samples=4,
-                    reward_learning_rate=5e-5, reward_epochs=2.0)
-        quick = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                     feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
-                     max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2, eval_samples=2,
-                     reward_learning_rate=1e-3, reward_epochs=4.0)
-        preset = quick if self.quick else full
-        values = {k: (getattr(self, k) or v) for k, v in preset.items()}
-        return dataclasses.replace(self, **values)
+        """The options left unset filled from the chosen preset."""
+        preset = "quick" if self.quick else self.preset
+        return dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
 
 
 class Stages:
@@ -76,12 +82,12 @@ def run_demo(cfg: DemoConfig) -> Path:
     import torch
 
     from rlhflab import workflow
-    from rlhflab.evaluate import evaluate_policy
+    from rlhflab.evaluate import evaluate_on_sets
     from rlhflab.hardware import matmul_peak
     from rlhflab.models import load_policy
+    from rlhflab.pool import build_feedback_pool
     from rlhflab.report import evaluation_rows, plot_before_after, plot_training_curves, read_metrics
     from rlhflab.rewards import load_reward_source
-    from rlhflab.train.offline import RewardConfig
     from rlhflab.train.policy_optimization import RLConfig
 
     cfg = cfg.resolved()
@@ -95,38 +101,21 @@ def run_demo(cfg: DemoConfig) -> Path:
     peak_before = matmul_peak()["gflops_median"]
     policy, tokenizer = stages.run("load initial policy", load_policy, cfg.policy)
     oracle = load_reward_source(cfg.oracle)
-    train_prompts = workflow.load_prompts("train")
-    feedback_prompts = train_prompts[: cfg.feedback_prompts]
-    seen_prompts = feedback_prompts[: cfg.eval_prompts]  # contexts covered by feedback (C_rew)
-    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
-
-    # 1. sample the initial policy on the feedback prompts
-    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt,
-                                       max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed,
-                                       output=str(run_dir / "samples.jsonl"))
-    samples = stages.run("sample initial policy", workflow.sample, sample_cfg, policy, tokenizer, feedback_prompts)
-
-    # 2. simulated annotators (a pool driven by R*) give pairwise preferences
-    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
-                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
-    prefs = stages.run("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
-
-    # 3. evaluate pi_0 before anything is trained (its samples also test R_phi on unseen contexts)
     eval_kw = dict(oracle=oracle, reward_model=None, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
                    use_chat_template=use_chat, seed=cfg.seed + 1)
-    before = stages.run("evaluate initial policy", lambda: {
-        "seen": evaluate_policy(policy, tokenizer, seen_prompts, **eval_kw),
-        "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **eval_kw)})
+    before = {}
 
-    # 4. reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
-    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
-                              seed=cfg.seed, progress=True, learning_rate=cfg.reward_learning_rate,
-                              num_epochs=cfg.reward_epochs)
-    seen_samples = (before["seen"].contexts, before["seen"].texts)
-    unseen_samples = (before["unseen"].contexts, before["unseen"].texts)
-    reward_dir, reward_report = stages.run("train reward model", workflow.reward, reward_cfg, cfg.oracle,
-                                           seen_samples, unseen_samples)
-    reward_model = load_reward_source(str(reward_dir / "reward_model"))
+    def evaluate_initial(seen_prompts, unseen_prompts):
+        # pi_0 before anything is trained; its samples also test R_phi on unseen contexts
+        before.update(stages.run("evaluate initial policy", evaluate_on_sets, policy, tokenizer,
+                                 {"seen": seen_prompts, "unseen": unseen_prompts}, **eval_kw))
+        return (before["seen"].contexts, before["seen"].texts), (before["unseen"].contexts, before["unseen"].texts)
+
+    # 1-4. sample pi_0 -> simulated annotators (a pool driven by R*) give pairwise preferences ->
+    # evaluate pi_0 -> reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
+    pool = build_feedback_pool(cfg, run_dir, policy, tokenizer, stage=stages.run, before_reward=evaluate_initial,
+                               progress=True)
+    reward_dir, reward_report, reward_model = pool.reward_dir, pool.reward_report, pool.reward_model
     for ev in before.values():  # Ĵ of pi_0 on the very samples J was measured on
         ev.proxy_rewards = reward_model(ev.contexts, ev.texts).tolist()
         ev.J_hat = sum(ev.proxy_rewards) / len(ev.proxy_rewards)
@@ -145,9 +134,8 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     # 6. evaluate the final policy on the same contexts
     eval_kw.update(reward_model=reward_model, reference=reference)
-    after = stages.run("evaluate final policy", lambda: {
-        "seen": evaluate_policy(final_policy, tokenizer, seen_prompts, **eval_kw),
-        "unseen": evaluate_policy(final_policy, tokenizer, unseen_prompts, **eval_kw)})
+    after = stages.run("evaluate final policy", evaluate_on_sets, final_policy, tokenizer, pool.prompt_sets,
+                       **eval_kw)
     for ev in before.values():
         ev.kl = 0.0  # pi_0 is the reference
 
@@ -159,7 +147,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     plot_before_after(rows, run_dir / "before_after.png", "initial", "final")
     write_json(run_dir / "evaluation.json", {p: {s: e.to_dict() for s, e in r.items()} for p, r in results.items()})
     peaks = (peak_before, matmul_peak()["gflops_median"])
-    summary = _summary(cfg, results, reward_report, stages.seconds, len(prefs), run_dir, peaks)
+    summary = _summary(cfg, results, reward_report, stages.seconds, len(pool.preferences), run_dir, peaks)
     write_text(run_dir / "summary.md", summary)
     write_json(run_dir / "stage_seconds.json", stages.seconds)
     print("\n" + summary)

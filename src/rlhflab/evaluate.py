@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhflab.data.records import Preference, Prompt
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
 from rlhflab.rewards import RewardSource
@@ -75,7 +75,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSource | None,
                     reward_model: RewardSource | None, reference=None, num_samples: int = 1,
                     max_new_tokens: int = 32, temperature: float = 1.0, use_chat_template: bool = True,
-                    seed: int = 0, batch_size: int = 32) -> PolicyEvaluation:
+                    seed: int = 0, batch_size: int = 32, top_p: float = 1.0) -> PolicyEvaluation:
     """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
 
     The KL is the unbiased k1 estimate mean_i Σ_t [log π(o_t|c, o_<t) − log π_ref(o_t|c, o_<t)] at the
@@ -83,10 +83,10 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
     samples come from (greedy decoding, temperature 0, gives no unbiased estimate; T=1 is used).
     ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL).
     """
-    prompt_ids = [tokenizer(render_prompt(p.prompt, tokenizer, use_chat_template), add_special_tokens=False).input_ids
-                  for p in prompts]
+    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template)
     torch.manual_seed(seed)
-    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, batch_size=batch_size)
+    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p,
+                     batch_size=batch_size)
     idx = rollout.prompt_index
     contexts = [prompt_text(prompts[i].prompt) for i in idx.tolist()]
     texts = rollout.completion_texts
@@ -232,3 +232,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def evaluate_on_sets(policy, tokenizer, prompt_sets: dict[str, list[Prompt]], **kwargs) -> dict[str, PolicyEvaluation]:
+    """:func:`evaluate_policy` on each named prompt set (e.g. seen and unseen contexts), same settings."""
+    return {name: evaluate_policy(policy, tokenizer, prompts, **kwargs) for name, prompts in prompt_sets.items()}

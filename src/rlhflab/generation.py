@@ -42,37 +42,13 @@ from typing import Sequence
 
 import torch
 
-from rlhflab.rollout import cache_argument
-
-
-def _causal_lm(model):
-    """The bare ``*ForCausalLM`` (a PEFT wrapper's base model keeps its injected adapters)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _parts(model):
-    """(decoder trunk, output-embedding module, name of the trunk's cache argument) or None."""
-    lm = _causal_lm(model)
-    config = getattr(lm, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return None
-    trunk = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if trunk is None or not isinstance(head, torch.nn.Linear):
-        return None
-    if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
-            t != "full_attention" for t in config.layer_types):
-        return None  # sliding-window or hybrid layers need their own cache layout
-    cache_arg = cache_argument(trunk)
-    if cache_arg is None:
-        return None
-    return trunk, head, cache_arg
+from rlhflab.models.decoder_parts import causal_lm, decoder_parts
 
 
 def supports(model) -> bool:
     """Whether :func:`generate` can drive this model (otherwise use ``model.generate``)."""
     try:
-        return _parts(model) is not None
+        return decoder_parts(model) is not None
     except Exception:  # noqa: BLE001 - any oddity means "use generate"
         return False
 
@@ -220,8 +196,8 @@ def generate(
     engine's own numbers, for checking it against a full forward pass)."""
     from transformers import DynamicCache, StaticCache
 
-    trunk, head, cache_arg = _parts(model)
-    lm = _causal_lm(model)
+    trunk, head, cache_arg = decoder_parts(model)
+    lm = causal_lm(model)
     device = head.weight.device
     n, T = num_samples, max_new_tokens
     P = max(len(p) for p in prompt_ids)

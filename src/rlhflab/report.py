@@ -40,7 +40,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is assumed anywhere)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def _plt():
 def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
     """Proxy reward Ĵ and oracle reward J of the rollouts against KL(π‖π_ref) over training: the
     over-optimisation picture (a proxy that keeps rising while the oracle flattens or falls)."""
-    plt = _plt()
+    plt = pyplot()
     kl = [m["kl"] for m in metrics]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(kl, [m["reward"] for m in metrics], "o-", label="proxy reward (R_phi)")
@@ -79,7 +80,7 @@ def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "")
 
 def plot_before_after(rows: list[dict], path: str | Path, before: str, after: str) -> None:
     """Bars of J and Ĵ (with ±1 standard error) before and after, on seen and unseen contexts."""
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     sets = sorted({r["contexts"] for r in rows}, key=lambda s: (s != "seen", s))
@@ -94,6 +95,29 @@ def plot_before_after(rows: list[dict], path: str | Path, before: str, after: st
         ax.set_title(label)
         ax.axhline(0, color="black", lw=0.5)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_comparison(rows: list[dict], path) -> None:
+    """Bars of J, Ĵ and KL per method, seen and unseen contexts side by side, ±1 standard error."""
+    plt = pyplot()
+    import numpy as np
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 2 + 0.9 * len(methods)), 10))
+    for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
+                                       ("kl", "KL(π‖π_0) (nats)")]):
+        x = np.arange(len(methods))
+        for offset, contexts in ((-0.2, "seen"), (0.2, "unseen")):
+            pick = [next((r for r in rows if r["method"] == m and r["contexts"] == contexts), {}) for m in methods]
+            ax.bar(x + offset, [p.get(key) or 0 for p in pick], width=0.4, label=f"{contexts} contexts",
+                   yerr=[p.get(key + "_se") or 0 for p in pick], capsize=3)
+        ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

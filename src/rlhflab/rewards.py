@@ -13,6 +13,9 @@ from typing import Sequence
 import torch
 
 from rlhflab.errors import TrainingError
+from rlhflab.feedback.oracles import load_oracle, score_batch
+from rlhflab.models.loading import load_reward_model
+from rlhflab.models.scoring import score
 
 
 class RewardSource:
@@ -34,12 +37,7 @@ class RewardSource:
 def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size: int = 32) -> RewardSource:
     """``spec`` is a saved reward-model directory (or a registry name / hub id of one), an oracle
     name (``sentiment``, ``brevity``) or ``package.module:function``."""
-    from rlhflab.feedback.oracles import load_oracle, score_batch
-
     if Path(spec).is_dir():
-        from rlhflab.models.loading import load_reward_model
-        from rlhflab.models.scoring import score
-
         model, tokenizer = load_reward_model(spec)
         model.to(device).eval().requires_grad_(False)
         return RewardSource(

@@ -13,7 +13,9 @@ from typing import Sequence
 
 import torch
 
+from rlhflab import generation
 from rlhflab.errors import ConfigError
+from rlhflab.models.decoder_parts import cache_argument, causal_lm, head, trunk
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,18 +102,6 @@ def completion_logits(model, batch: SequenceBatch, output_hidden_states: bool = 
     return logits, hidden
 
 
-def cache_argument(model) -> str | None:
-    """The keyword under which this decoder takes a key/value cache (None: not a cached decoder)."""
-    import inspect
-
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(lm, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return None
-    params = inspect.signature(lm.forward).parameters
-    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
-
-
 def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool = False):
     """:func:`completion_logits` computing each distinct prompt once, or None when no two rows
     share a prompt (or the model takes no key/value cache).
@@ -137,20 +127,18 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     first_row.scatter_reduce_(0, row_to_prompt, torch.arange(len(row_to_prompt), device=first_row.device),
                               reduce="amin", include_self=False)
     positions = position_ids_from_mask(batch.attention_mask)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = lm.config
-    trunk = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    config = causal_lm(model).config
+    body, lm_head = trunk(model), head(model)
     # Trunk and head called separately, so the head runs once over all B x T positions (one
     # gradient contribution to its 49k-row weight instead of two): only for heads that are a plain
     # linear map of the trunk's output (no logit scaling or soft-capping in the model's forward).
-    split_head = (trunk is not None and type(head) is torch.nn.Linear
+    split_head = (body is not None and type(lm_head) is torch.nn.Linear
                   and getattr(config, "model_type", "") in _PLAIN_HEAD_MODELS)
     prompt_cache = DynamicCache(config=config)
     prompt_inputs = dict(input_ids=batch.input_ids[first_row, :P], attention_mask=batch.attention_mask[first_row, :P],
                          position_ids=positions[first_row, :P], use_cache=True, **{cache_arg: prompt_cache})
     if split_head:
-        first_hidden = trunk(**prompt_inputs).last_hidden_state[:, -1][row_to_prompt]
+        first_hidden = body(**prompt_inputs).last_hidden_state[:, -1][row_to_prompt]
         first_logits = None
     else:
         prompt_out = model(**prompt_inputs, logits_to_keep=1, output_hidden_states=output_hidden_states)
@@ -158,7 +146,7 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
         first_hidden = prompt_out.hidden_states[-1][:, -1][row_to_prompt] if output_hidden_states else None
     if T == 1:
         if split_head:
-            return head(first_hidden)[:, None], first_hidden[:, None] if output_hidden_states else None
+            return lm_head(first_hidden)[:, None], first_hidden[:, None] if output_hidden_states else None
         return first_logits[:, None], None if first_hidden is None else first_hidden[:, None]
     rows_cache = DynamicCache(config=config)
     for layer_idx, layer in enumerate(prompt_cache.layers):
@@ -166,8 +154,8 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     completion_inputs = dict(input_ids=batch.input_ids[:, P: width - 1], attention_mask=batch.attention_mask[:, : width - 1],
                              position_ids=positions[:, P: width - 1], use_cache=True, **{cache_arg: rows_cache})
     if split_head:
-        hidden = torch.cat([first_hidden[:, None], trunk(**completion_inputs).last_hidden_state], dim=1)
-        return head(hidden), hidden if output_hidden_states else None
+        hidden = torch.cat([first_hidden[:, None], body(**completion_inputs).last_hidden_state], dim=1)
+        return lm_head(hidden), hidden if output_hidden_states else None
     out = model(**completion_inputs, output_hidden_states=output_hidden_states)
     logits = torch.cat([first_logits[:, None].to(out.logits.dtype), out.logits], dim=1)
     hidden = (torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None)
@@ -251,8 +239,6 @@ def sample(
 ) -> Rollout:
     """Sample ``num_samples`` completions per prompt (pure ancestral sampling by default, which the
     KL-regularised objective assumes)."""
-    from rlhflab import generation
-
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     was_training = model.training

@@ -12,48 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.config import TrainConfig, option
-from rlhflab.data import Prompt, Samples, load_prompt_set, read_records, render_prompt, write_records
+from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, TrainConfig, option
+from rlhflab.data import Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
 from rlhflab.errors import ConfigError
 from rlhflab.files import write_json
+from rlhflab.models.loading import apply_lora
 
 FEEDBACK_KINDS = ["preference", "ranking", "rating", "binary", "language_feedback"]
 
 
-def load_prompts(spec: str, limit: int = 0) -> list[Prompt]:
-    """``train`` / ``unseen`` (the shipped prompt sets) or a prompts file."""
-    prompts = load_prompt_set(spec) if spec in ("train", "unseen") else read_records(spec, "prompt")
-    return prompts[:limit] if limit > 0 else prompts
-
-
-def apply_lora(model, config: TrainConfig):
-    """Wrap ``model`` in LoRA adapters when ``config.lora_r > 0`` (the reference policy is then the
-    same weights with adapters disabled)."""
-    if config.lora_r <= 0:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    targets = config.lora_target_modules
-    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
 # ---- sample ------------------------------------------------------------------------------------
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplingOptions, PromptOptions, PolicyOptions):
     """Sample completions from a policy: the outputs that feedback will be collected on."""
 
-    policy: str = option("smollm2-135m-instruct", "Policy: registry name, hub id or local path.")
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
-    limit: int = option(0, "Use only the first N prompts (0: all).")
+    generation_batch_size: int = option(32, "Prompts per generate call.", aliases=["--batch_size"])
     num_samples: int = option(4, "Completions per prompt.")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-    temperature: float = option(1.0, "Sampling temperature.")
-    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
-    batch_size: int = option(32, "Prompts per generate call.")
     seed: int = option(0, "Random seed.")
     output: str = option("samples.jsonl", "Output JSONL: one row {prompt, completions} per prompt.")
 
@@ -65,11 +39,10 @@ def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt]
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     torch.manual_seed(cfg.seed)
     rollout = sample_rollout(policy, tokenizer, ids, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size)
     k = cfg.num_samples
     records = [Samples(prompt=p.prompt, completions=rollout.completion_texts[i * k:(i + 1) * k])
                for i, p in enumerate(prompts)]
@@ -139,7 +112,7 @@ def sft(cfg):
     if not cfg.data:
         raise ConfigError("--data is required (demonstrations: prompt, completion)")
     demos = read_records(cfg.data, "demonstration")
-    policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
     examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
                                        source=cfg.data, use_chat_template=cfg.use_chat_template)
@@ -196,7 +169,7 @@ def policy_optimization(cfg, policy=None, tokenizer=None, reward_source=None, or
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
-    prompts = load_prompts(cfg.prompts)
+    prompts = load_prompts(cfg.prompts, cfg.limit)
     reward_source = reward_source or load_reward_source(cfg.reward)
     if oracle_source is None and cfg.oracle:
         oracle_source = load_reward_source(cfg.oracle)
@@ -211,21 +184,17 @@ def policy_optimization(cfg, policy=None, tokenizer=None, reward_source=None, or
 
 # ---- eval --------------------------------------------------------------------------------------
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplingOptions, PromptOptions, PolicyOptions):
     """Evaluate a policy on in-distribution and unseen prompts: J (oracle, Eq. 12), J_hat (reward
     model, Eq. 14), KL to a reference, length and diversity (Sections 4.3, 6.2)."""
 
-    policy: str = option("smollm2-135m-instruct", "Policy to evaluate.")
-    reference: str | None = option(None, "Reference policy for KL(pi || pi_ref) (none: KL not reported).")
-    seen_prompts: str = option("train", "In-distribution prompts: 'train' or a file.")
-    unseen_prompts: str | None = option("unseen", "Unseen (out-of-distribution) prompts: 'unseen', a file, or none.")
+    prompts: str = option("train", "In-distribution prompts: 'train' or a file.", aliases=["--seen_prompts"])
     limit: int = option(48, "Prompts per set (0: all).")
+    unseen_prompts: str | None = option("unseen", "Unseen (out-of-distribution) prompts: 'unseen', a file, or none.")
+    reference: str | None = option(None, "Reference policy for KL(pi || pi_ref) (none: KL not reported).")
     oracle: str | None = option("sentiment", "Oracle R* for J.")
     reward_model: str | None = option(None, "Reward model directory (or reward source) for J_hat.")
     num_samples: int = option(1, "Completions per prompt.")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-    temperature: float = option(1.0, "Sampling temperature.")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
     seed: int = option(0, "Random seed.")
     output: str | None = option(None, "Write the evaluation JSON here.")
 
@@ -241,7 +210,7 @@ def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracl
         reference, _ = load_policy(cfg.reference)
     oracle_source = oracle_source or (load_reward_source(cfg.oracle) if cfg.oracle else None)
     reward_source = reward_source or (load_reward_source(cfg.reward_model) if cfg.reward_model else None)
-    sets = {"seen": cfg.seen_prompts, "unseen": cfg.unseen_prompts}
+    sets = {"seen": cfg.prompts, "unseen": cfg.unseen_prompts}
     results = {}
     for name, spec in sets.items():
         if not spec:
@@ -249,7 +218,8 @@ def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracl
         results[name] = evaluate_policy(
             policy, tokenizer, load_prompts(spec, cfg.limit), oracle_source, reward_source, reference=reference,
             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-            use_chat_template=cfg.use_chat_template, seed=cfg.seed,
+            top_p=cfg.top_p, use_chat_template=cfg.use_chat_template, seed=cfg.seed,
+            batch_size=cfg.generation_batch_size,
         )
     if cfg.output:
         write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})

@@ -1,6 +1,6 @@
 """Feedback data: record types, strict readers and writers, chat rendering, shipped prompt sets."""
 
-from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set
+from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set, load_prompts
 from rlhflab.data.readers import read_records, records_to_dataset, write_records
 from rlhflab.data.records import (
     RECORD_TYPES,
@@ -15,7 +15,7 @@ from rlhflab.data.records import (
     ranking_to_preferences,
     record_type,
 )
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion, render_prompt
 
 __all__ = [
     "PROMPT_SETS",
@@ -27,7 +27,9 @@ __all__ = [
     "Ranking",
     "Rating",
     "Samples",
+    "encode_prompts",
     "load_prompt_set",
+    "load_prompts",
     "parse_scale",
     "prompt_text",
     "ranking_to_preferences",

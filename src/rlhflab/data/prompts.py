@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from rlhflab.data.readers import _jsonl_rows
+from rlhflab.data.readers import _jsonl_rows, read_records
 from rlhflab.data.records import Prompt
 from rlhflab.errors import ConfigError
 
@@ -25,3 +25,9 @@ def load_prompt_set(name: str) -> list[Prompt]:
     resource = resources.files("rlhflab").joinpath("assets", f"prompts_{name}.jsonl")
     source = f"rlhflab/assets/prompts_{name}.jsonl"
     return [Prompt.from_dict(row, source, n) for n, row in _jsonl_rows(resource.read_text(encoding="utf-8"), source)]
+
+
+def load_prompts(spec: str, limit: int = 0) -> list[Prompt]:
+    """``train`` / ``unseen`` (the shipped prompt sets) or a prompts file; the first ``limit`` (0: all)."""
+    prompts = load_prompt_set(spec) if spec in PROMPT_SETS else read_records(spec, "prompt")
+    return prompts[:limit] if limit > 0 else prompts

@@ -31,6 +31,13 @@ def render_prompt(prompt, tokenizer, use_chat_template: bool = True) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def encode_prompts(tokenizer, prompts, use_chat_template: bool = True) -> list[list[int]]:
+    """Token ids of each prompt as the policy reads it (``Prompt`` records or raw prompts): the
+    :func:`render_prompt` text, with no special tokens added since the chat template holds them."""
+    return [tokenizer(render_prompt(getattr(p, "prompt", p), tokenizer, use_chat_template),
+                      add_special_tokens=False).input_ids for p in prompts]
+
+
 def render_completion(completion, tokenizer=None) -> str:
     """The output ``o`` as text: a string as it is, a message list as its assistant content(s).
 

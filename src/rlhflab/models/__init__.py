@@ -1,6 +1,7 @@
 """Loading policies and reward models; the offline default-model registry."""
 
 from rlhflab.models.loading import (
+    apply_lora,
     load_policy,
     load_reward_model,
     load_tokenizer,
@@ -11,6 +12,7 @@ from rlhflab.models.registry import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, res
 __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_REWARD_BACKBONE",
+    "apply_lora",
     "load_policy",
     "load_reward_model",
     "load_tokenizer",

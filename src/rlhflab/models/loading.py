@@ -85,6 +85,20 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32"):
     return disable_dropout(model), tokenizer
 
 
+def apply_lora(model, config):
+    """Wrap ``model`` in LoRA adapters when ``config.lora_r > 0`` (the reference policy is then the
+    same weights with adapters disabled). ``config``: any config with the ``lora_*`` options."""
+    if config.lora_r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
 def save_model(model, tokenizer, path: str, merge_lora: bool = True) -> None:
     """``save_pretrained`` model and tokenizer atomically. LoRA adapters are merged so the result
     loads with plain ``from_pretrained``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhflab.errors import ConfigError
+from rlhflab.models.tiny import build_tiny_policy, build_tiny_reward_backbone
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DEFAULT_REWARD_BACKBONE = "minilm-l6"
@@ -61,16 +62,12 @@ def _convert_smollm2(target: Path) -> None:
 
 
 def _build_tiny_policy(target: Path) -> None:
-    from rlhflab.models.tiny import build_tiny_policy
-
     model, tokenizer = build_tiny_policy()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
 
 def _build_tiny_reward(target: Path) -> None:
-    from rlhflab.models.tiny import build_tiny_reward_backbone
-
     model, tokenizer = build_tiny_reward_backbone()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)

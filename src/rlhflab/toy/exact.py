@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.errors import DataError
 from rlhflab.files import write_json
 from rlhflab.toy.mdp import ToyInstance, exact_policy
@@ -32,12 +33,6 @@ def performance_per_context(policy, reward) -> torch.Tensor:
 def performance(policy, reward, context_dist) -> float:
     """J(π) = Σ_c Σ_o d_C(c) π(o|c) R*(c, o) (Eq. 12); with R = R_phi it is Ĵ(π) (Eq. 14)."""
     return float((_t(context_dist) * performance_per_context(policy, reward)).sum())
-
-
-def kl_per_context(policy, reference) -> torch.Tensor:
-    """KL(π(·|c) ‖ π_ref(·|c)) for each context, (C,); 0·log 0 = 0 (π* underflows at tiny β)."""
-    policy, reference = _t(policy), _t(reference)
-    return torch.special.xlogy(policy, policy).sum(-1) - (policy * torch.log(reference)).sum(-1)
 
 
 def kl_divergence(policy, reference, context_dist) -> float:
@@ -127,40 +122,8 @@ def performance_gap(instance: ToyInstance, reward_model, kl_coef: float, seen=No
 
 
 # ---------------------------------------------------------------------------------------------
-# Best-of-n: sample n outputs from π_ref, keep the one with the highest reward.
-
-def best_of_n_distribution(reference, reward, n: int) -> torch.Tensor:
-    """The exact output distribution of best-of-n under ``reward``, (C, O).
-
-    With F(r) = P_{π_ref}(R ≤ r) and F(r⁻) = P(R < r), the best of n i.i.d. draws has reward r with
-    probability F(r)^n − F(r⁻)^n. Given that reward, the kept draw is π_ref conditioned on R = r
-    (whichever tied draw is kept, it was drawn from π_ref), so ties in reward are exact, not broken
-    by index.
-
-    π_ref's rows are renormalised in float64 first, and the result too: a row summing to 1 + ε
-    (a float32 table) makes F(max r)^n = 1 + nε, and the clamps and differences of powers leave
-    O(n·ε) rounding; at n = 1024 that was 2e-4 of mass per context.
-    """
-    if n < 1:
-        raise ValueError(f"best-of-n needs n ≥ 1, got {n}")
-    reference, reward = _t(reference), _t(reward)
-    reference = reference / reference.sum(-1, keepdim=True)
-    pi = reference.unsqueeze(1)  # (C, 1, O): π_ref(o') for the inner sums
-    at_most = (reward.unsqueeze(2) >= reward.unsqueeze(1)).to(torch.float64)  # [c, o, o']: R(o') ≤ R(o)
-    tied = (reward.unsqueeze(2) == reward.unsqueeze(1)).to(torch.float64)
-    cdf = (at_most * pi).sum(-1).clamp(max=1.0)
-    tie_mass = (tied * pi).sum(-1)
-    below = (cdf - tie_mass).clamp(min=0.0)
-    best_reward_prob = cdf.pow(n) - below.pow(n)
-    share = torch.where(tie_mass > 0, reference / tie_mass, torch.zeros_like(reference))
-    table = best_reward_prob * share
-    return table / table.sum(-1, keepdim=True)
-
-
-def best_of_n_kl_bound(n: int) -> float:
-    """log n − (n−1)/n: the usual best-of-n KL formula, an upper bound on the exact KL."""
-    return math.log(n) - (n - 1) / n
-
+# Best-of-n: sample n outputs from π_ref, keep the one with the highest reward (its exact
+# distribution and the KL bound are in rlhflab.best_of_n_math).
 
 def best_of_n(instance: ToyInstance, n: int, reward=None) -> dict:
     """Best-of-n against π_ref, selecting by ``reward`` (R* by default; pass R_phi for proxy

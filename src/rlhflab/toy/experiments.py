@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.files import atomic_path, write_json, write_text
+from rlhflab.files import write_text
 from rlhflab.losses import bradley_terry_loss, policy_gradient_loss, reinforce_advantages, sft_loss
 from rlhflab.toy.exact import (
     best_of_n,
@@ -27,6 +27,8 @@ from rlhflab.toy.exact import (
     performance_gap,
 )
 from rlhflab.toy.mdp import END_TOKEN, ToyInstance, build_lab, structured_oracle_reward, tabular_sample
+from rlhflab.toy.outputs import finish, pyplot
+from rlhflab.toy.trainers import trainers_experiment
 
 _LABS: dict[int, ToyInstance] = {}
 
@@ -135,31 +137,7 @@ def reward_model_for(instance: ToyInstance, context_coverage: float, output_cove
 
 
 # ---------------------------------------------------------------------------------------------
-# Plot and file helpers.
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-
-
-def _finish(run_dir, name: str, payload: dict, fig, started: float) -> dict:
-    run_dir = Path(run_dir)
-    payload["wall_time_s"] = round(time.perf_counter() - started, 2)
-    fig.tight_layout()
-    _save(fig, run_dir / f"{name}.png")
-    write_json(run_dir / f"{name}.json", payload)
-    return payload
-
+# Helpers.
 
 def _mean_std(values) -> tuple[float, float]:
     t = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
@@ -198,7 +176,7 @@ def coverage(run_dir, seed: int = 0, kl_coef: float = 0.1,
             for key in ("total", "seen", "unseen"):
                 cell[f"performance_gap_{key}"], cell[f"performance_gap_{key}_std"] = _mean_std([g[key] for g in runs])
             cells.append(cell)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("seen", "unseen")):
         grid = torch.tensor([[c[f"performance_gap_{key}"] for c in cells if c["context_coverage"] == k]
@@ -216,7 +194,7 @@ def coverage(run_dir, seed: int = 0, kl_coef: float = 0.1,
     payload = {"experiment": "coverage", "seed": seed, "kl_coef": kl_coef, "repeats": repeats, "cells": cells,
                "note": "ΔJ = |J(π*) − J(π_rlhf)| under d_C restricted to seen / unseen contexts; unseen is "
                        "undefined at κ = 1."}
-    return _finish(run_dir, "coverage", payload, fig, started)
+    return finish(run_dir, "coverage", payload, fig, started)
 
 
 def _partial_reward_model(instance: ToyInstance, seed: int, output_coverage: float = 0.25,
@@ -246,7 +224,7 @@ def beta_tradeoff(run_dir, seed: int = 0, kl_coefs=None) -> dict:
                      "performance_gap_seen": gap["seen"], "performance_gap_unseen": gap["unseen"],
                      "performance_gap_total": gap["total"]})
     best = max(rows, key=lambda r: r["J_rlhf"])
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     b = [r["kl_coef"] for r in rows]
     axes[0].plot(b, [r["J_opt"] for r in rows], label="J(π*_β) (oracle reward)")
@@ -264,7 +242,7 @@ def beta_tradeoff(run_dir, seed: int = 0, kl_coefs=None) -> dict:
     payload = {"experiment": "beta_tradeoff", "seed": seed, "context_coverage": float(instance.seen.double().mean()),
                "output_coverage": 0.25, "rows": rows, "best_kl_coef_for_J_rlhf": best["kl_coef"],
                "best_J_rlhf": best["J_rlhf"]}
-    return _finish(run_dir, "beta_tradeoff", payload, fig, started)
+    return finish(run_dir, "beta_tradeoff", payload, fig, started)
 
 
 def _fit(form: str, d, r) -> dict:
@@ -332,7 +310,7 @@ def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1
     for budget in feedback_budgets:
         reward_model = _partial_reward_model(instance, seed=1000 * seed + 3, pairs_per_context=budget)
         curves[str(budget)] = _overoptimisation_curves(instance, reward_model, rl_checkpoints, max_n)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(curves), 2, figsize=(11, 4 * len(curves)), squeeze=False)
     for row, (budget, res) in zip(axes, curves.items()):
         for ax, form, points, title in ((row[0], "bon", res["best_of_n"], "best-of-n (exact)"),
@@ -350,7 +328,7 @@ def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1
             ax.legend(fontsize=7)
     payload = {"experiment": "overoptimisation", "seed": seed, "context_coverage": float(instance.seen.double().mean()),
                "output_coverage": 0.25, "curves_by_pairs_per_context": curves}
-    return _finish(run_dir, "overoptimisation", payload, fig, started)
+    return finish(run_dir, "overoptimisation", payload, fig, started)
 
 
 def _tabular_logprobs(logits: torch.Tensor, ctx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -434,7 +412,7 @@ def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048
                 for m, by_lr in sweeps.items()}
     J_ref = performance(reference, oracle, d)
     J_max = float((d * oracle.max(-1).values).sum())
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("sft", f"SFT on top {top_fraction:.0%} by R*"), ("pg", "policy gradient (all samples × R*)")):
         m = torch.tensor([row[f"J_{key}_mean"] for row in rows])
@@ -452,7 +430,7 @@ def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048
                "lr_sweep_mean_J": lr_sweep,
                "policy": "tabular softmax logits initialised at log π_ref; Adam; SFT 100 full-batch steps",
                "note": "HF-model trainers are checked against the closed form separately"}
-    return _finish(run_dir, "sft_vs_pg", payload, fig, started)
+    return finish(run_dir, "sft_vs_pg", payload, fig, started)
 
 
 def annotator_rewards(instance: ToyInstance) -> dict[str, torch.Tensor]:
@@ -496,7 +474,7 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
         })
     centred = lambda t: t - t.mean(-1, keepdim=True)  # noqa: E731  (BT fixes rewards up to a per-context shift)
     corr = float(torch.corrcoef(torch.stack([centred(reward_model).flatten(), centred(mean_reward).flatten()]))[0, 1])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     import numpy as np
 
@@ -510,13 +488,11 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
     ax.legend(fontsize=8)
     payload = {"experiment": "annotators", "seed": seed, "kl_coef": kl_coef, "weights": list(weights),
                "rows": rows, "corr_reward_model_vs_weighted_mean_reward": corr}
-    return _finish(run_dir, "annotators", payload, fig, started)
+    return finish(run_dir, "annotators", payload, fig, started)
 
 
 def trainers(run_dir, seed: int = 0) -> dict:
     """Every trainer of rlhflab.train against the closed-form optimum (see rlhflab.toy.trainers)."""
-    from rlhflab.toy.trainers import trainers_experiment
-
     return trainers_experiment(run_dir, seed=seed)
 
 

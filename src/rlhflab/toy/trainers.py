@@ -1,4 +1,4 @@
-"""The trainers of ``rlhflab.train`` verified against the closed form (issue B, item 3).
+"""The trainers of ``rlhflab.train`` verified against the closed form of Eq. 17.
 
 Each trainer runs *unchanged*, through ``rlhflab.train.loop.train``, on the toy MDP's tiny HF GPT-2:
 the policy samples token strings, a :class:`~rlhflab.rewards.RewardSource` scores the decoded text
@@ -28,7 +28,7 @@ pin every log-ratio up to one constant per context, i.e. β·log π/π_ref = R* 
 the DPO loss is π*_β ∝ π_ref·exp(R*/β) (Eq. 17)** — the same target as the policy-gradient trainers.
 The pair weighting (uniform over all O(O−1)/2 pairs per context, every context equally) does not move
 that minimiser, which is why the pairs need not be drawn from π_ref; it only conditions the
-optimisation. Sampled binary labels (the previous design: o_1, o_2 ~ π_ref, one coin flip each) are
+optimisation. Sampled binary labels (o_1, o_2 ~ π_ref, one Bradley-Terry coin flip each) are
 unbiased but noisy — a free table fit to them needs ~16k pairs per context for 98.5% — and left DPO
 at ~0.34 of the gap on the full instance (1000 pairs per context, and a learning rate of 1e-2 that
 is itself too high here); ``preference_pairs(..., labels="sampled")`` keeps them for comparison.
@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from rlhflab.data.records import Prompt
+from rlhflab.files import write_text
 from rlhflab.rewards import RewardSource
 from rlhflab.toy.exact import (
     evaluate_model_against_optimum,
@@ -58,6 +59,10 @@ from rlhflab.toy.exact import (
     performance,
 )
 from rlhflab.toy.mdp import ToyInstance, _ids, build_lab, content
+from rlhflab.toy.outputs import finish, pyplot
+from rlhflab.train.loop import train
+from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
+from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
 
 DEFAULT_BETA = 0.25
 POLICY_GRADIENT = ("ppo", "a2c", "reinforce", "rloo")
@@ -193,9 +198,6 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
     """Train a copy of π_ref with ``PolicyOptimization`` on R* and evaluate it exactly; with
     ``stop_at``, stop as soon as the exact gap closed (checked every ``check_every`` iterations)
     reaches it, ``num_iterations`` being the budget."""
-    from rlhflab.train.loop import train
-    from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
-
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
         cfg = RLConfig(algorithm=settings.algorithm, policy="<toy>", reward="<toy R*>", kl_coef=beta,
@@ -264,15 +266,12 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
     """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT preferences from
     R* with expected-count (soft) labels; see the module docstring for why its minimiser is π*_β.
     ``stop_at`` / ``check_every`` (in optimiser steps) as in :func:`run_policy_gradient`."""
-    from rlhflab.train.loop import train
-    from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
-
     pairs, smoothing = preference_pairs(instance, tokenizer, labels=settings.dpo_labels,
                                         pairs_per_context=settings.pairs_per_context, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
         overrides["batch_size"] = min(len(pairs), overrides.get("batch_size", 512))
-        cfg = PreferenceConfig(loss="dpo", model="<toy>", beta=beta, use_chat_template=False,
+        cfg = PreferenceConfig(loss="dpo", policy="<toy>", kl_coef=beta, use_chat_template=False,
                                progress=False, reference_batch_size=4096,
                                output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
         cfg.validate()
@@ -342,14 +341,11 @@ def table_markdown(result: dict) -> str:
 def trainers_experiment(run_dir, seed: int = 0, beta: float = DEFAULT_BETA) -> dict:
     """``rlhflab toy trainers``: every trainer on the full instance; trainers.json, trainers.png,
     trainers.md (gap closed and wall time per trainer, GRPO with and without std scaling)."""
-    from rlhflab.files import write_text
-    from rlhflab.toy import experiments
-
     started = time.perf_counter()
     run_dir = Path(run_dir)
     instance, model, tokenizer = build_lab(seed)
     result = run_all(instance, model, tokenizer, beta=beta, seed=seed)
-    plt = experiments._pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = [r["trainer"] for r in result["rows"]]
     colors = ["tab:red" if r["algorithm"] == "grpo" else "tab:blue" for r in result["rows"]]
@@ -372,4 +368,4 @@ def trainers_experiment(run_dir, seed: int = 0, beta: float = DEFAULT_BETA) -> d
     ax2.legend(fontsize=7)
     payload = {"experiment": "trainers", "seed": seed, **result}
     write_text(run_dir / "trainers.md", table_markdown(result))
-    return experiments._finish(run_dir, "trainers", payload, fig, started)
+    return finish(run_dir, "trainers", payload, fig, started)

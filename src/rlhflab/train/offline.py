@@ -12,13 +12,14 @@ from typing import Sequence
 
 import torch
 
-from rlhflab.config import TrainConfig, option
-from rlhflab.data.render import prompt_text, render_completion, render_prompt
+from rlhflab.config import PolicyOptions, TrainConfig, option
+from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
+from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
-from rlhflab.rollout import completion_logprobs, join_prompt_completion
+from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
 from rlhflab.train.loop import shard, split
 
 
@@ -45,7 +46,7 @@ def tokenize_demonstrations(prompts, completions, tokenizer, config: TrainConfig
     """(prompt ids, completion ids + EOS) per example, with the length check of ``max_length``."""
     examples = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        p = tokenizer(render_prompt(prompt, tokenizer, use_chat_template), add_special_tokens=False).input_ids
+        p = encode_prompts(tokenizer, [prompt], use_chat_template)[0]
         c = tokenizer(render_completion(completion), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         if len(p) + len(c) > config.max_length:
             if not config.truncate or len(c) >= config.max_length:
@@ -102,10 +103,9 @@ class OfflineAlgorithm:
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, PolicyOptions):
     """Supervised fine-tuning on demonstrations: completion-only loss (Section 7.4)."""
 
-    model: str = option("smollm2-135m-instruct", "Policy to fine-tune: a registry name, hub id or local path.")
     data: str | None = option(None, "Demonstrations (prompt, completion | messages): JSONL, JSON, Parquet or a saved dataset.")
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW.")
@@ -229,8 +229,6 @@ def supports_shared_prompt(model, tokenizer) -> bool:
     the prompt: with causal attention, the prompt's states do not depend on what follows. An
     encoder (MiniLM/BERT) attends both ways, so its prompt states change with each completion and
     nothing can be shared."""
-    from rlhflab.rollout import cache_argument
-
     if tokenizer.sep_token is not None and tokenizer.cls_token is not None:
         return False  # encode_for_reward gives encoders a sentence pair
     score = getattr(model, "score", None)
@@ -270,8 +268,6 @@ def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
     as ``*ForSequenceClassification`` pools) are those of the joined sequence, so the rewards equal
     the plain forward's up to float rounding (tested). Shape (B * k,)."""
     from transformers import DynamicCache
-
-    from rlhflab.rollout import cache_argument, pad_left, pad_right
 
     trunk = getattr(model, model.base_model_prefix)
     cache_arg = cache_argument(trunk)

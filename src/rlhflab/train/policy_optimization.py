@@ -21,8 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhflab.config import TrainConfig, option
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.config import (
+    DEFAULT_POLICY,
+    LoopOptions,
+    PolicyOptions,
+    PromptOptions,
+    ResumeOptions,
+    SamplingOptions,
+    option,
+)
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.losses import (
     AdaptiveKLController,
@@ -40,12 +48,14 @@ from rlhflab.losses import (
     sft_loss,
     value_loss,
 )
-from rlhflab.models.loading import save_model
+from rlhflab.models.loading import disable_dropout, save_model
+from rlhflab.models.registry import resolve_model
 from rlhflab.rollout import (
     SequenceBatch,
     completion_logits,
     join_prompt_completion,
     logprobs_from_logits,
+    position_ids_from_mask,
     sample,
 )
 from rlhflab.train.loop import shard, split
@@ -54,22 +64,18 @@ ESTIMATORS = ["ppo", "a2c", "reinforce", "rloo", "grpo"]
 
 
 @dataclass
-class RLConfig(TrainConfig):
+class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, PolicyOptions):
     """Online policy optimisation against a reward source, with a KL penalty to the reference."""
 
     algorithm: str = option("ppo", "Policy-gradient estimator.", choices=ESTIMATORS)
-    policy: str = option("smollm2-135m-instruct", "Initial policy (also the reference pi_ref): registry name, hub id or path.")
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
+    policy: str = option(DEFAULT_POLICY, "Initial policy (also the reference pi_ref): registry name, hub id or path.",
+                         aliases=["--model"])
     reward: str = option("sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function.")
     oracle: str | None = option(None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised).")
     num_iterations: int = option(20, "Rollout-then-update iterations.")
     prompts_per_iteration: int = option(8, "Prompts sampled per iteration (across all processes).")
     samples_per_prompt: int = option(1, "Completions per prompt (>= 2 for RLOO and GRPO).")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-    temperature: float = option(1.0, "Sampling temperature (1.0 samples from pi itself, as the objective assumes).")
     top_k: int = option(0, "Top-k sampling (0: off).")
-    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
     kl_coef: float = option(0.05, "beta: weight of the KL penalty to the reference policy (Section 6.2).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the penalty.", choices=["k1", "k2", "k3"])
     kl_in_loss: bool = option(False, "Put beta*KL(k3) in the loss (GRPO style) instead of in the reward (default for grpo).")
@@ -95,8 +101,6 @@ class RLConfig(TrainConfig):
     ptx_coef: float = option(0.0, "Weight of the pretraining-mix (PPO-ptx) language-modelling loss.")
     ptx_data: str | None = option(None, "Demonstrations (prompt, completion) for the PPO-ptx term.")
     generation_batch_size: int = option(64, "Prompts per generate call.")
-    learning_rate: float = option(1e-5, "Peak learning rate of AdamW.")
-    batch_size: int = option(8, "Unused by online methods (see prompts_per_iteration).")
 
     def validate(self):
         super().validate()
@@ -139,17 +143,12 @@ class ValueModel(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        from rlhflab.models.loading import disable_dropout
-        from rlhflab.models.registry import resolve_model
-
         self.trunk = disable_dropout(AutoModel.from_pretrained(resolve_model(name_or_path), dtype=dtype))
         self.value_head = nn.Linear(self.trunk.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, batch: SequenceBatch):
-        from rlhflab.rollout import position_ids_from_mask
-
         T = batch.num_completion_tokens
         hidden = self.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             position_ids=position_ids_from_mask(batch.attention_mask)).last_hidden_state
@@ -218,10 +217,7 @@ class PolicyOptimization:
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_moments = RunningMoments()
-        self.prompt_ids = [
-            tokenizer(render_prompt(p.prompt, tokenizer, config.use_chat_template), add_special_tokens=False).input_ids
-            for p in prompts
-        ]
+        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template)
         self.contexts = [prompt_text(p.prompt) for p in prompts]
         if len(prompts) < config.prompts_per_iteration:
             raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from rlhflab.config import TrainConfig, option
+from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.errors import ConfigError
 from rlhflab.losses import (
     dpo_loss,
@@ -49,15 +49,14 @@ Example = tuple[list[int], list[int]]  # (prompt ids, completion ids + EOS)
 
 
 @dataclass
-class PreferenceConfig(TrainConfig):
+class PreferenceConfig(TrainConfig, PolicyOptions):
     """Direct preference optimisation on (prompt, chosen, rejected) pairs, no reward model:
     DPO, IPO, conservative DPO (cdpo), robust DPO (rdpo) or SLiC-HF (Section 7.9.2)."""
 
     loss: str = option("dpo", "Preference loss.", choices=PREFERENCE_LOSSES)
-    model: str = option("smollm2-135m-instruct", "Policy to train: a registry name, hub id or local path.")
     data: str | None = option(None, "Preferences (prompt, chosen, rejected): JSONL, JSON, Parquet or a saved dataset.")
-    reference: str | None = option(None, "Reference policy pi_ref (default: --model as loaded; with LoRA, the adapter-disabled model).")
-    beta: float = option(0.1, "beta: the KL-constraint strength of Eq. 17 that the implicit reward beta*log(pi/pi_ref) carries; IPO's margin target is 1/(2 beta).")
+    reference: str | None = option(None, "Reference policy pi_ref (default: --policy as loaded; with LoRA, the adapter-disabled model).")
+    kl_coef: float = option(0.1, "beta: the KL-constraint strength of Eq. 17 that the implicit reward beta*log(pi/pi_ref) carries; IPO's margin target is 1/(2 beta).", aliases=["--beta"])
     label_smoothing: float = option(0.0, "epsilon: assumed probability that a label is flipped (cdpo, rdpo; < 0.5).")
     slic_delta: float = option(1.0, "delta: margin of the SLiC-HF rank-calibration hinge.")
     slic_reg_weight: float = option(0.1, "lambda: weight of SLiC-HF's cross-entropy regulariser on the chosen responses.")
@@ -68,8 +67,8 @@ class PreferenceConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive")
+        if self.kl_coef <= 0:
+            raise ConfigError("kl_coef (beta) must be positive")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.loss in ("cdpo", "rdpo") and self.label_smoothing == 0:
@@ -195,15 +194,15 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
             len_chosen, len_rejected = lengths.split(len(pairs))
             args = (policy_chosen / len_chosen, policy_rejected / len_rejected,
                     ref_chosen / len_chosen, ref_rejected / len_rejected)
-            loss, chosen_rewards, rejected_rewards = ipo_loss(*args, beta=cfg.beta)
+            loss, chosen_rewards, rejected_rewards = ipo_loss(*args, beta=cfg.kl_coef)
         elif cfg.loss == "rdpo":
-            loss, chosen_rewards, rejected_rewards = robust_dpo_loss(*args, beta=cfg.beta,
+            loss, chosen_rewards, rejected_rewards = robust_dpo_loss(*args, beta=cfg.kl_coef,
                                                                      label_smoothing=cfg.label_smoothing)
         else:  # dpo, and cdpo = dpo with label smoothing
             smoothing = cfg.label_smoothing if cfg.loss == "cdpo" else 0.0
             if self.pair_label_smoothing is not None:
                 smoothing = self.pair_label_smoothing[torch.as_tensor(index, dtype=torch.long)].to(logps.device)
-            loss, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=cfg.beta, label_smoothing=smoothing)
+            loss, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=cfg.kl_coef, label_smoothing=smoothing)
         stats = {"accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
                  "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
                  "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean())}
@@ -212,12 +211,11 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
 
 # ---- rankings: RRHF and PRO ---------------------------------------------------------------------
 @dataclass
-class RankingConfig(TrainConfig):
+class RankingConfig(TrainConfig, PolicyOptions):
     """Ranking-based fine-tuning on k responses per prompt, best first: RRHF (pairwise hinge on
     length-normalised log-probs) or PRO (Plackett-Luce over them), each plus SFT on the best."""
 
     loss: str = option("rrhf", "Ranking loss.", choices=RANKING_LOSSES)
-    model: str = option("smollm2-135m-instruct", "Policy to train: a registry name, hub id or local path.")
     data: str | None = option(None, "Rankings (prompt, completions best first, optional ties): JSONL, JSON, Parquet or a saved dataset.")
     sft_weight: float = option(1.0, "Weight of the SFT term -log pi(y_best | x) (RRHF's and PRO's own regulariser).")
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
@@ -272,7 +270,7 @@ def _policy_and_reference(cfg):
     from rlhflab.models import load_policy
     from rlhflab.workflow import apply_lora
 
-    policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+    policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     reference = load_policy(cfg.reference, cfg.dtype)[0] if getattr(cfg, "reference", None) else None
     return apply_lora(policy, cfg), tokenizer, reference
 

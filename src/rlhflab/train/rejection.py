@@ -22,9 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.config import TrainConfig, default_run_dir, option
+from rlhflab.config import (
+    DatasetOptions,
+    LoopOptions,
+    PolicyOptions,
+    PromptOptions,
+    SamplingOptions,
+    TrainConfig,
+    default_run_dir,
+    option,
+)
 from rlhflab.data.records import Demonstration, Preference
-from rlhflab.data.render import prompt_text, render_prompt
+from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
 from rlhflab.models.loading import save_model
@@ -54,12 +63,10 @@ def select_top(rewards: torch.Tensor, keep_fraction: float, per_prompt: bool = T
 
 
 @dataclass
-class RAFTConfig(TrainConfig):
+class RAFTConfig(LoopOptions, DatasetOptions, SamplingOptions, PromptOptions, PolicyOptions):
     """Rejection-sampling fine-tuning (RAFT / ReST / expert iteration): rounds of sampling from
     the current policy, keeping the best samples by the reward source, and SFT on them."""
 
-    policy: str = option("smollm2-135m-instruct", "Initial policy: registry name, hub id or path.")
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
     prompts_per_round: int = option(0, "Prompts sampled per round, a fresh seeded subset each round (0: all).")
     reward: str = option("sentiment", "Reward source that ranks samples: a reward-model directory, an oracle name or package.module:function.")
     oracle: str | None = option(None, "Oracle R* also scored on every round's samples (logged, never used to select).")
@@ -68,15 +75,13 @@ class RAFTConfig(TrainConfig):
     keep_fraction: float = option(0.25, "Fraction of samples kept (1/n with per_prompt selection = RAFT's best-of-n).")
     selection: str = option("per_prompt", "per_prompt: the best of each prompt (RAFT); global: the best overall (ReST threshold).",
                             choices=["per_prompt", "global"])
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
     temperature: float = option(1.0, "Sampling temperature (RAFT suggests > 1 for diversity).")
-    use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
-    generation_batch_size: int = option(32, "Prompts per generate call.")
     num_epochs: float = option(1.0, "SFT passes over each round's kept samples.")
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW (the optimiser restarts every round).")
 
     def validate(self):
-        super().validate()
+        LoopOptions.validate(self)
+        DatasetOptions.validate(self)
         if self.num_rounds <= 0 or self.samples_per_prompt <= 0:
             raise ConfigError("num_rounds and samples_per_prompt must be positive")
         if not 0 < self.keep_fraction <= 1:
@@ -90,8 +95,9 @@ class _RoundSFT(SFTAlgorithm):
         pass
 
 
-def _train_fields(cfg: TrainConfig) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+def _train_fields(cfg) -> dict:
+    """The training-loop options of ``cfg`` that a round's SFT takes over."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(cfg, f.name)}
 
 
 def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
@@ -113,8 +119,7 @@ def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracl
     if (run_dir / "rounds.jsonl").exists():
         raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     n, per_round = cfg.samples_per_prompt, cfg.prompts_per_round or len(prompts)
     for r in range(cfg.num_rounds):
         t0 = time.perf_counter()
@@ -122,7 +127,7 @@ def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracl
         chosen = chosen.tolist()
         torch.manual_seed(cfg.seed * 1_000_003 + r)
         rollout = sample(policy, tokenizer, [ids[i] for i in chosen], num_samples=n,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                          batch_size=cfg.generation_batch_size)
         contexts = [prompt_text(prompts[chosen[i]].prompt) for i in rollout.prompt_index.tolist()]
         rewards = reward_source(contexts, rollout.completion_texts)
@@ -136,7 +141,7 @@ def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracl
         sft_cfg = SFTConfig(**{**_train_fields(cfg), "output_dir": str(run_dir / f"round-{r}"), "resume": None,
                                "batch_size": min(cfg.batch_size, len(examples)), "gradient_accumulation_steps": 1,
                                "save_steps": 0},
-                            model=cfg.policy, use_chat_template=cfg.use_chat_template)
+                            policy=cfg.policy, use_chat_template=cfg.use_chat_template)
         train(sft_cfg, _RoundSFT(sft_cfg, policy, tokenizer, examples))
         row = {"round": r, "samples_drawn": len(rollout.completion_texts), "kept": len(examples),
                "reward": float(rewards.mean()), "reward_kept": float(rewards[keep].mean())}
@@ -191,16 +196,15 @@ def rso_pairs(accepted: list[int], rewards: torch.Tensor) -> list[tuple[int, int
 
 
 @dataclass
-class RSOConfig(PreferenceConfig):
+class RSOConfig(PreferenceConfig, PromptOptions):
     """RSO: candidates from pi_ref, statistical rejection sampling toward pi* = pi_ref exp(R/beta)/Z
     with a reward model, pairs ranked by it, then the DPO (sigmoid) or SLiC (hinge) loss."""
 
-    prompts: str = option("train", "Prompts: 'train' / 'unseen' or a prompts file.")
-    limit: int = option(0, "Use only the first N prompts (0: all).")
     reward: str = option("sentiment", "Reward source that scores candidates and labels pairs (a reward-model directory, oracle or module:function).")
     num_candidates: int = option(8, "Candidates sampled from pi_ref per prompt.")
     num_accepted: int = option(4, "Samples accepted per prompt (consecutive ones are paired).")
-    sampling_beta: float = option(0.0, "beta of the target pi* in the rejection sampler (0: the same as --beta).")
+    sampling_kl_coef: float = option(0.0, "beta of the target pi* in the rejection sampler (0: the same as --kl_coef).",
+                                     aliases=["--sampling_beta"])
     max_new_tokens: int = option(32, "Maximum completion length in tokens.")
     generation_batch_size: int = option(32, "Prompts per generate call.")
 
@@ -214,8 +218,7 @@ class RSOConfig(PreferenceConfig):
 
 def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -> tuple[list[Preference], dict]:
     """The RSO preference pairs: sample from π_ref (the policy as given), accept toward π*, pair."""
-    ids = [tokenizer(render_prompt(p.prompt, tokenizer, cfg.use_chat_template), add_special_tokens=False).input_ids
-           for p in prompts]
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     torch.manual_seed(cfg.seed)
     n = cfg.num_candidates
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
@@ -224,7 +227,7 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
     texts = rollout.completion_texts
     rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(prompts), n)
     rng = np.random.default_rng(cfg.seed)
-    beta = cfg.sampling_beta or cfg.beta
+    beta = cfg.sampling_kl_coef or cfg.kl_coef
     records, accepted_rewards, identical = [], [], 0
     for i, p in enumerate(prompts):
         accepted = statistical_rejection_sample(rewards[i], cfg.num_accepted, beta, rng)
@@ -257,7 +260,7 @@ def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path
     from rlhflab.workflow import load_prompts
 
     if policy is None:
-        policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     reward_source = reward_source or load_reward_source(cfg.reward)
     run_dir = Path(cfg.output_dir or default_run_dir("rso"))
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
@@ -296,7 +299,7 @@ def positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, records=No
             raise ConfigError("--data is required (preferences: prompt, chosen, rejected)")
         records = read_records(cfg.data, "preference")
     if policy is None:
-        policy, tokenizer = load_policy(cfg.model, cfg.dtype)
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
     demos = chosen_demonstrations(records)
     examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,

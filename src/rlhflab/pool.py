@@ -1,0 +1,82 @@
+"""The shared pool of simulated feedback behind ``rlhflab demo`` and ``rlhflab compare``:
+
+    sample π_0 on the feedback prompts -> simulated annotators (driven by R*) label pairs
+        -> a reward model R_phi (Bradley-Terry, Eq. 11) fitted to them
+
+and the prompt sets the policies are evaluated on: the feedback prompts' head (seen contexts,
+C_rew) and the shipped unseen set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rlhflab import workflow
+from rlhflab.data import Prompt, Samples
+from rlhflab.rewards import RewardSource, load_reward_source
+from rlhflab.train.offline import RewardConfig
+
+
+@dataclass
+class Pool:
+    """What every method of a run learns from (R* itself is never part of it)."""
+
+    feedback_prompts: list[Prompt]
+    seen_prompts: list[Prompt]  # evaluation contexts covered by feedback (C_rew)
+    unseen_prompts: list[Prompt]  # evaluation contexts no feedback was collected on
+    samples: list[Samples]  # π_0's samples of the feedback prompts
+    preferences: list  # the simulated annotators' Preference records
+    reward_dir: Path
+    reward_report: dict
+    reward_model: RewardSource
+
+    @property
+    def prompt_sets(self) -> dict[str, list[Prompt]]:
+        return {"seen": self.seen_prompts, "unseen": self.unseen_prompts}
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s.completions) for s in self.samples)
+
+
+def _call(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def build_feedback_pool(cfg, run_dir: Path, policy, tokenizer, stage: Callable = _call,
+                        before_reward: Callable | None = None, progress: bool = False) -> Pool:
+    """Sample ``cfg.policy`` (loaded as ``policy``, ``tokenizer``) on ``cfg.feedback_prompts`` training
+    prompts, annotate pairs with a pool driven by ``cfg.oracle``, and fit a reward model on
+    ``cfg.reward_backbone``; samples, preferences and the reward model go under ``run_dir``.
+
+    ``stage(name, fn, *args)`` runs each step (the demo times and prints them). ``before_reward(seen,
+    unseen)``, run between annotation and the reward model, may return π_0's (contexts, texts) on the
+    seen and unseen prompts: the reward model is then also compared with R* on them.
+    """
+    use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
+    feedback_prompts = workflow.load_prompts("train")[: cfg.feedback_prompts]
+    seen_prompts = feedback_prompts[: cfg.eval_prompts]
+    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
+
+    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt,
+                                       max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed,
+                                       output=str(run_dir / "samples.jsonl"))
+    samples = stage("sample initial policy", workflow.sample, sample_cfg, policy, tokenizer, feedback_prompts)
+    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
+                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
+    prefs = stage("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
+
+    policy_samples = before_reward(seen_prompts, unseen_prompts) if before_reward is not None else None
+    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
+                              seed=cfg.seed, progress=progress, learning_rate=cfg.reward_learning_rate,
+                              num_epochs=cfg.reward_epochs)
+    if policy_samples is None:
+        reward_dir, reward_report = stage("train reward model", workflow.reward, reward_cfg)
+    else:
+        reward_dir, reward_report = stage("train reward model", workflow.reward, reward_cfg, cfg.oracle,
+                                          *policy_samples)
+    reward_model = load_reward_source(str(reward_dir / "reward_model"))
+    return Pool(feedback_prompts, seen_prompts, unseen_prompts, samples, prefs, reward_dir, reward_report,
+                reward_model)

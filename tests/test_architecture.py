@@ -1,0 +1,75 @@
+"""The package's import structure: no cycles, and the product never imports the toy lab."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "rlhflab"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """rlhflab modules imported at module level, and those imported inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top, inner = set(), set()
+
+    def names(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if node.module is None:
+            return []
+        # `from rlhflab.x import y` may import the submodule rlhflab.x.y
+        return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                target = inner if in_function else top
+                target.update(n for n in names(child) if n == "rlhflab" or n.startswith("rlhflab."))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(tree, False)
+    return top, inner
+
+
+def _graph():
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        top, inner = _imports(path)
+        graph[name] = ({m for m in top if m in modules}, {m for m in inner if m in modules})
+    return graph
+
+
+def test_no_import_cycles_even_through_function_level_imports():
+    graph = _graph()
+    edges = {m: top | inner for m, (top, inner) in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if n.startswith(m + ".") or m.startswith(n + "."):
+                continue  # a package and its own submodules
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_product_never_imports_the_toy_lab():
+    """Only the command table reaches the toy lab (for ``rlhflab toy``); the library never does."""
+    offenders = {m: sorted(n for n in top | inner if n.startswith("rlhflab.toy"))
+                 for m, (top, inner) in _graph().items() if not m.startswith("rlhflab.toy") and m != "rlhflab.cli"}
+    assert not {m: v for m, v in offenders.items() if v}

@@ -1,0 +1,50 @@
+"""Option groups, old flag spellings and named presets (config.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rlhflab.compare import PRESETS as COMPARE_PRESETS
+from rlhflab.compare import CompareConfig
+from rlhflab.config import parse_config
+from rlhflab.demo import PRESETS as DEMO_PRESETS
+from rlhflab.demo import DemoConfig
+from rlhflab.train.policy_optimization import RLConfig
+from rlhflab.train.preference import PreferenceConfig
+from rlhflab.train.rejection import RAFTConfig
+
+
+def names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_policy_and_kl_coef_are_spelled_the_same_in_every_command_and_old_flags_still_work():
+    cfg = parse_config(PreferenceConfig, ["--model", "tiny-policy", "--beta", "0.3"], "rlhflab dpo")
+    assert (cfg.policy, cfg.kl_coef) == ("tiny-policy", 0.3)
+    cfg = parse_config(PreferenceConfig, ["--policy", "tiny-policy", "--kl_coef", "0.2"], "rlhflab dpo")
+    assert (cfg.policy, cfg.kl_coef) == ("tiny-policy", 0.2)
+
+
+def test_old_option_names_work_in_yaml_files(tmp_path):
+    path = tmp_path / "dpo.yaml"
+    path.write_text("model: tiny-policy\nbeta: 0.4\n")
+    cfg = parse_config(PreferenceConfig, ["--config", str(path)], "rlhflab dpo")
+    assert (cfg.policy, cfg.kl_coef) == ("tiny-policy", 0.4)
+
+
+def test_commands_offer_no_option_they_ignore():
+    assert not {"batch_size", "num_epochs", "max_steps"} & names(RLConfig)  # online: prompts_per_iteration
+    assert "resume" not in names(RAFTConfig)  # every round starts its own SFT run
+
+
+@pytest.mark.parametrize("cls, presets", [(DemoConfig, DEMO_PRESETS), (CompareConfig, COMPARE_PRESETS)])
+def test_presets_fill_only_unset_options_and_help_shows_their_values(cls, presets, capsys):
+    assert cls(preset="full").resolved().policy == presets["full"]["policy"]
+    quick = cls(quick=True, max_new_tokens=5).resolved()
+    assert (quick.preset, quick.policy, quick.max_new_tokens) == ("quick", presets["quick"]["policy"], 5)
+    with pytest.raises(SystemExit):
+        parse_config(cls, ["--help"], "rlhflab x")
+    out = capsys.readouterr().out
+    assert f"full={presets['full']['max_new_tokens']}" in out and f"quick={presets['quick']['max_new_tokens']}" in out
