@@ -34,7 +34,14 @@ from rlhflab.config import apply_preset, default_run_dir, option, preset_option,
 from rlhflab.data import Ranking, prompt_text
 from rlhflab.decoding import best_of_n
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import evaluate_on_sets, format_table
+from rlhflab.evaluate import (
+    PolicyEvaluation,
+    distinct_n,
+    evaluate_on_sets,
+    format_table,
+    paired_difference,
+    standard_error,
+)
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.pool import Pool, build_feedback_pool
@@ -52,11 +59,11 @@ PRESETS = {
     "full": dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
                  oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
                  offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5,
-                 reward_learning_rate=5e-5, reward_epochs=2.0),
+                 reward_learning_rate=5e-5, reward_epochs=2.0, eval_samples=4),
     "quick": dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
                   feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
                   preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3,
-                  reward_learning_rate=1e-3, reward_epochs=4.0),
+                  reward_learning_rate=1e-3, reward_epochs=4.0, eval_samples=2),
 }
 
 
@@ -85,6 +92,7 @@ class CompareConfig:
     preference_learning_rate: float | None = preset_option(PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso.")
     sft_learning_rate: float | None = preset_option(PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft.")
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
+    eval_samples: int | None = preset_option(PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt.")
     reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
     reward_epochs: float | None = preset_option(PRESETS, "reward_epochs", "Reward-model passes over the preference pairs.")
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
@@ -164,11 +172,13 @@ class _Shared:
 def _run_bon(s: _Shared, method: str) -> MethodRun:
     cfg, out, extra = s.cfg, {}, 0
     for name, prompts in s.pool.prompt_sets.items():
-        bon = best_of_n(s.policy, s.tokenizer, prompts, s.pool.reward_model, n=cfg.bon_n,
+        # each evaluation prompt eval_samples times, so best-of-n is averaged per prompt like a policy
+        repeated = [p for p in prompts for _ in range(cfg.eval_samples)]
+        bon = best_of_n(s.policy, s.tokenizer, repeated, s.pool.reward_model, n=cfg.bon_n,
                         max_new_tokens=cfg.max_new_tokens, use_chat_template=s.use_chat, seed=cfg.seed + 1)
-        out[name] = _bon_row(bon, s.oracle)
+        out[name] = _bon_evaluation(bon, s.oracle, len(prompts), cfg.eval_samples)
         extra += bon.samples_drawn
-    return MethodRun(extra, evaluations=out, info={"kl_bound": out["seen"]["kl_bound"]})
+    return MethodRun(extra, evaluations=out, info={"kl_bound": bon.kl_bound})
 
 
 def _run_ppo(s: _Shared, method: str) -> MethodRun:
@@ -247,8 +257,8 @@ def run_compare(cfg: CompareConfig) -> Path:
           flush=True)
 
     shared = _Shared(cfg, run_dir, pool, policy, tokenizer, oracle, use_chat)
-    eval_kw = dict(oracle=oracle, reward_model=pool.reward_model, reference=policy, max_new_tokens=cfg.max_new_tokens,
-                   use_chat_template=use_chat, seed=cfg.seed + 1)
+    eval_kw = dict(oracle=oracle, reward_model=pool.reward_model, reference=policy, num_samples=cfg.eval_samples,
+                   max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed + 1)
     results = {"initial": evaluate_on_sets(policy, tokenizer, pool.prompt_sets, **eval_kw)}
     info = {"initial": {"extra_samples": 0, "train_seconds": 0.0}}
     for method in cfg.method_list:
@@ -276,20 +286,27 @@ def run_compare(cfg: CompareConfig) -> Path:
             "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
             "training time (for bon, its inference on both prompt sets), evaluation excluded. "
             "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
-            f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}.")
-    write_text(run_dir / "comparison.md", f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n")
-    print("\n" + table + "\n\n" + note)
+            f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}. ΔJ is paired by prompt against π_0 "
+            f"({cfg.eval_samples} samples per prompt, standard error over the {cfg.eval_prompts} prompts).")
+    verdicts = "\n".join(noise_verdicts(rows, cfg.eval_prompts))
+    write_text(run_dir / "comparison.md",
+               f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n\n## Beyond noise?\n\n{verdicts}\n")
+    print("\n" + table + "\n\n" + note + "\n\n" + verdicts)
     return run_dir
 
 
-def _bon_row(bon, oracle) -> dict:
-    """Best-of-n judged like a policy: J and Ĵ of the chosen samples; KL is the plug-in estimate."""
-    oracle_rewards = oracle(bon.contexts, bon.completions)
-    proxy = torch.tensor(bon.rewards)
-    se = lambda x: float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None  # noqa: E731
-    return {"J": float(oracle_rewards.mean()), "J_se": se(oracle_rewards), "J_hat": float(proxy.mean()),
-            "J_hat_se": se(proxy), "kl": bon.kl_estimate, "kl_se": bon.kl_estimate_se, "kl_bound": bon.kl_bound,
-            "n": len(bon.completions)}
+def _bon_evaluation(bon, oracle, num_prompts: int, per_prompt: int) -> PolicyEvaluation:
+    """Best-of-n judged like a policy: J and Ĵ of the chosen samples, ``per_prompt`` of them for each
+    prompt; the KL column is the plug-in estimate (its bound is in the note)."""
+    prompt_index = torch.arange(num_prompts).repeat_interleave(per_prompt)
+    oracle_rewards, proxy = oracle(bon.contexts, bon.completions), torch.tensor(bon.rewards)
+    return PolicyEvaluation(
+        J=float(oracle_rewards.mean()), J_se=standard_error(oracle_rewards, prompt_index, per_prompt),
+        J_hat=float(proxy.mean()), J_hat_se=standard_error(proxy, prompt_index, per_prompt),
+        kl=bon.kl_estimate, kl_se=bon.kl_estimate_se, mean_length=float("nan"), truncated_fraction=float("nan"),
+        distinct_1=distinct_n(bon.completions, 1), distinct_2=distinct_n(bon.completions, 2), n=len(bon.completions),
+        num_prompts=num_prompts, prompt_index=prompt_index.tolist(), contexts=bon.contexts, texts=bon.completions,
+        oracle_rewards=oracle_rewards.tolist(), proxy_rewards=bon.rewards)
 
 
 COMPARE_COLUMNS = [
@@ -297,18 +314,49 @@ COMPARE_COLUMNS = [
     ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
     ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
     ("kl", "KL(π‖π_0)", ".2f"), ("kl_se", "± se", ".2f"),
+    ("delta_J", "ΔJ vs π_0", "+.3f"), ("delta_J_se", "± se", ".3f"), ("z", "ΔJ / se", "+.1f"),
     ("extra_samples", "extra samples", "d"), ("train_seconds", "wall s", ".1f"),
 ]
 
+# |ΔJ| / se at which a change counts as beyond noise (two-sided, about 5%)
+NOISE_Z = 2.0
+
 
 def comparison_rows(results: dict, info: dict, pool_samples: int) -> list[dict]:
+    """One row per (method, context set); ΔJ is paired by prompt against π_0 (:func:`paired_difference`)."""
     rows = []
     for method, by_set in results.items():
         for contexts, ev in by_set.items():
-            d = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
             row = {"method": method, "contexts": contexts, "pool_samples": pool_samples, **info[method]}
-            row.update({k: d.get(k) for k in ("J", "J_se", "J_hat", "J_hat_se", "kl", "kl_se", "n")})
+            row.update({k: getattr(ev, k) for k in ("J", "J_se", "J_hat", "J_hat_se", "kl", "kl_se", "n")})
             if method == "initial":
                 row["kl"], row["kl_se"] = 0.0, 0.0  # pi_0 is the reference
+            else:
+                delta, se = paired_difference(results["initial"][contexts], ev)
+                row.update(delta_J=delta, delta_J_se=se, z=delta / se if se else None)
             rows.append(row)
     return rows
+
+
+def noise_verdicts(rows: list[dict], eval_prompts: int) -> list[str]:
+    """Per method and context set: is ΔJ beyond noise (|ΔJ| ≥ 2 se)? If not, how many evaluation
+    prompts would put an effect of this size at 2 se (se shrinks as 1/sqrt(prompts)) — or, where the
+    estimate is near zero, that the training budget rather than the measurement is what is short."""
+    lines = []
+    for r in rows:
+        if r["method"] == "initial" or r.get("delta_J_se") is None:
+            continue
+        delta, se, where = r["delta_J"], r["delta_J_se"], f"{r['method']} on {r['contexts']} contexts"
+        if abs(delta) >= NOISE_Z * se:
+            lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is {abs(delta) / se:.1f} se, beyond noise.")
+        elif abs(delta) < se / 2:
+            lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise and under half an se: a larger "
+                         "training budget (more steps or samples), not only more evaluation, would be needed.")
+        else:
+            needed = math.ceil(eval_prompts * (NOISE_Z * se / abs(delta)) ** 2)
+            lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise ({abs(delta) / se:.1f} se); an "
+                         f"effect of this size would reach {NOISE_Z:.0f} se with about {needed} evaluation prompts "
+                         f"(--eval_prompts {needed}; now {eval_prompts}).")
+    return lines
+
+

@@ -1,0 +1,37 @@
+"""rlhflab compare: one pool, several methods, each method's ΔJ against π_0 paired by prompt."""
+
+import json
+import math
+
+import pytest
+
+from rlhflab.compare import CompareConfig, noise_verdicts, run_compare
+
+
+def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_the_effect():
+    rows = [
+        {"method": "initial", "contexts": "seen"},
+        {"method": "ppo", "contexts": "seen", "delta_J": 0.30, "delta_J_se": 0.10},
+        {"method": "dpo", "contexts": "seen", "delta_J": 0.10, "delta_J_se": 0.08},
+        {"method": "bon", "contexts": "seen", "delta_J": 0.01, "delta_J_se": 0.08},
+    ]
+    ppo, dpo, bon = noise_verdicts(rows, eval_prompts=32)
+    assert "3.0 se, beyond noise" in ppo
+    # se scales as 1/sqrt(prompts): 32 * (2 * 0.08 / 0.10)^2 = 81.92 -> 82 prompts reach 2 se
+    assert f"--eval_prompts {math.ceil(32 * (2 * 0.08 / 0.10) ** 2)}" in dpo and "--eval_prompts 82" in dpo
+    assert "larger training budget" in bon
+
+
+@pytest.mark.integration
+def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_cache, tmp_path):
+    run_dir = run_compare(CompareConfig(quick=True, methods="ppo,dpo,bon", output_dir=str(tmp_path / "cmp"),
+                                        feedback_prompts=8, eval_prompts=4, eval_samples=2, online_samples=16,
+                                        offline_steps=2, max_new_tokens=8))
+    rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"initial", "ppo", "dpo", "bon"}
+    for r in rows:
+        assert r["n"] == 4 * 2  # every method, best-of-n included, judged on 2 samples of each of 4 prompts
+        if r["method"] != "initial":
+            assert r["delta_J_se"] is not None and r["z"] == pytest.approx(r["delta_J"] / r["delta_J_se"])
+    report = (run_dir / "comparison.md").read_text()
+    assert "## Beyond noise?" in report and report.count("- ") >= 6  # 3 methods × 2 context sets
