@@ -73,3 +73,21 @@ def test_the_product_never_imports_the_toy_lab():
     offenders = {m: sorted(n for n in top | inner if n.startswith("rlhflab.toy"))
                  for m, (top, inner) in _graph().items() if not m.startswith("rlhflab.toy") and m != "rlhflab.cli"}
     assert not {m: v for m, v in offenders.items() if v}
+
+
+def test_rlhflab_modules_are_imported_at_module_level():
+    """Function-level imports are for heavy third-party libraries; the package's own modules are
+    imported at the top, which is only possible because there are no cycles."""
+    late = {m: sorted(inner) for m, (_, inner) in _graph().items() if inner}
+    assert not late, late
+
+
+ENTRY_LAYER = ("rlhflab.cli", "rlhflab.workflow", "rlhflab.demo", "rlhflab.compare", "rlhflab.pool")
+
+
+def test_dependencies_point_down_from_the_entry_layer():
+    """Trainers, losses, models, data and the decoding and evaluation libraries never import the
+    entry functions of the commands."""
+    offenders = {m: sorted(n for n in top | inner if n in ENTRY_LAYER)
+                 for m, (top, inner) in _graph().items() if m not in ENTRY_LAYER}
+    assert not {m: v for m, v in offenders.items() if v}

@@ -83,7 +83,7 @@ def test_cached_reference_gives_the_same_losses_as_recomputing_it_every_step(mod
 
 
 def test_lora_reference_is_the_policy_with_adapters_disabled(model_cache, tmp_path):
-    from rlhflab.workflow import apply_lora
+    from rlhflab.models import apply_lora
 
     base, tokenizer = load_policy("tiny-policy")
     original = copy.deepcopy(base)

@@ -15,14 +15,12 @@ from rlhflab.train.rejection import (
     RAFTConfig,
     RSOConfig,
     chosen_demonstrations,
-    positive_sft,
-    raft,
-    rso,
     rso_acceptance_probabilities,
     rso_pairs,
     select_top,
     statistical_rejection_sample,
 )
+from rlhflab.workflow import positive_sft, raft, rso
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 

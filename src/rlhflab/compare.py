@@ -48,8 +48,8 @@ from rlhflab.pool import Pool, build_feedback_pool
 from rlhflab.report import plot_comparison
 from rlhflab.rewards import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
-from rlhflab.train.preference import PreferenceConfig, RankingConfig, preference_optimization, ranking_optimization
-from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig, positive_sft, raft, rso
+from rlhflab.train.preference import PreferenceConfig, RankingConfig
+from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig
 
 METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-positive"]
 
@@ -194,14 +194,14 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
 
 def _run_preference(s: _Shared, method: str) -> MethodRun:
     pcfg = s.preference_config(PreferenceConfig, method, loss=method, kl_coef=s.cfg.kl_coef)
-    return MethodRun(0, preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
+    return MethodRun(0, workflow.preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
 
 
 def _run_rrhf(s: _Shared, method: str) -> MethodRun:
     rankings = _rankings_by_reward_model(s.pool.samples, s.pool.reward_model)
     rcfg = s.preference_config(RankingConfig, method, loss="rrhf")
     rcfg.batch_size = min(rcfg.batch_size, len(rankings))
-    return MethodRun(0, ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
+    return MethodRun(0, workflow.ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
 
 
 def _run_rso(s: _Shared, method: str) -> MethodRun:
@@ -209,7 +209,7 @@ def _run_rso(s: _Shared, method: str) -> MethodRun:
     rso_cfg = s.preference_config(RSOConfig, method, loss="dpo", kl_coef=cfg.kl_coef, prompts="train",
                                   limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
                                   max_new_tokens=cfg.max_new_tokens)
-    return MethodRun(rso_cfg.limit * n, rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
+    return MethodRun(rso_cfg.limit * n, workflow.rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
 
 
 def _run_raft(s: _Shared, method: str) -> MethodRun:
@@ -222,14 +222,14 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
                           num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
                           seed=cfg.seed, progress=False, batch_size=cfg.batch_size,
                           output_dir=str(s.run_dir / "raft"))
-    method_dir = raft(raft_cfg, s.fresh(), s.tokenizer, s.pool.reward_model)
+    method_dir = workflow.raft(raft_cfg, s.fresh(), s.tokenizer, s.pool.reward_model)
     return MethodRun(cfg.raft_rounds * per_round * cfg.samples_per_prompt, method_dir)
 
 
 def _run_positive_sft(s: _Shared, method: str) -> MethodRun:
     scfg = PositiveSFTConfig(policy=s.cfg.policy, output_dir=str(s.run_dir / method), use_chat_template=s.use_chat,
                              **{**s.common, "learning_rate": s.cfg.sft_learning_rate})
-    return MethodRun(0, positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
+    return MethodRun(0, workflow.positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
 
 
 # Every method of METHODS: how it runs from the shared pool.

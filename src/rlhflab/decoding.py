@@ -17,7 +17,6 @@ from typing import Sequence
 import torch
 
 from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
-from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, option
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.generation import sample_from_probs
 from rlhflab.rewards import RewardSource
@@ -171,72 +170,3 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     policy.train(was_training)
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
     return RADOutput(contexts=contexts, completions=texts, completion_ids=rows, reward_calls=calls)
-
-
-# ---- command-line entry points --------------------------------------------------------------------
-@dataclass
-class DecodeConfig(PromptOptions, PolicyOptions):
-    """Options of both inference-time methods (bon, rad)."""
-
-    limit: int = option(16, "Use only the first N prompts (0: all).")
-    reward: str = option("sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function.")
-    oracle: str | None = option(None, "Oracle R* also scored on the outputs (reported, never used to steer).")
-    seed: int = option(0, "Random seed.")
-    output: str = option("decoded.jsonl", "Output JSONL of (prompt, completion) rows.")
-
-
-@dataclass
-class BestOfNConfig(DecodeConfig, SamplingOptions):
-    """Best-of-n: sample n completions per prompt, keep the one the reward source scores highest."""
-
-    n: int = option(4, "Samples per prompt.")
-
-
-@dataclass
-class RADConfig(DecodeConfig):
-    """Reward-augmented decoding: at every step the top-k next tokens are reweighted by the reward source."""
-
-    reward_weight: float = option(1.0, "Weight of the reward added to the top-k logits (RAD's beta).", aliases=["--beta"])
-    top_k: int = option(10, "Next-token candidates scored per step.")
-    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
-
-
-def _load_for_decoding(cfg: DecodeConfig):
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.workflow import load_prompts
-
-    policy, tokenizer = load_policy(cfg.policy)
-    oracle = load_reward_source(cfg.oracle) if cfg.oracle else None
-    return policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), load_reward_source(cfg.reward), oracle
-
-
-def _write_outputs(cfg, prompts, completions) -> None:
-    from rlhflab.data import Demonstration, write_records
-
-    write_records([Demonstration(prompt=p.prompt, completion=c) for p, c in zip(prompts, completions)], cfg.output)
-
-
-def run_best_of_n(cfg: BestOfNConfig) -> dict:
-    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature, top_p=cfg.top_p,
-                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size)
-    _write_outputs(cfg, prompts, bon.completions)
-    summary = bon.summary()
-    if oracle is not None:
-        first = [c[0] for c in bon.all_completions]
-        summary.update(oracle_chosen=float(oracle(bon.contexts, bon.completions).mean()),
-                       oracle_single_sample=float(oracle(bon.contexts, first).mean()))
-    return summary
-
-
-def run_rad(cfg: RADConfig) -> dict:
-    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    out = rad_decode(policy, tokenizer, prompts, reward, cfg.reward_weight, cfg.top_k, cfg.max_new_tokens,
-                     cfg.use_chat_template, cfg.seed)
-    _write_outputs(cfg, prompts, out.completions)
-    summary = {"prompts": len(prompts), "beta": cfg.reward_weight, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
-               "mean_reward": float(reward(out.contexts, out.completions).mean())}
-    if oracle is not None:
-        summary["oracle"] = float(oracle(out.contexts, out.completions).mean())
-    return summary

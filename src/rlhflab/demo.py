@@ -13,9 +13,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from rlhflab import workflow
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
+from rlhflab.evaluate import evaluate_on_sets, paired_difference
 from rlhflab.files import write_json, write_text
+from rlhflab.hardware import matmul_peak
+from rlhflab.models import load_policy
+from rlhflab.pool import build_feedback_pool
+from rlhflab.report import evaluation_rows, format_evaluations, plot_before_after, plot_training_curves, read_metrics
+from rlhflab.rewards import load_reward_source
+from rlhflab.train.policy_optimization import RLConfig
 
 
 # The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
@@ -79,17 +89,6 @@ class Stages:
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    import torch
-
-    from rlhflab import workflow
-    from rlhflab.evaluate import evaluate_on_sets
-    from rlhflab.hardware import matmul_peak
-    from rlhflab.models import load_policy
-    from rlhflab.pool import build_feedback_pool
-    from rlhflab.report import evaluation_rows, plot_before_after, plot_training_curves, read_metrics
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.policy_optimization import RLConfig
-
     cfg = cfg.resolved()
     run_dir = Path(cfg.output_dir or default_run_dir("demo"))
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -159,9 +158,6 @@ def _fmt(x, spec=".3f"):
 
 
 def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir, peaks) -> str:
-    from rlhflab.evaluate import paired_difference
-    from rlhflab.report import format_evaluations
-
     lines = [f"# rlhflab demo — {run_dir}", "",
              f"Initial policy `{cfg.policy}`, reward model on `{cfg.reward_backbone}`, oracle R* = `{cfg.oracle}`. "
              f"{num_prefs} simulated preference pairs; PPO for {cfg.ppo_iterations} iterations "

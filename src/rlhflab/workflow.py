@@ -1,7 +1,10 @@
-"""The steps of the RLHF workflow (Figure 5) as functions, each with its config dataclass.
+"""The entry layer: one function per ``rlhflab`` command, each taking its config dataclass.
 
-``rlhflab CMD`` parses a config and calls the function of the same name; ``rlhflab demo`` chains
-them. Python users call them directly.
+Every entry function reads what its config names (policy, prompts, data files, reward sources),
+hands it to the library below (``train/``, ``decoding``, ``evaluate``) and writes the outputs; the
+library never imports this module. ``rlhflab CMD`` parses a config and calls the function
+(``cli.COMMANDS``); ``rlhflab demo`` and ``rlhflab compare`` chain them; Python users call them
+directly, optionally with an already loaded policy.
 """
 
 from __future__ import annotations
@@ -12,11 +15,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, TrainConfig, option
-from rlhflab.data import Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
+from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, option
+from rlhflab.data import Demonstration, Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
+from rlhflab.decoding import best_of_n, rad_decode
 from rlhflab.errors import ConfigError
+from rlhflab.evaluate import evaluate_policy, reward_model_report
+from rlhflab.feedback import annotators as ann
+from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_json
-from rlhflab.models.loading import apply_lora
+from rlhflab.models import apply_lora, load_policy, load_reward_model
+from rlhflab.rewards import load_reward_source
+from rlhflab.rollout import sample as sample_rollout
+from rlhflab.train.loop import train
+from rlhflab.train.offline import RewardAlgorithm, RewardConfig, SFTAlgorithm, SFTConfig, tokenize_demonstrations
+from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
+from rlhflab.train.preference import PreferenceConfig, RankingConfig, train_preferences, train_rankings
+from rlhflab.train.rejection import (
+    PositiveSFTConfig,
+    RAFTConfig,
+    RSOConfig,
+    chosen_demonstrations,
+    raft_rounds,
+    rso_train,
+)
 
 FEEDBACK_KINDS = ["preference", "ranking", "rating", "binary", "language_feedback"]
 
@@ -33,9 +54,6 @@ class SampleConfig(SamplingOptions, PromptOptions, PolicyOptions):
 
 
 def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt] | None = None) -> list[Samples]:
-    from rlhflab.models import load_policy
-    from rlhflab.rollout import sample as sample_rollout
-
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
@@ -74,9 +92,6 @@ class AnnotateConfig:
 
 
 def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
-    from rlhflab.feedback import annotators as ann
-    from rlhflab.feedback.oracles import load_oracle
-
     samples = samples if samples is not None else read_records(cfg.samples, "samples")
     oracle = load_oracle(cfg.oracle)
     pool = ann.make_pool(oracle, n=cfg.annotators, base_temperature=cfg.temperature, max_bias=cfg.bias,
@@ -104,11 +119,7 @@ def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
 
 
 # ---- sft / reward / policy optimisation --------------------------------------------------------
-def sft(cfg):
-    from rlhflab.models import load_policy
-    from rlhflab.train.loop import train
-    from rlhflab.train.offline import SFTAlgorithm, tokenize_demonstrations
-
+def sft(cfg: SFTConfig) -> Path:
     if not cfg.data:
         raise ConfigError("--data is required (demonstrations: prompt, completion)")
     demos = read_records(cfg.data, "demonstration")
@@ -129,15 +140,9 @@ def split_heldout(records: list, fraction: float, seed: int) -> tuple[list, list
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def reward(cfg, oracle: str | None = None, samples_seen=None, samples_unseen=None) -> tuple[Path, dict]:
+def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samples_unseen=None) -> tuple[Path, dict]:
     """Train a reward model and write ``reward_report.json`` (accuracy, calibration, oracle
     correlation on seen/unseen contexts when ``oracle`` and samples are given)."""
-    from rlhflab.evaluate import reward_model_report
-    from rlhflab.models import load_reward_model
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.loop import train
-    from rlhflab.train.offline import RewardAlgorithm
-
     if not cfg.data:
         raise ConfigError("--data is required (preferences, rankings or ratings)")
     records = read_records(cfg.data, cfg.feedback)
@@ -159,13 +164,7 @@ def reward(cfg, oracle: str | None = None, samples_seen=None, samples_unseen=Non
     return run_dir, report
 
 
-def policy_optimization(cfg, policy=None, tokenizer=None, reward_source=None, oracle_source=None):
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.loop import train
-    from rlhflab.train.offline import tokenize_demonstrations
-    from rlhflab.train.policy_optimization import PolicyOptimization
-
+def policy_optimization(cfg: RLConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
@@ -200,10 +199,6 @@ class EvalConfig(SamplingOptions, PromptOptions, PolicyOptions):
 
 
 def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracle_source=None, reward_source=None) -> dict:
-    from rlhflab.evaluate import evaluate_policy
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     if reference is None and cfg.reference:
@@ -224,3 +219,125 @@ def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracl
     if cfg.output:
         write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})
     return results
+
+
+# ---- direct preference and ranking methods -------------------------------------------------------
+def _load_policy(cfg, policy, tokenizer):
+    """The policy ``cfg`` names unless one is given, with LoRA adapters when ``cfg.lora_r > 0``."""
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
+    return apply_lora(policy, cfg), tokenizer
+
+
+def _read(cfg, kind: str, what: str) -> list:
+    if not cfg.data:
+        raise ConfigError(f"--data is required ({what})")
+    return read_records(cfg.data, kind)
+
+
+def preference_optimization(cfg: PreferenceConfig, policy=None, tokenizer=None, records=None,
+                            reference=None) -> Path:
+    """Train with a direct preference loss on ``cfg.data`` (or the given Preference records)."""
+    records = records if records is not None else _read(cfg, "preference", "preferences: prompt, chosen, rejected")
+    if policy is None and cfg.reference:
+        reference = load_policy(cfg.reference, cfg.dtype)[0]
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    return train_preferences(cfg, policy, tokenizer, records, reference, cfg.data or "<preferences>")
+
+
+def ranking_optimization(cfg: RankingConfig, policy=None, tokenizer=None, records=None) -> Path:
+    """Train with RRHF or PRO on ``cfg.data`` (or the given Ranking records)."""
+    records = records if records is not None else _read(cfg, "ranking", "rankings: prompt, completions best first")
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    return train_rankings(cfg, policy, tokenizer, records, cfg.data or "<rankings>")
+
+
+def positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, records=None) -> Path:
+    """SFT on the chosen responses of ``cfg.data`` (or the given Preference records)."""
+    records = records if records is not None else _read(cfg, "preference", "preferences: prompt, chosen, rejected")
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    demos = chosen_demonstrations(records)
+    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
+                                       source=cfg.data or "<preferences>", use_chat_template=cfg.use_chat_template)
+    return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
+
+
+# ---- rejection sampling: RAFT and RSO --------------------------------------------------------------
+def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
+    """Rounds of sample → keep the best by ``cfg.reward`` → SFT; returns the run directory."""
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    reward_source = reward_source or load_reward_source(cfg.reward)
+    if oracle_source is None and cfg.oracle:
+        oracle_source = load_reward_source(cfg.oracle)
+    return raft_rounds(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source, oracle_source)
+
+
+def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path:
+    """Statistical rejection sampling toward π*, then DPO or SLiC on the pairs; returns the run directory."""
+    if policy is None:
+        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
+    reward_source = reward_source or load_reward_source(cfg.reward)
+    return rso_train(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source)
+
+
+# ---- inference-time alignment: best-of-n and RAD ---------------------------------------------------
+@dataclass
+class DecodeConfig(PromptOptions, PolicyOptions):
+    """Options of both inference-time methods (bon, rad)."""
+
+    limit: int = option(16, "Use only the first N prompts (0: all).")
+    reward: str = option("sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function.")
+    oracle: str | None = option(None, "Oracle R* also scored on the outputs (reported, never used to steer).")
+    seed: int = option(0, "Random seed.")
+    output: str = option("decoded.jsonl", "Output JSONL of (prompt, completion) rows.")
+
+
+@dataclass
+class BestOfNConfig(DecodeConfig, SamplingOptions):
+    """Best-of-n: sample n completions per prompt, keep the one the reward source scores highest."""
+
+    n: int = option(4, "Samples per prompt.")
+
+
+@dataclass
+class RADConfig(DecodeConfig):
+    """Reward-augmented decoding: at every step the top-k next tokens are reweighted by the reward source."""
+
+    reward_weight: float = option(1.0, "Weight of the reward added to the top-k logits (RAD's beta).", aliases=["--beta"])
+    top_k: int = option(10, "Next-token candidates scored per step.")
+    max_new_tokens: int = option(32, "Maximum completion length in tokens.")
+
+
+def _load_for_decoding(cfg: DecodeConfig):
+    policy, tokenizer = load_policy(cfg.policy)
+    oracle = load_reward_source(cfg.oracle) if cfg.oracle else None
+    return policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), load_reward_source(cfg.reward), oracle
+
+
+def _write_outputs(cfg, prompts, completions) -> None:
+    write_records([Demonstration(prompt=p.prompt, completion=c) for p, c in zip(prompts, completions)], cfg.output)
+
+
+def bon(cfg: BestOfNConfig) -> dict:
+    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
+    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature, top_p=cfg.top_p,
+                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size)
+    _write_outputs(cfg, prompts, bon.completions)
+    summary = bon.summary()
+    if oracle is not None:
+        first = [c[0] for c in bon.all_completions]
+        summary.update(oracle_chosen=float(oracle(bon.contexts, bon.completions).mean()),
+                       oracle_single_sample=float(oracle(bon.contexts, first).mean()))
+    return summary
+
+
+def rad(cfg: RADConfig) -> dict:
+    policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
+    out = rad_decode(policy, tokenizer, prompts, reward, cfg.reward_weight, cfg.top_k, cfg.max_new_tokens,
+                     cfg.use_chat_template, cfg.seed)
+    _write_outputs(cfg, prompts, out.completions)
+    summary = {"prompts": len(prompts), "beta": cfg.reward_weight, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
+               "mean_reward": float(reward(out.contexts, out.completions).mean())}
+    if oracle is not None:
+        summary["oracle"] = float(oracle(out.contexts, out.completions).mean())
+    return summary

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from rlhflab.toy import experiments
+
 CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "trainers", "report")
 
 
@@ -18,12 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
     # Every tensor here is tiny: threads cost more in synchronisation than they give back.
     torch.set_num_threads(1)
-    from rlhflab.toy import experiments
-
     out = args.output_dir or Path("runs") / f"toy-{args.experiment}-seed{args.seed}"
     if args.experiment == "export":
         res = experiments.export(out, seed=args.seed)

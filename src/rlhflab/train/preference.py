@@ -40,6 +40,7 @@ from rlhflab.losses import (
     slic_loss,
 )
 from rlhflab.rollout import completion_logprobs, join_prompt_completion
+from rlhflab.train.loop import train
 from rlhflab.train.offline import OfflineAlgorithm, tokenize_demonstrations
 
 PREFERENCE_LOSSES = ["dpo", "ipo", "cdpo", "rdpo", "slic"]
@@ -265,47 +266,16 @@ class RankingAlgorithm(_OfflineListAlgorithm):
         return loss * weight, stats
 
 
-# ---- entry points -------------------------------------------------------------------------------
-def _policy_and_reference(cfg):
-    from rlhflab.models import load_policy
-    from rlhflab.workflow import apply_lora
-
-    policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
-    reference = load_policy(cfg.reference, cfg.dtype)[0] if getattr(cfg, "reference", None) else None
-    return apply_lora(policy, cfg), tokenizer, reference
-
-
-def preference_optimization(cfg: PreferenceConfig, policy=None, tokenizer=None, records=None, reference=None) -> Path:
-    """Train with a direct preference loss on ``cfg.data`` (or the given Preference records)."""
-    from rlhflab.data import read_records
-    from rlhflab.train.loop import train
-    from rlhflab.workflow import apply_lora
-
-    if records is None:
-        if not cfg.data:
-            raise ConfigError("--data is required (preferences: prompt, chosen, rejected)")
-        records = read_records(cfg.data, "preference")
-    if policy is None:
-        policy, tokenizer, reference = _policy_and_reference(cfg)
-    else:
-        policy = apply_lora(policy, cfg)
-    pairs = tokenize_pairs(records, tokenizer, cfg, cfg.data or "<preferences>", cfg.use_chat_template)
+# ---- training on records ------------------------------------------------------------------------
+def train_preferences(cfg: PreferenceConfig, policy, tokenizer, records: Sequence, reference=None,
+                      source: str = "<preferences>") -> Path:
+    """Train ``policy`` (LoRA already applied, if any) with a direct preference loss on Preference
+    records; returns the run directory."""
+    pairs = tokenize_pairs(records, tokenizer, cfg, source, cfg.use_chat_template)
     return train(cfg, PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference))
 
 
-def ranking_optimization(cfg: RankingConfig, policy=None, tokenizer=None, records=None) -> Path:
-    """Train with RRHF or PRO on ``cfg.data`` (or the given Ranking records)."""
-    from rlhflab.data import read_records
-    from rlhflab.train.loop import train
-    from rlhflab.workflow import apply_lora
-
-    if records is None:
-        if not cfg.data:
-            raise ConfigError("--data is required (rankings: prompt, completions best first)")
-        records = read_records(cfg.data, "ranking")
-    if policy is None:
-        policy, tokenizer, _ = _policy_and_reference(cfg)
-    else:
-        policy = apply_lora(policy, cfg)
-    rankings = tokenize_rankings(records, tokenizer, cfg, cfg.data or "<rankings>", cfg.use_chat_template)
+def train_rankings(cfg: RankingConfig, policy, tokenizer, records: Sequence, source: str = "<rankings>") -> Path:
+    """Train ``policy`` with RRHF or PRO on Ranking records; returns the run directory."""
+    rankings = tokenize_rankings(records, tokenizer, cfg, source, cfg.use_chat_template)
     return train(cfg, RankingAlgorithm(cfg, policy, tokenizer, rankings))

@@ -36,10 +36,12 @@ from rlhflab.data.records import Demonstration, Preference
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
-from rlhflab.models.loading import save_model
+from rlhflab.data.readers import write_records
+from rlhflab.models.loading import apply_lora, save_model
 from rlhflab.rollout import sample
-from rlhflab.train.offline import SFTAlgorithm, SFTConfig
-from rlhflab.train.preference import PreferenceConfig
+from rlhflab.train.loop import train
+from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
+from rlhflab.train.preference import PreferenceConfig, train_preferences
 
 # ---- RAFT / ReST ---------------------------------------------------------------------------------
 
@@ -100,21 +102,10 @@ def _train_fields(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(cfg, f.name)}
 
 
-def raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
-    """Run the rounds; writes ``rounds.jsonl`` (samples drawn, kept, rewards, seconds per round) and
-    the final ``policy`` into the run directory, and returns it."""
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.loop import train
-    from rlhflab.workflow import apply_lora, load_prompts
-
-    if policy is None:
-        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
-    policy = apply_lora(policy, cfg)
-    reward_source = reward_source or load_reward_source(cfg.reward)
-    if oracle_source is None and cfg.oracle:
-        oracle_source = load_reward_source(cfg.oracle)
-    prompts = load_prompts(cfg.prompts)
+def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source, oracle_source=None) -> Path:
+    """Run the rounds on ``policy`` (LoRA already applied, if any); writes ``rounds.jsonl`` (samples
+    drawn, kept, rewards, seconds per round) and the final ``policy`` into the run directory, and
+    returns it."""
     run_dir = Path(cfg.output_dir or default_run_dir("raft"))
     if (run_dir / "rounds.jsonl").exists():
         raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
@@ -250,26 +241,17 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
     return records, stats
 
 
-def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path:
-    """Sample, accept, pair (written to ``rso_preferences.jsonl`` with ``rso_sampling.json``), then
-    train with :func:`train.preference.preference_optimization`."""
-    from rlhflab.data import write_records
-    from rlhflab.models import load_policy
-    from rlhflab.rewards import load_reward_source
-    from rlhflab.train.preference import preference_optimization
-    from rlhflab.workflow import load_prompts
-
-    if policy is None:
-        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
-    reward_source = reward_source or load_reward_source(cfg.reward)
+def rso_train(cfg: RSOConfig, policy, tokenizer, prompts: list, reward_source, reference=None) -> Path:
+    """Sample from ``policy`` (π_ref), accept, pair (written to ``rso_preferences.jsonl`` with
+    ``rso_sampling.json``), then train it with :func:`train.preference.train_preferences`."""
     run_dir = Path(cfg.output_dir or default_run_dir("rso"))
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
-    records, stats = rso_preferences(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source)
+    records, stats = rso_preferences(cfg, policy, tokenizer, prompts, reward_source)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_records(records, run_dir / "rso_preferences.jsonl")
     write_json(run_dir / "rso_sampling.json", stats)
     cfg.batch_size = min(cfg.batch_size, len(records))
-    return preference_optimization(cfg, policy, tokenizer, records)
+    return train_preferences(cfg, apply_lora(policy, cfg), tokenizer, records, reference)
 
 
 # ---- positive-only SFT -------------------------------------------------------------------------
@@ -287,20 +269,8 @@ def chosen_demonstrations(records: list[Preference]) -> list[Demonstration]:
     return [Demonstration(prompt=r.prompt, completion=r.chosen) for r in records]
 
 
-def positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, records=None) -> Path:
-    from rlhflab.data import read_records
-    from rlhflab.models import load_policy
-    from rlhflab.train.loop import train
-    from rlhflab.train.offline import tokenize_demonstrations
-    from rlhflab.workflow import apply_lora
-
-    if records is None:
-        if not cfg.data:
-            raise ConfigError("--data is required (preferences: prompt, chosen, rejected)")
-        records = read_records(cfg.data, "preference")
-    if policy is None:
-        policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
-    policy = apply_lora(policy, cfg)
+def train_positive_sft(cfg: PositiveSFTConfig, policy, tokenizer, records: list[Preference]) -> Path:
+    """SFT of ``policy`` (LoRA already applied, if any) on the chosen side of the records."""
     demos = chosen_demonstrations(records)
     examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
                                        source=cfg.data or "<preferences>", use_chat_template=cfg.use_chat_template)
