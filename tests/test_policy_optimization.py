@@ -87,8 +87,12 @@ def test_each_estimator_raises_a_known_reward(estimator, model_cache, tmp_path, 
 
 def test_kl_stays_bounded_with_beta_and_grows_without(model_cache, tmp_path, record_margin):
     beta = 1.0
-    _, free = run_rl(rl_config(tmp_path / "free", kl_coef=0.0))
-    _, penalised = run_rl(rl_config(tmp_path / "penalised", kl_coef=beta))
+    # 40 iterations with the learning rate decayed to 0, so the penalised policy settles instead of
+    # still moving at the end: at 25 iterations of constant learning rate its KL over the last 5
+    # iterations was 0.87-2.00 over seeds 0-4 (2.00 on the bar), with the decay 0.33-0.55.
+    settle = dict(num_iterations=40, lr_scheduler="linear")
+    _, free = run_rl(rl_config(tmp_path / "free", kl_coef=0.0, **settle))
+    _, penalised = run_rl(rl_config(tmp_path / "penalised", kl_coef=beta, **settle))
     kl_free, kl_penalised = mean(free[-5:], "kl"), mean(penalised[-5:], "kl")
     # The optimum of E[R] - beta KL is pi* ~ pi_ref exp(R / beta) (Eq. 17), whose KL is
     # E*[R]/beta - log Z <= (E*[R] - E_ref[R]) / beta <= 1/beta for R in [0, 1]. Allow 2/beta for

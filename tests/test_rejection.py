@@ -98,7 +98,7 @@ def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cach
     assert (run_dir / "policy" / "config.json").is_file()
 
 
-def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatch, capsys):
+def test_rso_skips_and_counts_pairs_of_identical_or_empty_samples(model_cache, monkeypatch, capsys):
     """Short samples often repeat; a batched reward model may score two copies a rounding error
     apart, so the tie rule alone does not drop them. RSO must skip them, not emit a record the
     reader rejects."""
@@ -108,7 +108,7 @@ def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatc
     from rlhflab.models import load_policy
     from rlhflab.train import rejection
 
-    texts = ["aa", "aa", "ab", "xb"]  # one prompt, 4 candidates, all accepted
+    texts = ["aa", "aa", "ab", "xb", "a", " "]  # one prompt, 6 candidates, all accepted, paired in order
 
     def fake_sample(policy, tokenizer, ids, num_samples, **kw):
         return SimpleNamespace(completion_texts=list(texts), prompt_index=torch.zeros(len(texts), dtype=torch.long))
@@ -116,12 +116,13 @@ def test_rso_skips_and_counts_pairs_of_identical_samples(model_cache, monkeypatc
     jitter = RewardSource("count a + position", lambda c, o: [x.count("a") + 1e-6 * i for i, x in enumerate(o)])
     monkeypatch.setattr(rejection, "sample", fake_sample)
     policy, tokenizer = load_policy("tiny-policy")
-    cfg = RSOConfig(policy="tiny-policy", num_candidates=4, num_accepted=4, sampling_kl_coef=1e6, max_new_tokens=2,
+    cfg = RSOConfig(policy="tiny-policy", num_candidates=6, num_accepted=6, sampling_kl_coef=1e6, max_new_tokens=2,
                     use_chat_template=False, progress=False)
     records, stats = rejection.rso_preferences(cfg, policy, tokenizer, [Prompt("q")], jitter)
     assert all(r.chosen != r.rejected for r in records)
-    assert stats["identical_pairs_skipped"] == 1 and stats["pairs"] == len(records) == 1
-    assert "skipped 1 pair(s) of identical samples" in capsys.readouterr().err
+    assert stats["identical_pairs_skipped"] == 1 and stats["blank_pairs_skipped"] == 1
+    assert stats["pairs"] == len(records) == 1 and (records[0].chosen, records[0].rejected) == ("ab", "xb")
+    assert "skipped 1 pair(s) of identical samples and 1 with an empty sample" in capsys.readouterr().err
 
 
 def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_path, record_margin):

@@ -219,7 +219,7 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
     rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(prompts), n)
     rng = np.random.default_rng(cfg.seed)
     beta = cfg.sampling_kl_coef or cfg.kl_coef
-    records, accepted_rewards, identical = [], [], 0
+    records, accepted_rewards, identical, blank = [], [], 0, 0
     for i, p in enumerate(prompts):
         accepted = statistical_rejection_sample(rewards[i], cfg.num_accepted, beta, rng)
         accepted_rewards += rewards[i, accepted].tolist()
@@ -227,15 +227,19 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
             chosen, rejected = texts[i * n + c], texts[i * n + r]
             # Two samples of one prompt are often the same text; a batched reward model can still
             # score them a rounding error apart, so equal rewards do not catch every such pair.
+            # An empty sample (an immediate end token) is no completion a record can hold.
             if chosen == rejected:
                 identical += 1
-                continue
-            records.append(Preference(prompt=p.prompt, chosen=chosen, rejected=rejected))
+            elif not chosen.strip() or not rejected.strip():
+                blank += 1
+            else:
+                records.append(Preference(prompt=p.prompt, chosen=chosen, rejected=rejected))
     stats = {"samples_drawn": len(texts), "pairs": len(records), "identical_pairs_skipped": identical,
-             "mean_reward_candidates": float(rewards.mean()),
+             "blank_pairs_skipped": blank, "mean_reward_candidates": float(rewards.mean()),
              "mean_reward_accepted": float(np.mean(accepted_rewards)), "sampling_beta": beta}
-    if identical:
-        print(f"rso: skipped {identical} pair(s) of identical samples (no preference to label)", file=sys.stderr)
+    if identical or blank:
+        print(f"rso: skipped {identical} pair(s) of identical samples and {blank} with an empty sample "
+              "(no preference to label)", file=sys.stderr)
     if not records:
         raise ConfigError("RSO produced no pairs (all accepted pairs tied in reward)")
     return records, stats
