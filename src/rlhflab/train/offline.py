@@ -20,6 +20,7 @@ from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
 from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
+from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
 
 
@@ -37,7 +38,8 @@ class OfflineSchedule:
 
     def indices(self, iteration: int) -> list[int]:
         epoch, position = divmod(iteration, self.steps_per_epoch)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "example order", epoch))
+        order = torch.randperm(self.n, generator=generator)
         return order[position * self.batch_size: (position + 1) * self.batch_size].tolist()
 
 

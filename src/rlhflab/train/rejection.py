@@ -38,6 +38,7 @@ from rlhflab.files import append_jsonl, write_json
 from rlhflab.data.readers import write_records
 from rlhflab.models.loading import apply_lora, save_model
 from rlhflab.rollout import sample
+from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import train
 from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
 from rlhflab.train.preference import PreferenceConfig, train_preferences
@@ -113,9 +114,9 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
     n, per_round = cfg.samples_per_prompt, cfg.prompts_per_round or len(prompts)
     for r in range(cfg.num_rounds):
         t0 = time.perf_counter()
-        chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + r))[:per_round]
-        chosen = chosen.tolist()
-        torch.manual_seed(cfg.seed * 1_000_003 + r)
+        prompt_order = torch.Generator().manual_seed(derive_seed(cfg.seed, "raft round prompts", r))
+        chosen = torch.randperm(len(prompts), generator=prompt_order)[:per_round].tolist()
+        torch.manual_seed(derive_seed(cfg.seed, "raft round samples", r))
         rollout = sample(policy, tokenizer, [ids[i] for i in chosen], num_samples=n,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                          batch_size=cfg.generation_batch_size)
