@@ -167,11 +167,16 @@ class _Record:
         if not isinstance(row, dict):
             raise DataError(source, line, None, f"expected an object (a row of columns), got {type(row).__name__}")
         try:
-            return cls._from_row(row)
+            record = cls._from_row(row)
         except _Invalid as e:
             raise DataError(source, line, e.field, e.problem) from None
         except DataError as e:
             raise DataError(source, line, e.field, e.problem) from None
+        # Where the record came from, for errors found later (e.g. a prompt too long for the policy):
+        # (source, line, the column its prompt was read from). Not a field: not saved, not compared.
+        field = "messages" if "prompt" not in row and "messages" in row else "prompt"
+        object.__setattr__(record, "origin", (source, line, field))
+        return record
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from rlhflab.losses import (
     sft_loss,
     value_loss,
 )
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import disable_dropout, save_model
 from rlhflab.models.registry import resolve_model
 from rlhflab.rollout import (
@@ -247,7 +248,8 @@ class PolicyOptimization:
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_moments = RunningMoments()
-        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template)
+        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template, context_length(policy),
+                                         config.max_new_tokens, config.truncate)
         self.contexts = [prompt_text(p.prompt) for p in prompts]
         if len(prompts) < config.prompts_per_iteration:
             raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")
