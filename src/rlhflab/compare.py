@@ -88,7 +88,7 @@ class CompareConfig:
     raft_rounds: int = option(2, "RAFT rounds.")
     rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
 
-    def resolved(self) -> "CompareConfig":
+    def resolved(self) -> CompareConfig:
         """The options left unset filled from the chosen preset; unknown methods are an error."""
         preset = "quick" if self.quick else self.preset
         cfg = dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")

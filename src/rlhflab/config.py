@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -67,7 +68,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     try:
         cfg, _ = parser.parse_args_into_dataclasses(args=list(argv or []), look_for_args_file=False)
     except SystemExit as exc:  # argparse already printed the message
-        raise SystemExit(exc.code if exc.code else 0)
+        raise SystemExit(exc.code if exc.code else 0) from None
     except ValueError as exc:  # HfArgumentParser's way of saying an option is not this command's
         raise ConfigError(f"{exc} (see {prog} --help)") from None
     if hasattr(cfg, "validate"):

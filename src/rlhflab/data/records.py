@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from rlhflab.errors import ConfigError, DataError
 
-Text = Union[str, list]  # a string or a list of chat messages
+Text = str | list  # a string or a list of chat messages
 
 
 class _Invalid(Exception):
@@ -151,7 +151,7 @@ class _Record:
         return dataclasses.asdict(self)
 
     @classmethod
-    def _from_row(cls, row: dict) -> "_Record":
+    def _from_row(cls, row: dict) -> _Record:
         fields = dataclasses.fields(cls)
         missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in row]
         if missing:
@@ -159,7 +159,7 @@ class _Record:
         return cls(**{f.name: row[f.name] for f in fields if f.name in row})
 
     @classmethod
-    def from_dict(cls, row: dict, source: str = "<dict>", line: int | None = None) -> "_Record":
+    def from_dict(cls, row: dict, source: str = "<dict>", line: int | None = None) -> _Record:
         """Build and validate a record from a row; extra columns are ignored.
 
         Raises DataError(source, line, field, problem) for a missing column or an invalid value.

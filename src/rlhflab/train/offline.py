@@ -6,16 +6,16 @@ direct preference methods (``train/preference.py``) build on :class:`OfflineAlgo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
-from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
+from rlhflab.losses import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss, regression_loss, sft_loss
 from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward

@@ -31,11 +31,11 @@ from rlhflab.config import (
     default_run_dir,
     option,
 )
+from rlhflab.data.readers import write_records
 from rlhflab.data.records import Demonstration, Preference
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
-from rlhflab.data.readers import write_records
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import apply_lora, save_model
 from rlhflab.rollout import sample
