@@ -10,16 +10,13 @@ with a ``TrainerCallback`` that stamps ``on_step_end``. Neither saves checkpoint
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-from workloads import (CHAT_PROMPTS, SETTINGS, demonstration_records, length_reward, pair_records,
-                       prompt_texts)
-
-import os
+from workloads import CHAT_PROMPTS, SETTINGS, demonstration_records, length_reward, pair_records, prompt_texts
 
 POLICY = "smollm2-135m-instruct"
 # CPU fp32 by default; benchmarks/gpu.sh sets cuda + bfloat16 (run.py --device/--dtype).
@@ -302,9 +299,11 @@ def _trl_online(steps: int, kind: str) -> dict:
     from datasets import Dataset
 
     if kind == "grpo":
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
     else:
-        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
     s = SETTINGS["rl"]
     model, tokenizer = _policy()
     data = Dataset.from_dict({"prompt": prompt_texts(tokenizer, 16, s["prompt_tokens"])})

@@ -54,7 +54,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['dJ_seen']:+.3f} ± {r['dJ_se_seen']:.3f} ({z['seen']:+.1f}) "
             f"| {r['dJ_unseen']:+.3f} ± {r['dJ_se_unseen']:.3f} ({z['unseen']:+.1f}) "
             f"| {r['dJhat_seen']:+.3f} / {r['dJhat_unseen']:+.3f} | {r['kl_seen']:.2f} | {r['seconds']:.0f} "
-            f"| {'–' if not r['gflops'] else '%d / %d' % tuple(r['gflops'])} |")
+            f"| {' / '.join(map(str, r['gflops'])) if r['gflops'] else '–'} |")
     seen_ok = sum(r["dJ_seen"] >= 3 * r["dJ_se_seen"] for r in rows)
     unseen_ok = sum(r["dJ_unseen"] > 0 for r in rows)
     lines += ["", f"ΔJ seen ≥ 3 se in {seen_ok} of {len(rows)} seeds; ΔJ unseen > 0 in {unseen_ok} of {len(rows)}; "

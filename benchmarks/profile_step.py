@@ -23,10 +23,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=25, help="Operator rows to print.")
     args = parser.parse_args(argv)
 
+    import cases
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    import cases
     from rlhflab.train import loop
 
     torch.set_num_threads(2)

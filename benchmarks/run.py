@@ -94,8 +94,8 @@ def in_child(fn, *args, log=None) -> dict:
 
 def matmul_peak() -> dict:
     import torch
-
     from cases import DEVICE, DTYPE
+
     from rlhflab.hardware import matmul_peak as measure
 
     return measure(DEVICE, getattr(torch, DTYPE))
@@ -103,8 +103,9 @@ def matmul_peak() -> dict:
 
 # ---- FLOP counts ---------------------------------------------------------------------------------
 def _dims():
-    from rlhflab.models.registry import resolve_model
     from transformers import AutoConfig
+
+    from rlhflab.models.registry import resolve_model
 
     c = AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct"))
     head_dim = c.hidden_size // c.num_attention_heads
@@ -184,7 +185,7 @@ def render_markdown(results: dict) -> str:
         "| case | settings | rlhflab s/step | TRL s/step | rlhflab/TRL | speed-up | target | peak RSS MB rlhflab / TRL | executed training FLOP/s vs peak rlhflab / TRL |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for case, row in results["cases"].items():
+    for row in results["cases"].values():
         for trl_name, label in row["comparisons"]:
             a, b = row["rlhflab"], row[trl_name]
             ratio = a["median"] / b["median"] if "median" in a and "median" in b else None
@@ -270,18 +271,18 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     # Import everything the children need before forking (and do no tensor work here).
+    import accelerate  # noqa: F401
+    import cases
+    import datasets  # noqa: F401
     import torch
     import transformers
     import trl
     from trl import DPOTrainer, GRPOTrainer, RewardTrainer, RLOOTrainer, SFTTrainer  # noqa: F401
-    import datasets  # noqa: F401
-    import accelerate  # noqa: F401
 
-    import cases
+    import rlhflab.generation  # noqa: F401
     import rlhflab.train.offline  # noqa: F401
     import rlhflab.train.policy_optimization  # noqa: F401
     import rlhflab.train.preference  # noqa: F401
-    import rlhflab.generation  # noqa: F401
 
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     results: dict = {

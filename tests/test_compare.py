@@ -14,8 +14,10 @@ def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_t
         {"method": "ppo", "contexts": "seen", "delta_J": 0.30, "delta_J_se": 0.10},
         {"method": "dpo", "contexts": "seen", "delta_J": 0.10, "delta_J_se": 0.08},
         {"method": "bon", "contexts": "seen", "delta_J": 0.01, "delta_J_se": 0.08},
+        {"method": "raft", "contexts": "seen", "delta_J": 0.0, "delta_J_se": 0.0},
     ]
-    ppo, dpo, bon = noise_verdicts(rows, eval_prompts=32)
+    ppo, dpo, bon, raft = noise_verdicts(rows, eval_prompts=32)
+    assert "every prompt alike" in raft
     assert "3.0 se, beyond noise" in ppo
     # se scales as 1/sqrt(prompts): 32 * (2 * 0.08 / 0.10)^2 = 81.92 -> 82 prompts reach 2 se
     assert f"--eval_prompts {math.ceil(32 * (2 * 0.08 / 0.10) ** 2)}" in dpo and "--eval_prompts 82" in dpo
@@ -32,6 +34,7 @@ def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_ca
     for r in rows:
         assert r["n"] == 4 * 2  # every method, best-of-n included, judged on 2 samples of each of 4 prompts
         if r["method"] != "initial":
-            assert r["delta_J_se"] is not None and r["z"] == pytest.approx(r["delta_J"] / r["delta_J_se"])
+            assert r["delta_J_se"] is not None
+            assert r["z"] == (pytest.approx(r["delta_J"] / r["delta_J_se"]) if r["delta_J_se"] else None)
     report = (run_dir / "comparison.md").read_text()
     assert "## Beyond noise?" in report and report.count("- ") >= 6  # 3 methods × 2 context sets

@@ -11,7 +11,6 @@ from rlhflab.models import load_policy
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import sample
 
-
 COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
 CHECKSUM = RewardSource("checksum", lambda c, o: [(sum(map(ord, x)) % 101) / 100 for x in o])
 PROMPTS = [f"q{i}" for i in range(6)]

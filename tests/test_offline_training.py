@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhflab.data.records import Rating, Ranking
+from rlhflab.data.records import Ranking, Rating
 from rlhflab.errors import DataError
 from rlhflab.models import load_policy, load_reward_model
 from rlhflab.models.scoring import score

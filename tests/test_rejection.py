@@ -24,7 +24,6 @@ from rlhflab.workflow import positive_sft, raft, rso
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 
-
 COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
 
 

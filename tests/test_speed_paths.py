@@ -26,8 +26,12 @@ def _prompts(tokenizer):
 
 
 def test_next_token_probs_match_generate_warpers():
-    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
@@ -66,9 +70,9 @@ def test_engine_logprobs_equal_a_full_forward_pass(policy, monkeypatch, samples,
 
 def test_lean_stepper_leaves_lora_models_to_their_own_forward(policy):
     """Adapter-wrapped projections are not plain nn.Linear: the lean step would skip the adapter."""
-    from peft import LoraConfig, get_peft_model
-
     import copy
+
+    from peft import LoraConfig, get_peft_model
 
     model, _ = policy
     lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))

@@ -100,7 +100,7 @@ class CompareConfig:
     raft_rounds: int = option(2, "RAFT rounds.")
     rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
 
-    def resolved(self) -> "CompareConfig":
+    def resolved(self) -> CompareConfig:
         """The options left unset filled from the chosen preset; unknown methods are an error."""
         preset = "quick" if self.quick else self.preset
         cfg = dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
@@ -347,7 +347,9 @@ def noise_verdicts(rows: list[dict], eval_prompts: int) -> list[str]:
         if r["method"] == "initial" or r.get("delta_J_se") is None:
             continue
         delta, se, where = r["delta_J"], r["delta_J_se"], f"{r['method']} on {r['contexts']} contexts"
-        if abs(delta) >= NOISE_Z * se:
+        if se == 0:  # every prompt moved by the same amount (e.g. all at the oracle's maximum before and after)
+            lines.append(f"- {where}: ΔJ {delta:+.3f} on every prompt alike (no spread to judge it against).")
+        elif abs(delta) >= NOISE_Z * se:
             lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is {abs(delta) / se:.1f} se, beyond noise.")
         elif abs(delta) < se / 2:
             lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise and under half an se: a larger "

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -67,7 +68,9 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     try:
         cfg, _ = parser.parse_args_into_dataclasses(args=list(argv or []), look_for_args_file=False)
     except SystemExit as exc:  # argparse already printed the message
-        raise SystemExit(exc.code if exc.code else 0)
+        raise SystemExit(exc.code if exc.code else 0) from None
+    except ValueError as exc:  # HfArgumentParser's way of saying an option is not this command's
+        raise ConfigError(f"{exc} (see {prog} --help)") from None
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
@@ -104,6 +107,7 @@ class PromptOptions:
     prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
     limit: int = option(0, "Use only the first N prompts (0: all).")
     use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
+    truncate: bool = option(False, "Keep the last tokens of prompts longer than the policy's context minus max_new_tokens (default: such a prompt is an error).")
 
 
 @dataclass
@@ -129,7 +133,7 @@ class LoopOptions:
     gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimiser step (each of batch_size / (processes * accumulation)).")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).")
     max_length: int = option(512, "Maximum tokens of prompt + completion; longer examples are an error unless truncate is set.")
-    truncate: bool = option(False, "Truncate over-long examples (prompt from the left) instead of failing.")
+    truncate: bool = option(False, "Truncate over-long prompts and examples from the left (keep their last tokens) instead of failing.")
     logging_steps: int = option(1, "Write a metrics row every N optimiser steps.")
     save_steps: int = option(0, "Checkpoint every N optimiser steps (0: only the final model).")
     lora_r: int = option(0, "LoRA rank (0: train all weights). With LoRA the reference policy is the adapter-disabled model.")

@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.generation import sample_from_probs
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
 
@@ -70,13 +71,14 @@ class BestOfN:
 @torch.no_grad()
 def best_of_n(policy, tokenizer, prompts: Sequence, reward_source: RewardSource, n: int = 4,
               max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-              use_chat_template: bool = True, seed: int = 0, batch_size: int = 32) -> BestOfN:
+              use_chat_template: bool = True, seed: int = 0, batch_size: int = 32, truncate: bool = False) -> BestOfN:
     """Sample n completions per prompt (``Prompt`` records or raw prompts), keep the argmax of the
-    reward source (the first of tied maxima)."""
+    reward source (the first of tied maxima). Prompts too long for the policy's context are an
+    error, or with ``truncate`` keep their last tokens."""
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     raw = [getattr(p, "prompt", p) for p in prompts]
-    ids = encode_prompts(tokenizer, raw, use_chat_template)
+    ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     torch.manual_seed(seed)
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, batch_size=batch_size)
@@ -116,7 +118,7 @@ class RADOutput:
 @torch.no_grad()
 def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource | None, beta: float = 1.0,
                top_k: int = 10, max_new_tokens: int = 32, use_chat_template: bool = True, seed: int = 0,
-               batch_size: int = 16) -> RADOutput:
+               batch_size: int = 16, truncate: bool = False) -> RADOutput:
     """Sample one completion per prompt with RAD: at each step the k most likely next tokens are
     appended to the prefix, the reward source scores each (prompt, prefix + token) as text, and
     the token is drawn from softmax(z + β·R) over those k (``rad_logits``).
@@ -128,6 +130,7 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     """
     raw = [getattr(p, "prompt", p) for p in prompts]
     contexts = [prompt_text(p) for p in raw]
+    all_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     eos_ids = eos_token_ids(policy, tokenizer)
     was_training = policy.training
     policy.eval()
@@ -136,7 +139,7 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     rows, calls = [], 0
     for start in range(0, len(raw), batch_size):
         chunk = raw[start: start + batch_size]
-        ids = encode_prompts(tokenizer, chunk, use_chat_template)
+        ids = all_ids[start: start + batch_size]
         input_ids, mask = (t.to(device) for t in pad_left(ids, tokenizer.pad_token_id))
         generated = torch.zeros((len(chunk), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)

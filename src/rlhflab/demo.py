@@ -27,7 +27,6 @@ from rlhflab.report import evaluation_rows, format_evaluations, plot_before_afte
 from rlhflab.rewards import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
 
-
 # The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
 PRESETS = {
     "full": dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
@@ -67,7 +66,7 @@ class DemoConfig:
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
     ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")
 
-    def resolved(self) -> "DemoConfig":
+    def resolved(self) -> DemoConfig:
         """The options left unset filled from the chosen preset."""
         preset = "quick" if self.quick else self.preset
         return dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from rlhflab.data.records import Preference, Prompt
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import batched_completion_logprobs, sample
 
@@ -75,15 +76,17 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSource | None,
                     reward_model: RewardSource | None, reference=None, num_samples: int = 1,
                     max_new_tokens: int = 32, temperature: float = 1.0, use_chat_template: bool = True,
-                    seed: int = 0, batch_size: int = 32, top_p: float = 1.0) -> PolicyEvaluation:
+                    seed: int = 0, batch_size: int = 32, top_p: float = 1.0, truncate: bool = False) -> PolicyEvaluation:
     """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
 
     The KL is the unbiased k1 estimate mean_i Σ_t [log π(o_t|c, o_<t) − log π_ref(o_t|c, o_<t)] at the
     sampled tokens. Both log-probs use the sampling temperature, since that is the distribution the
     samples come from (greedy decoding, temperature 0, gives no unbiased estimate; T=1 is used).
-    ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL).
+    ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL). Prompts too
+    long for the policy's context are an error, or with ``truncate`` keep their last tokens.
     """
-    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template)
+    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens,
+                                truncate)
     torch.manual_seed(seed)
     rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p,
                      batch_size=batch_size)

@@ -38,7 +38,7 @@ falls back to ``generate``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,9 +9,9 @@ C_rew) and the shipped unseen set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rlhflab import workflow
 from rlhflab.data import Prompt, Samples

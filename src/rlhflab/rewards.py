@@ -7,8 +7,8 @@ with a different tokenizer than the policy simply re-tokenises the decoded text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -8,8 +8,8 @@ sequence x vocabulary tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -56,10 +56,10 @@ class SequenceBatch:
     def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, -self.num_completion_tokens:]
 
-    def to(self, device) -> "SequenceBatch":
+    def to(self, device) -> SequenceBatch:
         return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask)))
 
-    def select(self, index) -> "SequenceBatch":
+    def select(self, index) -> SequenceBatch:
         return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.completion_mask[index])
 
 

@@ -24,6 +24,7 @@ from rlhflab.feedback import annotators as ann
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_json
 from rlhflab.models import apply_lora, load_policy, load_reward_model
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.rewards import load_reward_source
 from rlhflab.rollout import sample as sample_rollout
 from rlhflab.train.loop import train
@@ -57,7 +58,8 @@ def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt]
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
+                         cfg.truncate)
     torch.manual_seed(cfg.seed)
     rollout = sample_rollout(policy, tokenizer, ids, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size)
@@ -214,7 +216,7 @@ def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracl
             policy, tokenizer, load_prompts(spec, cfg.limit), oracle_source, reward_source, reference=reference,
             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             top_p=cfg.top_p, use_chat_template=cfg.use_chat_template, seed=cfg.seed,
-            batch_size=cfg.generation_batch_size,
+            batch_size=cfg.generation_batch_size, truncate=cfg.truncate,
         )
     if cfg.output:
         write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})
@@ -321,7 +323,8 @@ def _write_outputs(cfg, prompts, completions) -> None:
 def bon(cfg: BestOfNConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
     bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature, top_p=cfg.top_p,
-                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size)
+                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size,
+                    truncate=cfg.truncate)
     _write_outputs(cfg, prompts, bon.completions)
     summary = bon.summary()
     if oracle is not None:
@@ -334,7 +337,7 @@ def bon(cfg: BestOfNConfig) -> dict:
 def rad(cfg: RADConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
     out = rad_decode(policy, tokenizer, prompts, reward, cfg.reward_weight, cfg.top_k, cfg.max_new_tokens,
-                     cfg.use_chat_template, cfg.seed)
+                     cfg.use_chat_template, cfg.seed, truncate=cfg.truncate)
     _write_outputs(cfg, prompts, out.completions)
     summary = {"prompts": len(prompts), "beta": cfg.reward_weight, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
                "mean_reward": float(reward(out.contexts, out.completions).mean())}

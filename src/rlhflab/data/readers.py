@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from rlhflab.data.records import record_type
 from rlhflab.errors import DataError
@@ -43,7 +44,7 @@ def _parquet_rows(path: Path, source: str) -> Iterator[tuple[int, Any]]:
 
     try:
         table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
         raise DataError(source, None, None, f"cannot read Parquet file ({e})") from None
     yield from enumerate(table.to_pylist(), start=1)
 
@@ -70,7 +71,7 @@ def _rows(source) -> tuple[str, Iterator[tuple[int, Any]]]:
 
         try:
             dataset = load_from_disk(str(path))
-        except Exception as e:  # not a save_to_disk folder
+        except Exception as e:  # noqa: BLE001 - not a save_to_disk folder
             raise DataError(name, None, None, f"a directory, but not one written by datasets' save_to_disk ({e})") from None
         return name, _dataset_rows(dataset, name)
     suffix = path.suffix.lower()
@@ -120,5 +121,5 @@ def records_to_dataset(records: Iterable):
     rows = [r.to_dict() for r in records]
     try:
         return Dataset.from_list(rows)
-    except Exception as e:  # arrow cannot hold a column mixing strings and message lists
+    except Exception as e:  # noqa: BLE001 - arrow cannot hold a column mixing strings and message lists
         raise DataError("<records>", None, None, f"cannot build a dataset: {e}") from None

@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from rlhflab.errors import ConfigError, DataError
 
-Text = Union[str, list]  # a string or a list of chat messages
+Text = str | list  # a string or a list of chat messages
 
 
 class _Invalid(Exception):
@@ -151,7 +151,7 @@ class _Record:
         return dataclasses.asdict(self)
 
     @classmethod
-    def _from_row(cls, row: dict) -> "_Record":
+    def _from_row(cls, row: dict) -> _Record:
         fields = dataclasses.fields(cls)
         missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in row]
         if missing:
@@ -159,7 +159,7 @@ class _Record:
         return cls(**{f.name: row[f.name] for f in fields if f.name in row})
 
     @classmethod
-    def from_dict(cls, row: dict, source: str = "<dict>", line: int | None = None) -> "_Record":
+    def from_dict(cls, row: dict, source: str = "<dict>", line: int | None = None) -> _Record:
         """Build and validate a record from a row; extra columns are ignored.
 
         Raises DataError(source, line, field, problem) for a missing column or an invalid value.
@@ -167,11 +167,16 @@ class _Record:
         if not isinstance(row, dict):
             raise DataError(source, line, None, f"expected an object (a row of columns), got {type(row).__name__}")
         try:
-            return cls._from_row(row)
+            record = cls._from_row(row)
         except _Invalid as e:
             raise DataError(source, line, e.field, e.problem) from None
         except DataError as e:
             raise DataError(source, line, e.field, e.problem) from None
+        # Where the record came from, for errors found later (e.g. a prompt too long for the policy):
+        # (source, line, the column its prompt was read from). Not a field: not saved, not compared.
+        field = "messages" if "prompt" not in row and "messages" in row else "prompt"
+        object.__setattr__(record, "origin", (source, line, field))
+        return record
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,16 @@ def cache_argument(model) -> str | None:
     return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
 
 
+def context_length(model) -> int | None:
+    """The most positions (prompt + completion) the model was built for, or None if it does not say."""
+    config = getattr(causal_lm(model), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def uses_full_attention(config) -> bool:
     """False for sliding-window or hybrid layers, which need their own cache layout."""
     if getattr(config, "sliding_window", None):

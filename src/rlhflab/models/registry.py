@@ -16,8 +16,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rlhflab.errors import ConfigError
 from rlhflab.models.tiny import build_tiny_policy, build_tiny_reward_backbone

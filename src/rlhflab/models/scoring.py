@@ -7,7 +7,7 @@ the policy's tokens are decoded to text first and re-tokenised here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -59,7 +59,7 @@ class ToyInstance:
             raise ConfigError("this toy instance has no π_ref table yet; run build_lab or pretrain_reference first")
         return self.reference
 
-    def with_reference(self, reference: torch.Tensor) -> "ToyInstance":
+    def with_reference(self, reference: torch.Tensor) -> ToyInstance:
         return replace(self, reference=reference.to(torch.float64))
 
     def context_text(self, i: int) -> str:

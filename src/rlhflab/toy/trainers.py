@@ -52,6 +52,7 @@ import torch
 from rlhflab.data.records import Prompt
 from rlhflab.files import write_text
 from rlhflab.rewards import RewardSource
+from rlhflab.seeds import derive_seed
 from rlhflab.toy.exact import (
     evaluate_model_against_optimum,
     kl_divergence,
@@ -247,7 +248,7 @@ def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected",
         return pairs, torch.tensor(smoothing, dtype=torch.float64)
     if labels != "sampled":
         raise ValueError(f"labels must be 'expected' or 'sampled', got {labels!r}")
-    g = torch.Generator().manual_seed(seed + 12345)
+    g = torch.Generator().manual_seed(derive_seed(seed, "sampled preference labels"))
     for i in range(instance.num_contexts):
         draws = torch.multinomial(reference[i], 2 * pairs_per_context, replacement=True, generator=g).view(-1, 2)
         first_wins = torch.rand(pairs_per_context, generator=g, dtype=torch.float64) < torch.sigmoid(

@@ -6,20 +6,21 @@ direct preference methods (``train/preference.py``) build on :class:`OfflineAlgo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
-from rlhflab.losses import bradley_terry_loss, plackett_luce_loss, regression_loss, pairwise_accuracy, sft_loss
+from rlhflab.losses import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss, regression_loss, sft_loss
 from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
 from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
+from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
 
 
@@ -37,7 +38,8 @@ class OfflineSchedule:
 
     def indices(self, iteration: int) -> list[int]:
         epoch, position = divmod(iteration, self.steps_per_epoch)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "example order", epoch))
+        order = torch.randperm(self.n, generator=generator)
         return order[position * self.batch_size: (position + 1) * self.batch_size].tolist()
 
 

@@ -1,12 +1,18 @@
 """Policy optimisation with a KL penalty (Sections 6.1-6.3, 7.6): PPO, A2C, REINFORCE, RLOO, GRPO.
 
-All five share one iteration, readable top to bottom in :meth:`PolicyOptimization.collect` and
-:meth:`PolicyOptimization.loss`:
+All five share one iteration, readable top to bottom in :meth:`PolicyOptimization.collect`
+(steps 1-4, filling an :class:`Experience`) and :meth:`PolicyOptimization.loss` (step 5):
 
-    rollout (sample, old log-probs and values in one pass, reference log-probs)
-    -> rewards (reward source, KL penalty to the reference, normalisation)
-    -> advantages (GAE with a critic | batch or leave-one-out baselines | group normalisation)
-    -> epochs of minibatch updates of the estimator's pure loss (``rlhflab.losses``)
+    1. rollout: sample, then old log-probs and values (one pass with a shared critic)
+    2. reference log-probs
+    3. rewards: reward source, shaping (EOS penalty, normalisation, clipping)
+    4. advantages: KL penalty to the reference, then GAE with a critic | batch or leave-one-out
+       baselines | group normalisation
+    5. epochs of minibatch updates of the estimator's pure loss (``rlhflab.losses``)
+
+With a single update on the whole rollout (:meth:`PolicyOptimization._single_pass`), the update's
+own forward gives the old log-probs and values, so step 1's extra pass is skipped and step 4 runs
+on the first micro-batch of step 5 (:meth:`PolicyOptimization._finish_from_update`).
 
 The objective is max E[R(c, o)] - beta * KL(pi || pi_ref), whose optimum is Eq. 17.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +54,7 @@ from rlhflab.losses import (
     sft_loss,
     value_loss,
 )
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import disable_dropout, save_model
 from rlhflab.models.registry import resolve_model
 from rlhflab.rollout import (
@@ -58,6 +65,7 @@ from rlhflab.rollout import (
     position_ids_from_mask,
     sample,
 )
+from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
 
 ESTIMATORS = ["ppo", "a2c", "reinforce", "rloo", "grpo"]
@@ -194,6 +202,29 @@ class RunningMoments:
         self.count, self.mean, self.m2 = s["count"], s["mean"], s["m2"]
 
 
+@dataclass
+class Experience:
+    """One iteration's rollout as the updates read it, on the CPU: B rows (this process's prompts ×
+    samples_per_prompt), each a left-padded prompt and T completion tokens (``SequenceBatch``).
+
+    Steps 1-3 of the iteration fill the first four fields; step 4 (:meth:`PolicyOptimization._advantages`)
+    fills the rest. ``old_logprobs`` and ``values`` are None until then when the update's own forward
+    supplies them (the single-pass shortcut)."""
+
+    batch: SequenceBatch  # input_ids, attention_mask (B, P + T); completion_mask (B, T)
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref of each sampled token
+    rewards: torch.Tensor  # (B,) shaped sequence rewards (before the KL penalty)
+    rows: int  # B
+    old_logprobs: torch.Tensor | None = None  # (B, T) log pi_old of each sampled token
+    values: torch.Tensor | None = None  # (B, T) critic's V_old(s_t) (ppo, a2c)
+    advantages: torch.Tensor | None = None  # (B, T) per token with a critic, (B,) per sequence otherwise
+    returns: torch.Tensor | None = None  # (B, T) value targets (ppo, a2c)
+
+    @property
+    def has_advantages(self) -> bool:
+        return self.advantages is not None
+
+
 class PolicyOptimization:
     """PPO / A2C / REINFORCE / RLOO / GRPO on the shared loop (see the module docstring)."""
 
@@ -217,7 +248,8 @@ class PolicyOptimization:
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_moments = RunningMoments()
-        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template)
+        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template, context_length(policy),
+                                         config.max_new_tokens, config.truncate)
         self.contexts = [prompt_text(p.prompt) for p in prompts]
         if len(prompts) < config.prompts_per_iteration:
             raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")
@@ -284,12 +316,14 @@ class PolicyOptimization:
         n, k = len(self.prompts), self.config.prompts_per_iteration
         per_epoch = n // k
         epoch, position = divmod(iteration, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "iteration prompts", epoch))
+        order = torch.randperm(n, generator=generator)
         return order[position * k: (position + 1) * k].tolist()
 
     # ---- one iteration ------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self, iteration: int) -> dict[str, float]:
+        """Steps 1-4: sample this iteration's prompts and build its :class:`Experience`."""
         cfg, device = self.config, self.accelerator.device
         mine = shard(self._iteration_prompts(iteration), self.accelerator)
         clock = _Clock()
@@ -300,14 +334,8 @@ class PolicyOptimization:
                          batch_size=cfg.generation_batch_size)
         batch = rollout.batch.to(device)
         clock.lap("generate")
-        # 2. old log-probs (and values, one pass with a shared critic) and reference log-probs.
-        # With a single update on the whole rollout, the old log-probs and values *are* the update's
-        # own (detached) ones: those passes are skipped here and the rest of the iteration is
-        # finished in `loss`, from the update's forward (one policy and one critic forward per
-        # iteration instead of two each).
-        single_pass = self._single_pass()
         old_logprobs = values = None
-        if not single_pass:
+        if not self._single_pass():  # (single pass: the update's forward gives them, see the module docstring)
             self.model.eval()
             logits, shared_values = self._forward(batch)
             old_logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
@@ -317,6 +345,7 @@ class PolicyOptimization:
             if self.critic is not None:
                 clock.lap("critic_forward")
             self.model.train()
+        # 2. reference log-probs
         ref_logprobs = self._reference_logprobs(batch)
         clock.lap("reference_forward")
         # 3. rewards: the reward source scores decoded text (any tokenizer), then shaping
@@ -334,13 +363,13 @@ class PolicyOptimization:
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
         stats.update({"completion_length": float(batch.completion_mask.float().sum(-1).mean()),
                       "truncated": float(rollout.truncated.float().mean()), **clock.seconds})
-        if single_pass:
-            self.experience = {"batch": batch.to("cpu"), "ref_logprobs": ref_logprobs.cpu(), "rewards": rewards.cpu(),
-                               "rows": len(mine) * cfg.samples_per_prompt}
-            return stats
-        self.experience, more = self._experience(batch, old_logprobs, ref_logprobs, values, rewards,
-                                                 len(mine) * cfg.samples_per_prompt)
-        stats.update(more)
+        self.experience = Experience(batch=batch, ref_logprobs=ref_logprobs, rewards=rewards,
+                                     rows=len(mine) * cfg.samples_per_prompt, old_logprobs=old_logprobs, values=values)
+        # 4. advantages (single pass: on the first micro-batch of the update instead)
+        if old_logprobs is not None:
+            self.experience, kl_stats = self._advantages(self.experience)
+            stats.update(kl_stats)
+        self.experience = _to_cpu(self.experience)
         return stats
 
     def _single_pass(self) -> bool:
@@ -350,21 +379,23 @@ class PolicyOptimization:
         cfg = self.config
         return cfg.num_epochs_per_rollout == 1 and cfg.num_minibatches == 1 and cfg.gradient_accumulation_steps == 1
 
-    def _experience(self, batch, old_logprobs, ref_logprobs, values, rewards, rows):
-        """Rewards with the KL penalty -> advantages (step 4 of the iteration), and the KL stats."""
-        cfg, device = self.config, old_logprobs.device
-        mask = batch.completion_mask.float()
+    def _advantages(self, exp: Experience) -> tuple[Experience, dict[str, float]]:
+        """Step 4: rewards with the KL penalty -> advantages, and the KL statistics (which also
+        update the adaptive KL controller)."""
+        cfg, old_logprobs, ref_logprobs = self.config, exp.old_logprobs, exp.ref_logprobs
+        device = old_logprobs.device
+        mask = exp.batch.completion_mask.float().to(device)
         beta = self.kl_controller.value
         kl_tokens = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
         kl_in_loss = cfg.kl_in_loss or cfg.algorithm == "grpo"
         sequence_kl = kl_tokens.sum(-1)
-        # 4. advantages
+        rewards = exp.rewards.to(device)
         if cfg.uses_critic:
             # Per-token reward: -beta*KL at every token, the sequence reward at the last one.
-            last = (batch.completion_mask.sum(-1) - 1).clamp(min=0)
+            last = (exp.batch.completion_mask.to(device).sum(-1) - 1).clamp(min=0)
             token_rewards = torch.zeros_like(old_logprobs) if kl_in_loss else -beta * kl_tokens
             token_rewards[torch.arange(len(last), device=device), last] += rewards
-            advantages, returns = gae_advantages(token_rewards, values, mask, cfg.gamma, cfg.lam)
+            advantages, returns = gae_advantages(token_rewards, exp.values.to(device), mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
         else:
@@ -376,53 +407,53 @@ class PolicyOptimization:
                 advantages = rloo_advantages(sequence_return, cfg.samples_per_prompt)
             else:
                 advantages = grpo_advantages(sequence_return, cfg.samples_per_prompt, cfg.scale_by_std)
-        experience = {
-            "batch": batch.to("cpu"), "old_logprobs": old_logprobs.cpu(), "ref_logprobs": ref_logprobs.cpu(),
-            "advantages": advantages.cpu(), "values": None if values is None else values.cpu(),
-            "returns": None if returns is None else returns.cpu(),
-        }
         k1 = (old_logprobs - ref_logprobs) * mask
-        self.kl_controller.update(float(k1.sum(-1).mean()), rows)
+        self.kl_controller.update(float(k1.sum(-1).mean()), exp.rows)
         stats = {
             "kl": float(k1.sum(-1).mean()),  # sequence KL(pi || pi_ref) estimate (k1, unbiased)
             "kl_k2": float((kl_penalty(old_logprobs, ref_logprobs, "k2") * mask).sum(-1).mean()),
             "kl_k3": float((kl_penalty(old_logprobs, ref_logprobs, "k3") * mask).sum(-1).mean()),
             "kl_coef": beta,
         }
-        return experience, stats
+        return replace(exp, advantages=advantages, returns=returns), stats
+
+    def _finish_from_update(self, index, logprobs: torch.Tensor, values: torch.Tensor | None) -> dict[str, float]:
+        """The single-pass shortcut's step 4: this micro-batch is the whole rollout, so its (detached)
+        log-probs and values are the old ones; the advantages follow from them."""
+        exp, rows = self.experience, torch.as_tensor(index)
+        old_logprobs = torch.empty_like(exp.ref_logprobs)
+        old_logprobs[rows] = logprobs.detach().cpu()
+        old_values = None
+        if values is not None:
+            old_values = torch.empty_like(exp.ref_logprobs)
+            old_values[rows] = values.detach().float().cpu()
+        exp, stats = self._advantages(replace(exp, old_logprobs=old_logprobs, values=old_values))
+        self.experience = _to_cpu(exp)
+        return stats
 
     def updates(self, iteration: int):
+        """Step 5's schedule: epochs x minibatches x micro-batches of rollout rows, weighted by their share."""
         cfg = self.config
-        rows = self.experience["batch"].input_ids.shape[0]
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "update order", iteration))
         for _ in range(cfg.num_epochs_per_rollout):
-            order = torch.randperm(rows, generator=generator).tolist()
+            order = torch.randperm(self.experience.rows, generator=generator).tolist()
             for minibatch in split(order, cfg.num_minibatches):
                 micro = split(minibatch, cfg.gradient_accumulation_steps)
                 yield [(m, len(m) / len(minibatch)) for m in micro]
 
     def loss(self, micro):
+        """Step 5: the estimator's loss on one micro-batch of the experience."""
         index, weight = micro
-        cfg, exp, device = self.config, self.experience, self.accelerator.device
-        take = lambda t: None if t is None else t[index].to(device)  # noqa: E731
-        batch = exp["batch"].select(index).to(device)
+        cfg, device = self.config, self.accelerator.device
+        batch = self.experience.batch.select(index).to(device)
         mask = batch.completion_mask.float()
         logits, shared_values = self._forward(batch)
         logprobs = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
         values = self._values(batch, shared_values) if cfg.uses_critic else None
-        stats = {}
-        if "rewards" in exp:  # single pass (see collect): finish the iteration from this forward
-            rows = torch.as_tensor(index)  # this micro-batch is the whole rollout
-            old = torch.empty_like(exp["ref_logprobs"])
-            old[rows] = logprobs.detach().cpu()
-            old_values = None
-            if values is not None:
-                old_values = torch.empty_like(exp["ref_logprobs"])
-                old_values[rows] = values.detach().float().cpu()
-            exp, stats = self._experience(exp["batch"], old, exp["ref_logprobs"], old_values, exp["rewards"],
-                                          exp["rows"])
-            self.experience = exp
-        old_logprobs, advantages, ref_logprobs = take(exp["old_logprobs"]), take(exp["advantages"]), take(exp["ref_logprobs"])
+        stats = {} if self.experience.has_advantages else self._finish_from_update(index, logprobs, values)
+        exp = self.experience
+        take = lambda t: None if t is None else t[index].to(device)  # noqa: E731
+        old_logprobs, advantages, ref_logprobs = take(exp.old_logprobs), take(exp.advantages), take(exp.ref_logprobs)
         if cfg.algorithm in ("ppo", "rloo", "grpo"):
             adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logprobs)
             loss, clip_stats = ppo_clip_loss(logprobs, old_logprobs, adv, mask, cfg.clip_eps)
@@ -432,7 +463,7 @@ class PolicyOptimization:
         stats["policy_loss"] = float(loss.detach())
         if cfg.uses_critic:
             clip = cfg.value_clip_eps if (cfg.algorithm == "ppo" and cfg.value_clip_eps > 0) else None
-            vloss = value_loss(values, take(exp["values"]), take(exp["returns"]), mask, clip)
+            vloss = value_loss(values, take(exp.values), take(exp.returns), mask, clip)
             loss = loss + cfg.vf_coef * vloss
             stats["value_loss"] = float(vloss.detach())
         if cfg.kl_in_loss or cfg.algorithm == "grpo":
@@ -456,3 +487,11 @@ class PolicyOptimization:
         batch = batch.to(self.accelerator.device)
         logits, _ = completion_logits(self._policy(), batch)
         return sft_loss(logprobs_from_logits(logits, batch.completion_ids), batch.completion_mask)
+
+
+def _to_cpu(exp: Experience) -> Experience:
+    """The experience off the accelerator: the updates move each micro-batch back as they need it."""
+    move = lambda t: None if t is None else t.cpu()  # noqa: E731
+    return replace(exp, batch=exp.batch.to("cpu"), ref_logprobs=move(exp.ref_logprobs), rewards=move(exp.rewards),
+                   old_logprobs=move(exp.old_logprobs), values=move(exp.values), advantages=move(exp.advantages),
+                   returns=move(exp.returns))

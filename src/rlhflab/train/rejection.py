@@ -32,13 +32,15 @@ from rlhflab.config import (
     default_run_dir,
     option,
 )
+from rlhflab.data.readers import write_records
 from rlhflab.data.records import Demonstration, Preference
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
-from rlhflab.data.readers import write_records
+from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import apply_lora, save_model
 from rlhflab.rollout import sample
+from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import train
 from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
 from rlhflab.train.preference import PreferenceConfig, train_preferences
@@ -106,17 +108,18 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
     """Run the rounds on ``policy`` (LoRA already applied, if any); writes ``rounds.jsonl`` (samples
     drawn, kept, rewards, seconds per round) and the final ``policy`` into the run directory, and
     returns it."""
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
+                         cfg.truncate)
     run_dir = Path(cfg.output_dir or default_run_dir("raft"))
     if (run_dir / "rounds.jsonl").exists():
         raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
     n, per_round = cfg.samples_per_prompt, cfg.prompts_per_round or len(prompts)
     for r in range(cfg.num_rounds):
         t0 = time.perf_counter()
-        chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + r))[:per_round]
-        chosen = chosen.tolist()
-        torch.manual_seed(cfg.seed * 1_000_003 + r)
+        prompt_order = torch.Generator().manual_seed(derive_seed(cfg.seed, "raft round prompts", r))
+        chosen = torch.randperm(len(prompts), generator=prompt_order)[:per_round].tolist()
+        torch.manual_seed(derive_seed(cfg.seed, "raft round samples", r))
         rollout = sample(policy, tokenizer, [ids[i] for i in chosen], num_samples=n,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                          batch_size=cfg.generation_batch_size)
@@ -209,7 +212,8 @@ class RSOConfig(PreferenceConfig, PromptOptions):
 
 def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -> tuple[list[Preference], dict]:
     """The RSO preference pairs: sample from π_ref (the policy as given), accept toward π*, pair."""
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template)
+    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
+                         cfg.truncate)
     torch.manual_seed(cfg.seed)
     n = cfg.num_candidates
     rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
