@@ -83,8 +83,9 @@ def _run_rlhflab(config, algorithm) -> dict:
 
 
 def _config(cls, tmp, steps, **kw):
-    return cls(output_dir=str(Path(tmp) / "run"), max_steps=steps, progress=False, logging_steps=1, seed=0,
-               dtype=DTYPE, **kw)
+    return cls(
+        output_dir=str(Path(tmp) / "run"), max_steps=steps, progress=False, logging_steps=1, seed=0, dtype=DTYPE, **kw
+    )
 
 
 def rlhflab_sft(steps: int) -> dict:
@@ -95,8 +96,13 @@ def rlhflab_sft(steps: int) -> dict:
     records = demonstration_records(tokenizer, 64, s["prompt_tokens"], s["completion_tokens"])
     with tempfile.TemporaryDirectory() as tmp:
         config = _config(SFTConfig, tmp, steps, batch_size=s["batch"], learning_rate=s["lr"], use_chat_template=False)
-        examples = tokenize_demonstrations([r["prompt"] for r in records], [r["completion"] for r in records],
-                                           tokenizer, config, use_chat_template=False)
+        examples = tokenize_demonstrations(
+            [r["prompt"] for r in records],
+            [r["completion"] for r in records],
+            tokenizer,
+            config,
+            use_chat_template=False,
+        )
         out = _run_rlhflab(config, SFTAlgorithm(config, model, tokenizer, examples))
     out["tokens_per_row"] = sorted({len(p) + len(c) for p, c in examples})
     return out
@@ -117,8 +123,9 @@ def rlhflab_reward(steps: int) -> dict:
     model, tokenizer = _reward_model()
     records = _preference_records(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        config = _config(RewardConfig, tmp, steps, model=POLICY, batch_size=s["batch"],
-                         learning_rate=SETTINGS["reward"]["lr"])
+        config = _config(
+            RewardConfig, tmp, steps, model=POLICY, batch_size=s["batch"], learning_rate=SETTINGS["reward"]["lr"]
+        )
         out = _run_rlhflab(config, RewardAlgorithm(config, model, tokenizer, records))
     enc = encode_for_reward(tokenizer, [r.prompt for r in records[:8]], [r.chosen for r in records[:8]])
     out["tokens_per_row"] = sorted(set(enc["attention_mask"].sum(-1).tolist()))
@@ -132,8 +139,17 @@ def rlhflab_dpo(steps: int) -> dict:
     model, tokenizer = _policy()
     records = _preference_records(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        config = _config(PreferenceConfig, tmp, steps, loss="dpo", kl_coef=s["beta"], batch_size=s["batch"],
-                         learning_rate=s["lr"], use_chat_template=False, precompute_reference=True)
+        config = _config(
+            PreferenceConfig,
+            tmp,
+            steps,
+            loss="dpo",
+            kl_coef=s["beta"],
+            batch_size=s["batch"],
+            learning_rate=s["lr"],
+            use_chat_template=False,
+            precompute_reference=True,
+        )
         pairs = tokenize_pairs(records, tokenizer, config, use_chat_template=False)
         algorithm = PreferenceAlgorithm(config, model, tokenizer, pairs)
         out = _run_rlhflab(config, algorithm)
@@ -143,17 +159,40 @@ def rlhflab_dpo(steps: int) -> dict:
     return out
 
 
-def _rl_algorithm(tmp, steps, algorithm, prompts_per_iteration, samples, prompt_tokens, new_tokens, beta, lr,
-                  reward_source=None, **extra):
+def _rl_algorithm(
+    tmp,
+    steps,
+    algorithm,
+    prompts_per_iteration,
+    samples,
+    prompt_tokens,
+    new_tokens,
+    beta,
+    lr,
+    reward_source=None,
+    **extra,
+):
     from rlhflab.data.records import Prompt
     from rlhflab.rewards import RewardSource
     from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
     model, tokenizer = _policy()
     prompts = [Prompt(prompt=t) for t in prompt_texts(tokenizer, 16, prompt_tokens)]
-    config = _config(RLConfig, tmp, steps, algorithm=algorithm, policy=POLICY, num_iterations=steps,
-                     prompts_per_iteration=prompts_per_iteration, samples_per_prompt=samples,
-                     max_new_tokens=new_tokens, kl_coef=beta, learning_rate=lr, use_chat_template=False, **extra)
+    config = _config(
+        RLConfig,
+        tmp,
+        steps,
+        algorithm=algorithm,
+        policy=POLICY,
+        num_iterations=steps,
+        prompts_per_iteration=prompts_per_iteration,
+        samples_per_prompt=samples,
+        max_new_tokens=new_tokens,
+        kl_coef=beta,
+        learning_rate=lr,
+        use_chat_template=False,
+        **extra,
+    )
     config.max_steps = -1
     reward_source = reward_source or RewardSource("length", lambda c, o: length_reward(o))
     return config, PolicyOptimization(config, model, tokenizer, prompts, reward_source)
@@ -162,8 +201,17 @@ def _rl_algorithm(tmp, steps, algorithm, prompts_per_iteration, samples, prompt_
 def _rl(steps, algorithm):
     s = SETTINGS["rl"]
     with tempfile.TemporaryDirectory() as tmp:
-        config, algo = _rl_algorithm(tmp, steps, algorithm, s["prompts"], s["generations"], s["prompt_tokens"],
-                                     s["new_tokens"], s["beta"], s["lr"])
+        config, algo = _rl_algorithm(
+            tmp,
+            steps,
+            algorithm,
+            s["prompts"],
+            s["generations"],
+            s["prompt_tokens"],
+            s["new_tokens"],
+            s["beta"],
+            s["lr"],
+        )
         out = _run_rlhflab(config, algo)
     out["completion_length"] = [r.get("completion_length") for r in out["metrics"]]
     return out
@@ -186,10 +234,24 @@ def rlhflab_ppo(steps: int, epochs: int = 1) -> dict:
     s = SETTINGS["ppo"]
     reward_model, reward_tokenizer = _reward_model()
     reward_model.eval().requires_grad_(False)
-    source = RewardSource("smollm2 reward model", lambda c, o: score(reward_model, reward_tokenizer, c, o), is_model=True)
+    source = RewardSource(
+        "smollm2 reward model", lambda c, o: score(reward_model, reward_tokenizer, c, o), is_model=True
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        config, algo = _rl_algorithm(tmp, steps, "ppo", s["prompts"], 1, s["prompt_tokens"], s["new_tokens"],
-                                     s["beta"], s["lr"], reward_source=source, critic="separate", epochs=epochs)
+        config, algo = _rl_algorithm(
+            tmp,
+            steps,
+            "ppo",
+            s["prompts"],
+            1,
+            s["prompt_tokens"],
+            s["new_tokens"],
+            s["beta"],
+            s["lr"],
+            reward_source=source,
+            critic="separate",
+            epochs=epochs,
+        )
         out = _run_rlhflab(config, algo)
     out["completion_length"] = [r.get("completion_length") for r in out["metrics"]]
     return out
@@ -221,11 +283,25 @@ def _token_lengths(dataset) -> dict:
 
 
 def _trl_args(cls, tmp, steps, lr, **kw):
-    return cls(output_dir=str(Path(tmp) / "trl"), max_steps=steps, learning_rate=lr, logging_steps=1, report_to=[],
-               save_strategy="no", bf16=DTYPE == "bfloat16", fp16=False, gradient_checkpointing=False,
-               use_cpu=DEVICE == "cpu",
-               dataloader_num_workers=0, disable_tqdm=True, seed=0, gradient_accumulation_steps=1,
-               lr_scheduler_type="constant", warmup_steps=0, **kw)
+    return cls(
+        output_dir=str(Path(tmp) / "trl"),
+        max_steps=steps,
+        learning_rate=lr,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        bf16=DTYPE == "bfloat16",
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=DEVICE == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        **kw,
+    )
 
 
 def _run_trl(make_trainer) -> dict:
@@ -245,10 +321,12 @@ def trl_sft(steps: int) -> dict:
     model, tokenizer = _policy()
     data = Dataset.from_list(demonstration_records(tokenizer, 64, s["prompt_tokens"], s["completion_tokens"]))
     with tempfile.TemporaryDirectory() as tmp:
-        args = _trl_args(SFTConfig, tmp, steps, s["lr"], per_device_train_batch_size=s["batch"], max_length=1024,
-                         packing=False)
-        out = _run_trl(lambda cb: SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                             callbacks=cb))
+        args = _trl_args(
+            SFTConfig, tmp, steps, s["lr"], per_device_train_batch_size=s["batch"], max_length=1024, packing=False
+        )
+        out = _run_trl(
+            lambda cb: SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=cb)
+        )
     out["tokens_per_row"] = _token_lengths(out.pop("trainer").train_dataset)
     return out
 
@@ -261,10 +339,14 @@ def trl_reward(steps: int) -> dict:
     model, tokenizer = _reward_model()
     data = Dataset.from_list(pair_records(tokenizer, 64, s["prompt_tokens"], s["completion_tokens"]))
     with tempfile.TemporaryDirectory() as tmp:
-        args = _trl_args(RewardConfig, tmp, steps, SETTINGS["reward"]["lr"], per_device_train_batch_size=s["batch"],
-                         max_length=1024)
-        out = _run_trl(lambda cb: RewardTrainer(model=model, args=args, train_dataset=data,
-                                                processing_class=tokenizer, callbacks=cb))
+        args = _trl_args(
+            RewardConfig, tmp, steps, SETTINGS["reward"]["lr"], per_device_train_batch_size=s["batch"], max_length=1024
+        )
+        out = _run_trl(
+            lambda cb: RewardTrainer(
+                model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=cb
+            )
+        )
     out["tokens_per_row"] = _token_lengths(out.pop("trainer").train_dataset)
     return out
 
@@ -277,13 +359,25 @@ def _trl_dpo(steps: int, precompute: bool) -> dict:
     model, tokenizer = _policy()
     data = Dataset.from_list(pair_records(tokenizer, 64, s["prompt_tokens"], s["completion_tokens"]))
     with tempfile.TemporaryDirectory() as tmp:
-        args = _trl_args(DPOConfig, tmp, steps, s["lr"], per_device_train_batch_size=s["batch"], beta=s["beta"],
-                         max_length=1024, precompute_ref_log_probs=precompute)
-        out = _run_trl(lambda cb: DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                             callbacks=cb))
+        args = _trl_args(
+            DPOConfig,
+            tmp,
+            steps,
+            s["lr"],
+            per_device_train_batch_size=s["batch"],
+            beta=s["beta"],
+            max_length=1024,
+            precompute_ref_log_probs=precompute,
+        )
+        out = _run_trl(
+            lambda cb: DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=cb)
+        )
     out["tokens_per_row"] = _token_lengths(out.pop("trainer").train_dataset)
-    out["reference"] = ("precompute_ref_log_probs=True: reference log-probs computed before step 0 (not in step times)"
-                        if precompute else "default: a reference-model forward at every step")
+    out["reference"] = (
+        "precompute_ref_log_probs=True: reference log-probs computed before step 0 (not in step times)"
+        if precompute
+        else "default: a reference-model forward at every step"
+    )
     return out
 
 
@@ -312,16 +406,37 @@ def _trl_online(steps: int, kind: str) -> dict:
         return length_reward(completions)
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = _trl_args(Config, tmp, steps, s["lr"], per_device_train_batch_size=s["prompts"] * s["generations"],
-                         num_generations=s["generations"], max_completion_length=s["new_tokens"], beta=s["beta"],
-                         steps_per_generation=1, num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
-                         log_completions=False,
-                         **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
-                            if TRL_VLLM else {}))
-        out = _run_trl(lambda cb: Trainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                                          processing_class=tokenizer, callbacks=cb))
+        args = _trl_args(
+            Config,
+            tmp,
+            steps,
+            s["lr"],
+            per_device_train_batch_size=s["prompts"] * s["generations"],
+            num_generations=s["generations"],
+            max_completion_length=s["new_tokens"],
+            beta=s["beta"],
+            steps_per_generation=1,
+            num_iterations=1,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            log_completions=False,
+            **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if TRL_VLLM else {}),
+        )
+        out = _run_trl(
+            lambda cb: Trainer(
+                model=model,
+                reward_funcs=reward,
+                args=args,
+                train_dataset=data,
+                processing_class=tokenizer,
+                callbacks=cb,
+            )
+        )
     out.pop("trainer")
-    out["completion_length"] = [m.get("completions/mean_length") for m in out["metrics"] if "completions/mean_length" in m]
+    out["completion_length"] = [
+        m.get("completions/mean_length") for m in out["metrics"] if "completions/mean_length" in m
+    ]
     return out
 
 
@@ -348,8 +463,10 @@ def generation(quick: bool) -> dict:
     s = SETTINGS["generation"]
     model, tokenizer = _policy()
     model.to(DEVICE).eval()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                             tokenize=False) for t in CHAT_PROMPTS]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        for t in CHAT_PROMPTS
+    ]
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     results = []
 
@@ -357,12 +474,21 @@ def generation(quick: bool) -> dict:
         """generate over the set in calls of ``rows_per_call`` rows (whole groups of n samples)."""
         per_call, made = max(1, rows_per_call // n), 0
         for i in range(0, len(ids_list), per_call):
-            ids, mask = pad_left(ids_list[i: i + per_call], tokenizer.pad_token_id)
+            ids, mask = pad_left(ids_list[i : i + per_call], tokenizer.pad_token_id)
             ids, mask = ids.to(DEVICE), mask.to(DEVICE)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                     top_p=1.0, max_new_tokens=T, min_new_tokens=T, num_return_sequences=n,
-                                     pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=T,
+                    min_new_tokens=T,
+                    num_return_sequences=n,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             made += out.shape[0] * (out.shape[1] - ids.shape[1])
         return made
 
@@ -370,8 +496,9 @@ def generation(quick: bool) -> dict:
         made = 0
         per_call = max(1, rows_per_call // n)
         for i in range(0, len(ids_list), per_call):
-            made += sum(len(r) for r in engine.generate(model, ids_list[i: i + per_call], n, T, [],
-                                                        tokenizer.pad_token_id))
+            made += sum(
+                len(r) for r in engine.generate(model, ids_list[i : i + per_call], n, T, [], tokenizer.pad_token_id)
+            )
         return made
 
     for prompts_n, n, T, engine_rows in s["sets"]:
@@ -387,9 +514,19 @@ def generation(quick: bool) -> dict:
                 counts[name] = fn(ids_list, n, T, rows_per_call)
                 sync()
                 times[name].append(time.perf_counter() - t0)
-        results.append({"rows": prompts_n * n, "prompts": prompts_n, "samples_per_prompt": n, "new_tokens": T,
-                        "generate_batch": s["baseline_batch"], "engine_batch": min(engine_rows, prompts_n * n),
-                        "prompt_tokens": sorted({len(p) for p in ids_list}), "seconds": times, "tokens": counts})
+        results.append(
+            {
+                "rows": prompts_n * n,
+                "prompts": prompts_n,
+                "samples_per_prompt": n,
+                "new_tokens": T,
+                "generate_batch": s["baseline_batch"],
+                "engine_batch": min(engine_rows, prompts_n * n),
+                "prompt_tokens": sorted({len(p) for p in ids_list}),
+                "seconds": times,
+                "tokens": counts,
+            }
+        )
     return {"generation": results}
 
 

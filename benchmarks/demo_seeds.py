@@ -32,9 +32,14 @@ def seed_row(run_dir: Path) -> dict:
     reward = json.loads((run_dir / "reward" / "reward_report.json").read_text())
     seconds = json.loads((run_dir / "stage_seconds.json").read_text())
     peaks = re.search(r"before and after the run: (\d+) and (\d+) GFLOP/s", (run_dir / "summary.md").read_text())
-    row = {"seed": seed, "rm_accuracy": reward["accuracy"], "rm_spearman_seen": reward["seen"]["spearman"],
-           "rm_spearman_unseen": reward["unseen"]["spearman"], "seconds": sum(seconds.values()),
-           "gflops": [int(g) for g in peaks.groups()] if peaks else None}
+    row = {
+        "seed": seed,
+        "rm_accuracy": reward["accuracy"],
+        "rm_spearman_seen": reward["seen"]["spearman"],
+        "rm_spearman_unseen": reward["unseen"]["spearman"],
+        "seconds": sum(seconds.values()),
+        "gflops": [int(g) for g in peaks.groups()] if peaks else None,
+    }
     for contexts in ("seen", "unseen"):
         before, after = ev["initial"][contexts], ev["final"][contexts]
         row[f"dJ_{contexts}"], row[f"dJ_se_{contexts}"] = paired_difference(before, after)
@@ -44,8 +49,10 @@ def seed_row(run_dir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| seed | RM accuracy | Spearman seen / unseen | ΔJ seen (z) | ΔJ unseen (z) | ΔĴ seen / unseen "
-            "| KL seen | wall s | GFLOP/s |")
+    head = (
+        "| seed | RM accuracy | Spearman seen / unseen | ΔJ seen (z) | ΔJ unseen (z) | ΔĴ seen / unseen "
+        "| KL seen | wall s | GFLOP/s |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         z = {c: r[f"dJ_{c}"] / r[f"dJ_se_{c}"] for c in ("seen", "unseen")}
@@ -54,11 +61,15 @@ def table(rows: list[dict]) -> str:
             f"| {r['dJ_seen']:+.3f} ± {r['dJ_se_seen']:.3f} ({z['seen']:+.1f}) "
             f"| {r['dJ_unseen']:+.3f} ± {r['dJ_se_unseen']:.3f} ({z['unseen']:+.1f}) "
             f"| {r['dJhat_seen']:+.3f} / {r['dJhat_unseen']:+.3f} | {r['kl_seen']:.2f} | {r['seconds']:.0f} "
-            f"| {' / '.join(map(str, r['gflops'])) if r['gflops'] else '–'} |")
+            f"| {' / '.join(map(str, r['gflops'])) if r['gflops'] else '–'} |"
+        )
     seen_ok = sum(r["dJ_seen"] >= 3 * r["dJ_se_seen"] for r in rows)
     unseen_ok = sum(r["dJ_unseen"] > 0 for r in rows)
-    lines += ["", f"ΔJ seen ≥ 3 se in {seen_ok} of {len(rows)} seeds; ΔJ unseen > 0 in {unseen_ok} of {len(rows)}; "
-              f"ΔĴ > ΔJ on seen contexts in {sum(r['dJhat_seen'] > r['dJ_seen'] for r in rows)} of {len(rows)}."]
+    lines += [
+        "",
+        f"ΔJ seen ≥ 3 se in {seen_ok} of {len(rows)} seeds; ΔJ unseen > 0 in {unseen_ok} of {len(rows)}; "
+        f"ΔĴ > ΔJ on seen contexts in {sum(r['dJhat_seen'] > r['dJ_seen'] for r in rows)} of {len(rows)}.",
+    ]
     return "\n".join(lines)
 
 
@@ -76,8 +87,20 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = Path(args.root) / f"seed-{seed}"
             extra = [a for a in args.demo_args if a != "--"]
-            subprocess.run([sys.executable, "-m", "rlhflab.cli", "demo", "--seed", str(seed), "--output_dir",
-                            str(run_dir), *extra], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rlhflab.cli",
+                    "demo",
+                    "--seed",
+                    str(seed),
+                    "--output_dir",
+                    str(run_dir),
+                    *extra,
+                ],
+                check=True,
+            )
             dirs.append(run_dir)
     print(table(sorted((seed_row(d) for d in dirs), key=lambda r: r["seed"])))
 

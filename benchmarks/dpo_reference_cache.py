@@ -24,8 +24,14 @@ def pairs(n: int):
     from rlhflab.data import Preference, load_prompt_set
 
     prompts = load_prompt_set("train")
-    return [Preference(prompt=p.prompt, chosen="That sounds wonderful, I am really happy for you and glad it went well!",
-                       rejected="That is awful. It went badly and I feel bad about it.") for p in prompts[:n]]
+    return [
+        Preference(
+            prompt=p.prompt,
+            chosen="That sounds wonderful, I am really happy for you and glad it went well!",
+            rejected="That is awful. It went badly and I feel bad about it.",
+        )
+        for p in prompts[:n]
+    ]
 
 
 def run(model_name: str, records, epochs: float, batch_size: int, cached: bool, out: Path) -> dict:
@@ -34,16 +40,28 @@ def run(model_name: str, records, epochs: float, batch_size: int, cached: bool, 
     from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig, tokenize_pairs
 
     model, tokenizer = load_policy(model_name)
-    cfg = PreferenceConfig(loss="dpo", output_dir=str(out), batch_size=batch_size, num_epochs=epochs,
-                           precompute_reference=cached, progress=False, learning_rate=1e-6)
+    cfg = PreferenceConfig(
+        loss="dpo",
+        output_dir=str(out),
+        batch_size=batch_size,
+        num_epochs=epochs,
+        precompute_reference=cached,
+        progress=False,
+        learning_rate=1e-6,
+    )
     algorithm = PreferenceAlgorithm(cfg, model, tokenizer, tokenize_pairs(records, tokenizer, cfg))
     t0 = time.perf_counter()
     run_dir = train(cfg, algorithm)
     total = time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"cached": cached, "seconds_total": total, "steps": len(rows),
-            "seconds_steps": sum(r["seconds"] for r in rows),
-            "reference_precompute_seconds": algorithm.reference_seconds, "losses": [r["loss"] for r in rows]}
+    return {
+        "cached": cached,
+        "seconds_total": total,
+        "steps": len(rows),
+        "seconds_steps": sum(r["seconds"] for r in rows),
+        "reference_precompute_seconds": algorithm.reference_seconds,
+        "losses": [r["loss"] for r in rows],
+    }
 
 
 def main():
@@ -62,19 +80,27 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         # A one-step warm-up run first: the process's first forward passes pay one-off start-up costs.
         run(args.model, records[: args.batch_size], 1, args.batch_size, False, Path(tmp) / "warmup")
-        results = [run(args.model, records, args.epochs, args.batch_size, cached, Path(tmp) / str(cached))
-                   for cached in (True, False)]
+        results = [
+            run(args.model, records, args.epochs, args.batch_size, cached, Path(tmp) / str(cached))
+            for cached in (True, False)
+        ]
     cached, fresh = results
     drift = max(abs(a - b) for a, b in zip(cached["losses"], fresh["losses"]))
-    print(f"model {args.model}, {args.pairs} pairs, {args.epochs:g} epochs, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}, {args.pairs} pairs, {args.epochs:g} epochs, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for r in results:
         label = "cached reference " if r["cached"] else "per-step reference"
-        print(f"  {label}: {r['seconds_total']:.1f} s total ({r['steps']} steps, {r['seconds_steps']:.1f} s in steps, "
-              f"{r['reference_precompute_seconds']:.1f} s precomputing)")
+        print(
+            f"  {label}: {r['seconds_total']:.1f} s total ({r['steps']} steps, {r['seconds_steps']:.1f} s in steps, "
+            f"{r['reference_precompute_seconds']:.1f} s precomputing)"
+        )
     saved = fresh["seconds_total"] - cached["seconds_total"]
-    print(f"  saving: {saved:.1f} s = {100 * saved / fresh['seconds_total']:.0f}% of the uncached run; "
-          f"max |loss difference| {drift:.2e}")
+    print(
+        f"  saving: {saved:.1f} s = {100 * saved / fresh['seconds_total']:.0f}% of the uncached run; "
+        f"max |loss difference| {drift:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def main(argv=None) -> int:
         out = cases.RUNNERS[args.case]["rlhflab"](3)
     finally:
         loop.RunLogger.advance = original
-    table = state["prof"].key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
-                                                                         row_limit=args.rows)
+    table = (
+        state["prof"].key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    )
     print(table)
     print("step seconds:", [round(x, 2) for x in out["step_times"]])
     last = out["metrics"][-1]

@@ -41,11 +41,26 @@ THREADS = 2
 
 # Figures quoted in the issue (TRL 1.16 on this machine, s/step) and the targets (speed-up over TRL).
 QUOTED = {
-    "sft": None, "reward": 10.7, "dpo": 27.0, "dpo_precompute": 19.9, "rloo": 16.1, "grpo": 14.2,
-    "ppo_1_epoch": 20.6, "ppo_4_epochs": 50.5,
+    "sft": None,
+    "reward": 10.7,
+    "dpo": 27.0,
+    "dpo_precompute": 19.9,
+    "rloo": 16.1,
+    "grpo": 14.2,
+    "ppo_1_epoch": 20.6,
+    "ppo_4_epochs": 50.5,
 }
-TARGETS = {"sft": 1.1, "reward": 1.2, "dpo": 2.0, "dpo_precompute": 1.5, "rloo": 1.8, "grpo": 1.5,
-           "ppo": 1.5, "generation": 3.0, "flop_fraction": 0.6}
+TARGETS = {
+    "sft": 1.1,
+    "reward": 1.2,
+    "dpo": 2.0,
+    "dpo_precompute": 1.5,
+    "rloo": 1.8,
+    "grpo": 1.5,
+    "ppo": 1.5,
+    "generation": 3.0,
+    "flop_fraction": 0.6,
+}
 
 
 def _status(field: str) -> float:
@@ -109,10 +124,17 @@ def _dims():
 
     c = AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct"))
     head_dim = c.hidden_size // c.num_attention_heads
-    per_layer = (2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.num_key_value_heads * head_dim
-                 + 3 * c.hidden_size * c.intermediate_size)
-    return {"layers": c.num_hidden_layers, "d": c.hidden_size, "body": c.num_hidden_layers * per_layer,
-            "vocab": c.vocab_size}
+    per_layer = (
+        2 * c.hidden_size * c.hidden_size
+        + 2 * c.hidden_size * c.num_key_value_heads * head_dim
+        + 3 * c.hidden_size * c.intermediate_size
+    )
+    return {
+        "layers": c.num_hidden_layers,
+        "d": c.hidden_size,
+        "body": c.num_hidden_layers * per_layer,
+        "vocab": c.vocab_size,
+    }
 
 
 def forward_flops(dims, rows: int, length: int, head_positions: int) -> float:
@@ -139,8 +161,15 @@ def training_flops(case: str, shared_prompt: bool = False) -> float | None:
             return 3 * forward_flops(dims, 2 * s["batch"], P + C, heads)
         # Prompt once per pair; each completion token attends over prompt + completion.
         prompt = forward_flops(dims, s["batch"], P, 0)
-        completions = 2 * s["batch"] * (2 * dims["body"] * C + 2 * dims["d"] * dims["vocab"] * heads
-                                         + 4 * dims["layers"] * C * (P + C) * dims["d"])
+        completions = (
+            2
+            * s["batch"]
+            * (
+                2 * dims["body"] * C
+                + 2 * dims["d"] * dims["vocab"] * heads
+                + 4 * dims["layers"] * C * (P + C) * dims["d"]
+            )
+        )
         return 3 * (prompt + completions)
     return None
 
@@ -191,38 +220,55 @@ def render_markdown(results: dict) -> str:
             ratio = a["median"] / b["median"] if "median" in a and "median" in b else None
             target = TARGETS.get(label)
             flops = row.get("flops") or {}
-            frac = (f"{flops['rlhflab'] / a['median'] / 1e9 / peak:.0%} / {flops['trl'] / b['median'] / 1e9 / peak:.0%}"
-                    if flops.get("rlhflab") and ratio else "—")
+            frac = (
+                f"{flops['rlhflab'] / a['median'] / 1e9 / peak:.0%} / {flops['trl'] / b['median'] / 1e9 / peak:.0%}"
+                if flops.get("rlhflab") and ratio
+                else "—"
+            )
             speed = f"{1 / ratio:.2f}×" if ratio else "—"
             met = "" if not (ratio and target) else (" ✅" if 1 / ratio >= target else " ❌")
             lines.append(
                 f"| {label} | {row['settings']} | {_fmt(a)} | {_fmt(b)} | {ratio:.2f} | {speed}{met} | ≥ {target}× | "
                 f"{a.get('peak_rss_mb', float('nan')):.0f} / {b.get('peak_rss_mb', float('nan')):.0f} | {frac} |"
-                if ratio else f"| {label} | {row['settings']} | {_fmt(a)} | {_fmt(b)} | — | — | ≥ {target}× | — | — |")
+                if ratio
+                else f"| {label} | {row['settings']} | {_fmt(a)} | {_fmt(b)} | — | — | ≥ {target}× | — | — |"
+            )
     gen = results.get("generation")
     if gen and "generation" in gen:
-        lines += ["", "## Generation: new tokens/s producing one set of rollouts", "",
-                  "`model.generate` in calls of 8 rows (a prompt's samples via `num_return_sequences`) against "
-                  "rlhflab's engine as the trainers call it (rows per call below; shared prompt prefill, lean decode "
-                  "step); EOS ignored by both, so both produce exactly rows × new tokens. Target: ≥ 3× generate at "
-                  "batch 8.", "",
-                  "| rollouts (prompts × samples) | new tokens | generate rows/call | tok/s | engine rows/call | tok/s | speed-up |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Generation: new tokens/s producing one set of rollouts",
+            "",
+            "`model.generate` in calls of 8 rows (a prompt's samples via `num_return_sequences`) against "
+            "rlhflab's engine as the trainers call it (rows per call below; shared prompt prefill, lean decode "
+            "step); EOS ignored by both, so both produce exactly rows × new tokens. Target: ≥ 3× generate at "
+            "batch 8.",
+            "",
+            "| rollouts (prompts × samples) | new tokens | generate rows/call | tok/s | engine rows/call | tok/s | speed-up |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for g in gen["generation"]:
             hf = g["tokens"]["generate"] / statistics.median(g["seconds"]["generate"])
             me = g["tokens"]["rlhflab"] / statistics.median(g["seconds"]["rlhflab"])
             same = g["engine_batch"] == g["generate_batch"]
             mark = "" if same else (" ✅" if me / hf >= TARGETS["generation"] else " ❌")
-            lines.append(f"| {g['rows']} ({g['prompts']} × {g['samples_per_prompt']}) | {g['new_tokens']} | "
-                         f"{g['generate_batch']} | {hf:.1f} | {g['engine_batch']}{' (same batch)' if same else ''} | "
-                         f"{me:.1f} | {me / hf:.2f}×{mark} |")
+            lines.append(
+                f"| {g['rows']} ({g['prompts']} × {g['samples_per_prompt']}) | {g['new_tokens']} | "
+                f"{g['generate_batch']} | {hf:.1f} | {g['engine_batch']}{' (same batch)' if same else ''} | "
+                f"{me:.1f} | {me / hf:.2f}×{mark} |"
+            )
         lines.append(f"\nPeak RSS of the generation child: {gen.get('peak_rss_mb', 0):.0f} MB.")
     ppo = results.get("ppo")
     if ppo:
-        lines += ["", "## PPO (rlhflab only; TRL's PPOTrainer was removed — compared with the figures quoted in the issue)", "",
-                  "8 prompts × 32 new tokens; policy + separate value model + frozen reference + 135M reward model.", "",
-                  "| epochs | rlhflab s/update | generate | policy fwd | critic fwd | reference fwd | score | update | TRL (quoted) | speed-up | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## PPO (rlhflab only; TRL's PPOTrainer was removed — compared with the figures quoted in the issue)",
+            "",
+            "8 prompts × 32 new tokens; policy + separate value model + frozen reference + 135M reward model.",
+            "",
+            "| epochs | rlhflab s/update | generate | policy fwd | critic fwd | reference fwd | score | update | TRL (quoted) | speed-up | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, s in ppo.items():
             if "median" not in s:
                 lines.append(f"| {name} | failed | | | | | | | | | |")
@@ -231,9 +277,20 @@ def render_markdown(results: dict) -> str:
             quoted = QUOTED["ppo_1_epoch" if s["epochs"] == 1 else "ppo_4_epochs"]
             speed = quoted / s["median"]
             lines.append(
-                f"| {s['epochs']} | {_fmt(s)} | " + " | ".join(f"{m[k]:.2f}" if k in m else "— (single pass)" for k in
-                ("time_generate", "time_policy_forward", "time_critic_forward", "time_reference_forward", "time_score", "time_update"))
-                + f" | {quoted} | {speed:.2f}×{' ✅' if speed >= TARGETS['ppo'] else ' ❌'} | {s.get('peak_rss_mb', 0):.0f} |")
+                f"| {s['epochs']} | {_fmt(s)} | "
+                + " | ".join(
+                    f"{m[k]:.2f}" if k in m else "— (single pass)"
+                    for k in (
+                        "time_generate",
+                        "time_policy_forward",
+                        "time_critic_forward",
+                        "time_reference_forward",
+                        "time_score",
+                        "time_update",
+                    )
+                )
+                + f" | {quoted} | {speed:.2f}×{' ✅' if speed >= TARGETS['ppo'] else ' ❌'} | {s.get('peak_rss_mb', 0):.0f} |"
+            )
     lines += ["", "Reference-model handling: " + "; ".join(results.get("reference_handling", [])), ""]
     if results.get("errors"):
         lines += ["Errors:", ""] + [f"- {e}" for e in results["errors"]]
@@ -254,8 +311,10 @@ def main(argv=None) -> int:
     if args.render:
         results = json.loads(Path(args.render).read_text())
         for case, row in results["cases"].items():
-            row["flops"] = {"rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
-                            "trl": training_flops(case)}
+            row["flops"] = {
+                "rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
+                "trl": training_flops(case),
+            }
         Path(args.render).with_suffix(".md").write_text(render_markdown(results))
         Path(args.render).write_text(json.dumps(results, indent=1, default=str))
         print(render_markdown(results))
@@ -286,11 +345,16 @@ def main(argv=None) -> int:
 
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     results: dict = {
-        "mode": "quick" if args.quick else "full", "trials": trials, "steps": steps,
+        "mode": "quick" if args.quick else "full",
+        "trials": trials,
+        "steps": steps,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs" + ("" if args.device == "cpu" else f", {args.device}"),
-        "device": args.device, "dtype": args.dtype,
+        "device": args.device,
+        "dtype": args.dtype,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "method": __doc__, "cases": {}, "errors": [],
+        "method": __doc__,
+        "cases": {},
+        "errors": [],
         "reference_handling": [
             "DPO: rlhflab precomputes π_ref log-probs of the dataset once before step 0 and drops π_ref; TRL is run "
             "both ways (default: a reference forward every step; precompute_ref_log_probs=True: once before step 0); "
@@ -319,15 +383,25 @@ def main(argv=None) -> int:
             for name, fn in runners.items():
                 res = in_child(fn, steps, log=log)
                 collected[name].append(res)
-                say(f"{case} {name} trial {trial}: " + (f"steps {[round(x, 2) for x in res['step_times']]}"
-                                                       if "error" not in res else "ERROR " + res["error"][-300:]))
+                say(
+                    f"{case} {name} trial {trial}: "
+                    + (
+                        f"steps {[round(x, 2) for x in res['step_times']]}"
+                        if "error" not in res
+                        else "ERROR " + res["error"][-300:]
+                    )
+                )
         row = {name: summarize(trs) for name, trs in collected.items()}
         for name, s in row.items():
             results["errors"] += [f"{case}/{name}: {e.strip().splitlines()[-1]}" for e in s["errors"]]
         row["settings"] = settings_text[case]
-        row["flops"] = {"rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
-                        "trl": training_flops(case)}
-        row["comparisons"] = [("trl", case)] if case != "dpo" else [("trl", "dpo"), ("trl_precompute", "dpo_precompute")]
+        row["flops"] = {
+            "rlhflab": training_flops(case, shared_prompt=case in ("dpo", "reward")),
+            "trl": training_flops(case),
+        }
+        row["comparisons"] = (
+            [("trl", case)] if case != "dpo" else [("trl", "dpo"), ("trl_precompute", "dpo_precompute")]
+        )
         results["cases"][case] = row
     if "generation" in wanted:
         res = in_child(cases.generation, args.quick, log=log)
@@ -344,7 +418,9 @@ def main(argv=None) -> int:
             good = [t for t in trs if "error" not in t]
             if good:
                 rows = [r for t in good for r in t["metrics"][1:]]
-                stage = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.startswith("time_")} if rows else {}
+                stage = (
+                    {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.startswith("time_")} if rows else {}
+                )
                 if rows:
                     collect = sum(v for k, v in stage.items())
                     stage["time_update"] = statistics.median(r["seconds"] for r in rows) - collect

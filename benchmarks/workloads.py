@@ -20,8 +20,11 @@ SETTINGS = {
     "ppo": {"prompts": 8, "prompt_tokens": 32, "new_tokens": 32, "beta": 0.05, "lr": 1e-6},
     # Rollout sets (prompts, samples per prompt, new tokens, rows per engine call); generate runs
     # them at batch 8, the target's baseline. The first set is the same-batch comparison.
-    "generation": {"baseline_batch": 8, "repeats": 1,
-                   "sets": [(8, 1, 32, 8), (16, 4, 32, 64), (64, 1, 32, 64), (64, 1, 128, 64)]},
+    "generation": {
+        "baseline_batch": 8,
+        "repeats": 1,
+        "sets": [(8, 1, 32, 8), (16, 4, 32, 64), (64, 1, 32, 64), (64, 1, 128, 64)],
+    },
 }
 
 _WORDS = (
@@ -53,14 +56,21 @@ def text(words: list[str], n: int, rng: random.Random) -> str:
 
 def pair_records(tokenizer, n: int, prompt_tokens: int, completion_tokens: int, seed: int = 0) -> list[dict]:
     rng, words = random.Random(seed), single_token_words(tokenizer)
-    return [{"prompt": text(words, prompt_tokens, rng), "chosen": text(words, completion_tokens, rng),
-             "rejected": text(words, completion_tokens, rng)} for _ in range(n)]
+    return [
+        {
+            "prompt": text(words, prompt_tokens, rng),
+            "chosen": text(words, completion_tokens, rng),
+            "rejected": text(words, completion_tokens, rng),
+        }
+        for _ in range(n)
+    ]
 
 
 def demonstration_records(tokenizer, n: int, prompt_tokens: int, completion_tokens: int, seed: int = 0) -> list[dict]:
     rng, words = random.Random(seed), single_token_words(tokenizer)
-    return [{"prompt": text(words, prompt_tokens, rng), "completion": text(words, completion_tokens, rng)}
-            for _ in range(n)]
+    return [
+        {"prompt": text(words, prompt_tokens, rng), "completion": text(words, completion_tokens, rng)} for _ in range(n)
+    ]
 
 
 def prompt_texts(tokenizer, n: int, prompt_tokens: int, seed: int = 0) -> list[str]:
@@ -75,10 +85,20 @@ def length_reward(completions: list[str]) -> list[float]:
 
 
 CHAT_PROMPTS = [
-    "Write a short poem about the sea.", "What is the capital of France?", "Explain gravity to a child.",
-    "Give me three tips for sleeping well.", "Tell me a joke about cats.", "How do I boil an egg?",
-    "Describe a sunset in one sentence.", "Why is the sky blue?", "Name three famous painters.",
-    "What should I cook for dinner tonight?", "Summarise the plot of Hamlet.", "How do airplanes fly?",
-    "Suggest a name for a pet turtle.", "What is photosynthesis?", "Write a haiku about winter.",
+    "Write a short poem about the sea.",
+    "What is the capital of France?",
+    "Explain gravity to a child.",
+    "Give me three tips for sleeping well.",
+    "Tell me a joke about cats.",
+    "How do I boil an egg?",
+    "Describe a sunset in one sentence.",
+    "Why is the sky blue?",
+    "Name three famous painters.",
+    "What should I cook for dinner tonight?",
+    "Summarise the plot of Hamlet.",
+    "How do airplanes fly?",
+    "Suggest a name for a pet turtle.",
+    "What is photosynthesis?",
+    "Write a haiku about winter.",
     "How can I learn to play the guitar?",
 ]

@@ -99,10 +99,22 @@ def run(kind, run_dir, overrides):
         from rlhflab.data.records import Prompt
         from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
-        config = _apply(RLConfig(
-            algorithm="ppo", policy="tiny-policy", output_dir=run_dir, num_iterations=8, prompts_per_iteration=8,
-            max_new_tokens=8, learning_rate=3e-3, kl_coef=0.1, progress=False, use_chat_template=False, seed=3,
-        ), overrides)
+        config = _apply(
+            RLConfig(
+                algorithm="ppo",
+                policy="tiny-policy",
+                output_dir=run_dir,
+                num_iterations=8,
+                prompts_per_iteration=8,
+                max_new_tokens=8,
+                learning_rate=3e-3,
+                kl_coef=0.1,
+                progress=False,
+                use_chat_template=False,
+                seed=3,
+            ),
+            overrides,
+        )
         config.validate()
         model, tokenizer = load_policy("tiny-policy")
         prompts = [Prompt(prompt=f"q{i}") for i in range(16)]
@@ -110,19 +122,30 @@ def run(kind, run_dir, overrides):
     elif kind == "sft":
         from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
 
-        config = _apply(SFTConfig(output_dir=run_dir, batch_size=4, max_steps=4, learning_rate=3e-3,
-                                  progress=False, use_chat_template=False), overrides)
+        config = _apply(
+            SFTConfig(
+                output_dir=run_dir,
+                batch_size=4,
+                max_steps=4,
+                learning_rate=3e-3,
+                progress=False,
+                use_chat_template=False,
+            ),
+            overrides,
+        )
         config.validate()
         model, tokenizer = load_policy("tiny-policy")
         demos = demonstrations()
-        examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer,
-                                           config, use_chat_template=False)
+        examples = tokenize_demonstrations(
+            [d.prompt for d in demos], [d.completion for d in demos], tokenizer, config, use_chat_template=False
+        )
         algorithm = SFTAlgorithm(config, model, tokenizer, examples)
     elif kind == "reward":
         from rlhflab.train.offline import RewardAlgorithm, RewardConfig
 
-        config = _apply(RewardConfig(output_dir=run_dir, batch_size=8, max_steps=4, learning_rate=1e-3,
-                                     progress=False), overrides)
+        config = _apply(
+            RewardConfig(output_dir=run_dir, batch_size=8, max_steps=4, learning_rate=1e-3, progress=False), overrides
+        )
         config.validate()
         torch.manual_seed(config.seed)  # the fresh scalar head is drawn from the global RNG
         model, tokenizer = load_reward_model("tiny-reward")

@@ -46,9 +46,16 @@ def record_margin(request):
 
     def record(what: str, value: float, bar: float, above: bool = True) -> None:
         if path:
-            row = {"test": request.node.nodeid, "what": what, "value": float(value), "bar": float(bar),
-                   "margin": float(value) - float(bar) if above else float(bar) - float(value), "seed": TEST_SEED,
-                   "threads": TEST_THREADS, "cpu": os.environ.get("ATEN_CPU_CAPABILITY", "native")}
+            row = {
+                "test": request.node.nodeid,
+                "what": what,
+                "value": float(value),
+                "bar": float(bar),
+                "margin": float(value) - float(bar) if above else float(bar) - float(value),
+                "seed": TEST_SEED,
+                "threads": TEST_THREADS,
+                "cpu": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
+            }
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 

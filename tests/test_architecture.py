@@ -58,7 +58,7 @@ def test_no_import_cycles_even_through_function_level_imports():
             if n.startswith(m + ".") or m.startswith(n + "."):
                 continue  # a package and its own submodules
             if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n) :] + [n]))
             if n not in state:
                 visit(n, stack + [n])
         state[m] = 2
@@ -70,8 +70,11 @@ def test_no_import_cycles_even_through_function_level_imports():
 
 def test_the_product_never_imports_the_toy_lab():
     """Only the command table reaches the toy lab (for ``rlhflab toy``); the library never does."""
-    offenders = {m: sorted(n for n in top | inner if n.startswith("rlhflab.toy"))
-                 for m, (top, inner) in _graph().items() if not m.startswith("rlhflab.toy") and m != "rlhflab.cli"}
+    offenders = {
+        m: sorted(n for n in top | inner if n.startswith("rlhflab.toy"))
+        for m, (top, inner) in _graph().items()
+        if not m.startswith("rlhflab.toy") and m != "rlhflab.cli"
+    }
     assert not {m: v for m, v in offenders.items() if v}
 
 
@@ -88,6 +91,9 @@ ENTRY_LAYER = ("rlhflab.cli", "rlhflab.workflow", "rlhflab.demo", "rlhflab.compa
 def test_dependencies_point_down_from_the_entry_layer():
     """Trainers, losses, models, data and the decoding and evaluation libraries never import the
     entry functions of the commands."""
-    offenders = {m: sorted(n for n in top | inner if n in ENTRY_LAYER)
-                 for m, (top, inner) in _graph().items() if m not in ENTRY_LAYER}
+    offenders = {
+        m: sorted(n for n in top | inner if n in ENTRY_LAYER)
+        for m, (top, inner) in _graph().items()
+        if m not in ENTRY_LAYER
+    }
     assert not {m: v for m, v in offenders.items() if v}

@@ -43,7 +43,9 @@ def test_unknown_yaml_option_names_the_file_and_key(tmp_path):
 
 def test_malformed_feedback_file_gives_one_line_error_and_status_2(tmp_path, capsys):
     data = tmp_path / "prefs.jsonl"
-    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + '{"prompt": "p", "chosen": 3}\n')
+    data.write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + '{"prompt": "p", "chosen": 3}\n'
+    )
     code = main(["reward", "--model", "tiny-reward", "--data", str(data), "--output_dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -93,20 +95,70 @@ def test_sample_then_annotate_from_the_command_line(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in ["a", "b", "c"]))
     samples, prefs = tmp_path / "samples.jsonl", tmp_path / "prefs.jsonl"
-    assert main(["sample", "--policy", "tiny-policy", "--prompts", str(prompts), "--num_samples", "3",
-                 "--max_new_tokens", "6", "--no_use_chat_template", "--output", str(samples)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--policy",
+                "tiny-policy",
+                "--prompts",
+                str(prompts),
+                "--num_samples",
+                "3",
+                "--max_new_tokens",
+                "6",
+                "--no_use_chat_template",
+                "--output",
+                str(samples),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["completions"]) == 3 for r in rows)
-    assert main(["annotate", "--samples", str(samples), "--oracle", "keyword:e", "--output", str(prefs),
-                 "--pairs_per_prompt", "2"]) == 0
+    assert (
+        main(
+            [
+                "annotate",
+                "--samples",
+                str(samples),
+                "--oracle",
+                "keyword:e",
+                "--output",
+                str(prefs),
+                "--pairs_per_prompt",
+                "2",
+            ]
+        )
+        == 0
+    )
     labels = [json.loads(line) for line in prefs.read_text().splitlines()]
     assert labels and all(r["annotator"].startswith("annotator-") for r in labels)
 
 
 def test_eval_reports_seen_and_unseen_contexts_with_kl_to_the_reference(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--policy", "tiny-policy", "--reference", "tiny-policy", "--oracle", "keyword:e",
-                 "--limit", "4", "--max_new_tokens", "6", "--no_use_chat_template", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                "tiny-policy",
+                "--reference",
+                "tiny-policy",
+                "--oracle",
+                "keyword:e",
+                "--limit",
+                "4",
+                "--max_new_tokens",
+                "6",
+                "--no_use_chat_template",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result) == {"seen", "unseen"}
     assert result["seen"]["num_prompts"] == 4 and abs(result["seen"]["kl"]) < 1e-5  # policy == reference

@@ -26,9 +26,19 @@ def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_t
 
 @pytest.mark.integration
 def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_cache, tmp_path):
-    run_dir = run_compare(CompareConfig(quick=True, methods="ppo,dpo,bon", output_dir=str(tmp_path / "cmp"),
-                                        feedback_prompts=8, eval_prompts=4, eval_samples=2, online_samples=16,
-                                        offline_steps=2, max_new_tokens=8))
+    run_dir = run_compare(
+        CompareConfig(
+            quick=True,
+            methods="ppo,dpo,bon",
+            output_dir=str(tmp_path / "cmp"),
+            feedback_prompts=8,
+            eval_prompts=4,
+            eval_samples=2,
+            online_samples=16,
+            offline_steps=2,
+            max_new_tokens=8,
+        )
+    )
     rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"initial", "ppo", "dpo", "bon"}
     for r in rows:

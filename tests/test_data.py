@@ -168,12 +168,23 @@ BAD_ROWS = [
     ("preference", row(prompt="", chosen="a", rejected="b"), "prompt", "is empty"),
     ("preference", row(prompt="p", chosen=" \n", rejected="b"), "chosen", "is empty"),
     ("preference", row(prompt="p", chosen="same", rejected="same"), "rejected", "is identical to 'chosen'"),
-    ("preference", row(prompt="p", chosen=[{"role": "assistant", "content": "x"}],
-                       rejected=[{"role": "assistant", "content": "x"}]), "rejected", "is identical to 'chosen'"),
+    (
+        "preference",
+        row(
+            prompt="p", chosen=[{"role": "assistant", "content": "x"}], rejected=[{"role": "assistant", "content": "x"}]
+        ),
+        "rejected",
+        "is identical to 'chosen'",
+    ),
     ("preference", row(prompt=3, chosen="a", rejected="b"), "prompt", "expected a string or a list of messages"),
     ("preference", row(prompt="p", chosen="a", rejected="b", margin="big"), "margin", "expected a number"),
     ("preference", row(prompt=[{"role": "user"}], chosen="a", rejected="b"), "prompt", "needs a string 'content'"),
-    ("preference", row(prompt="p", chosen=[{"role": "user", "content": "x"}], rejected="b"), "chosen", "no non-empty assistant"),
+    (
+        "preference",
+        row(prompt="p", chosen=[{"role": "user", "content": "x"}], rejected="b"),
+        "chosen",
+        "no non-empty assistant",
+    ),
     ("rating", row(prompt="p", completion="o", score="5", scale="likert:5"), "score", "expected a number"),
     ("rating", row(prompt="p", completion="o", score=True), "score", "expected a number"),
     ("rating", '{"prompt": "p", "completion": "o", "score": NaN}', "score", "finite"),
@@ -224,8 +235,10 @@ def test_parquet_errors_name_the_one_based_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "completion": ["x", "y", "z"], "score": [0.1, float("nan"), 0.3]}),
-                   tmp_path / "r.parquet")
+    pq.write_table(
+        pa.table({"prompt": ["a", "b", "c"], "completion": ["x", "y", "z"], "score": [0.1, float("nan"), 0.3]}),
+        tmp_path / "r.parquet",
+    )
     with pytest.raises(DataError, match=r"r\.parquet:2: field 'score'"):
         read_records(tmp_path / "r.parquet", "rating")
 
@@ -280,7 +293,11 @@ def test_message_prompt_without_chat_template_is_a_config_error(char_tokenizer):
 
 def test_render_completion_returns_assistant_text_without_eos(char_tokenizer):
     assert render_completion("Hi!", char_tokenizer) == "Hi!"
-    two_turns = [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "?"}, {"role": "assistant", "content": "Bye."}]
+    two_turns = [
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": "Bye."},
+    ]
     assert render_completion(two_turns) == "Hi.\nBye."
     assert char_tokenizer.eos_token not in render_completion(REPLY)
 

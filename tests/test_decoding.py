@@ -53,8 +53,9 @@ def test_rad_with_beta_zero_is_token_for_token_top_k_sampling_under_the_same_see
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS]
     torch.manual_seed(5)
     plain = sample(policy, tokenizer, ids, num_samples=1, max_new_tokens=10, top_k=10)
-    rad = rad_decode(policy, tokenizer, PROMPTS, COUNT_A, beta=0.0, top_k=10, max_new_tokens=10,
-                     use_chat_template=False, seed=5)
+    rad = rad_decode(
+        policy, tokenizer, PROMPTS, COUNT_A, beta=0.0, top_k=10, max_new_tokens=10, use_chat_template=False, seed=5
+    )
     assert rad.completions == plain.completion_texts
     assert rad.reward_calls == 0
 
@@ -62,9 +63,11 @@ def test_rad_with_beta_zero_is_token_for_token_top_k_sampling_under_the_same_see
 def test_rad_with_a_large_beta_raises_the_reward(model_cache):
     policy, tokenizer = load_policy("tiny-policy")
     prompts = PROMPTS * 4
-    steered = rad_decode(policy, tokenizer, prompts, COUNT_A, beta=50.0, top_k=20, max_new_tokens=8,
-                         use_chat_template=False, seed=0)
-    plain = rad_decode(policy, tokenizer, prompts, COUNT_A, beta=0.0, top_k=20, max_new_tokens=8,
-                       use_chat_template=False, seed=0)
+    steered = rad_decode(
+        policy, tokenizer, prompts, COUNT_A, beta=50.0, top_k=20, max_new_tokens=8, use_chat_template=False, seed=0
+    )
+    plain = rad_decode(
+        policy, tokenizer, prompts, COUNT_A, beta=0.0, top_k=20, max_new_tokens=8, use_chat_template=False, seed=0
+    )
     assert steered.reward_calls > 0
     assert COUNT_A(prompts, steered.completions).mean() > COUNT_A(prompts, plain.completions).mean() + 0.1

@@ -33,6 +33,7 @@ FAST = dict(max_new_tokens=12, seed=0)
 
 # ---- calibration and diversity, by hand ---------------------------------------------------------
 
+
 def test_expected_calibration_error_matches_hand_computation():
     # 2 bins: [0, .5) holds p=.1 (y=0): |.1 - 0| * 1/3; [.5, 1] holds p=.9,.9 (y=1,0): |.9 - .5| * 2/3.
     ece = expected_calibration_error([0.9, 0.9, 0.1], [1, 0, 0], num_bins=2)
@@ -53,6 +54,7 @@ def test_distinct_n_counts_unique_over_total_whitespace_ngrams():
 
 
 # ---- J (Eq. 12), J_hat (Eq. 14), KL ---------------------------------------------------------------
+
 
 def test_J_is_the_mean_oracle_reward_of_the_sampled_texts(tiny_policy):
     policy, tokenizer = tiny_policy
@@ -125,11 +127,12 @@ def test_seen_unseen_returns_both_evaluations(tiny_policy):
 
 # ---- reward-model report (Section 7.5) ----------------------------------------------------------
 
+
 def oracle_labelled_pairs():
     outputs = ["aaaa", "aab", "abbb", "bbbb", "ab"]
     pairs = []
     for i, x in enumerate(outputs):
-        for y in outputs[i + 1:]:
+        for y in outputs[i + 1 :]:
             (rx,), (ry,) = fraction_of_a([""], [x]), fraction_of_a([""], [y])
             if rx != ry:
                 pairs.append(Preference("p", x if rx > ry else y, y if rx > ry else x))
@@ -154,8 +157,9 @@ def test_a_constant_reward_model_scores_chance_and_is_calibrated_at_one_half():
 def test_correlations_with_the_oracle_on_seen_and_unseen_samples():
     outputs = ["a", "ab", "abb", "abbb", "bbbb"]
     samples = (["c"] * len(outputs), outputs)
-    report = reward_model_report(ORACLE, oracle_labelled_pairs(), oracle=ORACLE,
-                                 seen_samples=samples, unseen_samples=samples)
+    report = reward_model_report(
+        ORACLE, oracle_labelled_pairs(), oracle=ORACLE, seen_samples=samples, unseen_samples=samples
+    )
     assert report["seen"]["spearman"] == pytest.approx(1.0) and report["seen"]["pearson"] == pytest.approx(1.0)
     const = reward_model_report(CONSTANT, oracle_labelled_pairs(), oracle=ORACLE, unseen_samples=samples)
     assert const["unseen"]["spearman"] is None and const["unseen"]["pearson"] is None
@@ -165,8 +169,10 @@ def test_correlations_with_the_oracle_on_seen_and_unseen_samples():
 
 
 def test_format_table_renders_markdown():
-    table = format_table([{"name": "ppo", "J": 0.51234, "kl": None}, {"name": "a|b", "J": 1, "kl": 2.0}],
-                         [("name", "method", ""), ("J", "J", ".2f"), ("kl", "KL", ".1f")])
+    table = format_table(
+        [{"name": "ppo", "J": 0.51234, "kl": None}, {"name": "a|b", "J": 1, "kl": 2.0}],
+        [("name", "method", ""), ("J", "J", ".2f"), ("kl", "KL", ".1f")],
+    )
     assert table.splitlines() == [
         "| method | J | KL |",
         "|---|---|---|",
@@ -178,11 +184,25 @@ def test_format_table_renders_markdown():
 def _evaluation(prompt_index, rewards, contexts_by_prompt):
     from rlhflab.evaluate import PolicyEvaluation
 
-    return PolicyEvaluation(J=None, J_se=None, J_hat=None, J_hat_se=None, kl=None, kl_se=None, mean_length=0.0,
-                            truncated_fraction=0.0, distinct_1=0.0, distinct_2=0.0, n=len(rewards),
-                            num_prompts=len(contexts_by_prompt), prompt_index=prompt_index,
-                            contexts=[contexts_by_prompt[i] for i in prompt_index], texts=[""] * len(rewards),
-                            oracle_rewards=rewards, proxy_rewards=None)
+    return PolicyEvaluation(
+        J=None,
+        J_se=None,
+        J_hat=None,
+        J_hat_se=None,
+        kl=None,
+        kl_se=None,
+        mean_length=0.0,
+        truncated_fraction=0.0,
+        distinct_1=0.0,
+        distinct_2=0.0,
+        n=len(rewards),
+        num_prompts=len(contexts_by_prompt),
+        prompt_index=prompt_index,
+        contexts=[contexts_by_prompt[i] for i in prompt_index],
+        texts=[""] * len(rewards),
+        oracle_rewards=rewards,
+        proxy_rewards=None,
+    )
 
 
 def test_paired_difference_is_the_mean_and_se_of_per_prompt_differences_by_hand():

@@ -122,7 +122,9 @@ def test_preferences_record_the_annotator_and_optionally_the_true_margin():
 
 def test_annotator_scores_chat_completions_on_their_assistant_text():
     chat = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    pref = annotator(temperature=0).compare([{"role": "user", "content": "hi"}], chat("bad"), chat("good"), np.random.default_rng(0))
+    pref = annotator(temperature=0).compare(
+        [{"role": "user", "content": "hi"}], chat("bad"), chat("good"), np.random.default_rng(0)
+    )
     assert pref.chosen == chat("good")
 
 

@@ -37,10 +37,26 @@ def test_default_reward_backbone_scores_pairs_offline():
 def test_quick_demo_runs_the_whole_workflow_and_writes_its_report(tmp_path):
     from rlhflab.demo import DemoConfig, run_demo
 
-    run_dir = run_demo(DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), feedback_prompts=16, eval_prompts=8,
-                                  ppo_iterations=3, prompts_per_iteration=8, max_new_tokens=12))
-    for name in ("summary.md", "training_curves.png", "before_after.png", "evaluation.json",
-                 "reward/reward_model/config.json", "ppo/policy/config.json", "ppo/metrics.jsonl"):
+    run_dir = run_demo(
+        DemoConfig(
+            quick=True,
+            output_dir=str(tmp_path / "demo"),
+            feedback_prompts=16,
+            eval_prompts=8,
+            ppo_iterations=3,
+            prompts_per_iteration=8,
+            max_new_tokens=12,
+        )
+    )
+    for name in (
+        "summary.md",
+        "training_curves.png",
+        "before_after.png",
+        "evaluation.json",
+        "reward/reward_model/config.json",
+        "ppo/policy/config.json",
+        "ppo/metrics.jsonl",
+    ):
         assert (run_dir / name).exists(), name
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert set(evaluation) == {"initial", "final"} and set(evaluation["final"]) == {"seen", "unseen"}

@@ -221,7 +221,10 @@ def test_gae_padding_ignores_garbage_and_ends_episode_at_last_valid_token():
 
 def test_gae_ignores_nan_and_inf_in_padded_positions():
     mask = t([1, 1, 1, 0, 0], [1, 1, 0, 0, 0])
-    rewards, values = t([0.1, 0.2, 1.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0, 0.0]), t([0.3, 0.4, 0.2, 0.0, 0.0], [0.1, 0.7, 0.0, 0.0, 0.0])
+    rewards, values = (
+        t([0.1, 0.2, 1.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0, 0.0]),
+        t([0.3, 0.4, 0.2, 0.0, 0.0], [0.1, 0.7, 0.0, 0.0, 0.0]),
+    )
     clean = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
     pad = mask == 0
     dirty_rewards = rewards.masked_fill(pad, float("nan"))
@@ -368,8 +371,10 @@ def test_dpo_per_pair_label_smoothing_is_a_soft_label_cross_entropy():
     pc, pr, rc, rr = t([-1.0, -2.0]), t([-3.0, -1.0]), t([-2.0, -2.0]), t([-2.0, -2.0])
     eps = t([0.1, 0.4])
     loss, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=eps)
-    each = [dpo_loss(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1], beta=0.5, label_smoothing=float(eps[i]))[0]
-            for i in range(2)]
+    each = [
+        dpo_loss(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1], beta=0.5, label_smoothing=float(eps[i]))[0]
+        for i in range(2)
+    ]
     close(loss, (each[0] + each[1]) / 2)
     # Each pair's term is minimised where β h = logit(1 - ε): soft Bradley-Terry labels are recovered.
     h = torch.zeros(2, requires_grad=True)

@@ -44,11 +44,19 @@ def losses(run_dir):
 def test_sft_lowers_its_loss_and_changes_the_weights(model_cache, tmp_path, record_margin):
     model, tokenizer = load_policy("tiny-policy")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = SFTConfig(output_dir=str(tmp_path / "sft"), batch_size=4, num_epochs=20, learning_rate=3e-3,
-                       progress=False, use_chat_template=False, seed=TEST_SEED)
+    config = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        batch_size=4,
+        num_epochs=20,
+        learning_rate=3e-3,
+        progress=False,
+        use_chat_template=False,
+        seed=TEST_SEED,
+    )
     demos = demonstrations()
-    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, config,
-                                       use_chat_template=False)
+    examples = tokenize_demonstrations(
+        [d.prompt for d in demos], [d.completion for d in demos], tokenizer, config, use_chat_template=False
+    )
     run_dir = train(config, SFTAlgorithm(config, model, tokenizer, examples))
 
     trajectory = losses(run_dir)
@@ -73,17 +81,22 @@ def test_gradient_accumulation_does_not_change_the_logged_loss(model_cache, tmp_
 def test_tokenize_demonstrations_names_line_and_field_of_an_over_long_example(char_tokenizer):
     config = SFTConfig(max_length=12)
     prompts, completions = ["hi", "a long prompt here", "yo"], ["ok", "answer", "fine"]
-    with pytest.raises(DataError, match=r"demos\.jsonl:2: field 'completion': prompt \+ completion is 25 tokens, "
-                                        r"over max_length 12") as caught:
-        tokenize_demonstrations(prompts, completions, char_tokenizer, config, source="demos.jsonl",
-                                use_chat_template=False)
+    with pytest.raises(
+        DataError,
+        match=r"demos\.jsonl:2: field 'completion': prompt \+ completion is 25 tokens, "
+        r"over max_length 12",
+    ) as caught:
+        tokenize_demonstrations(
+            prompts, completions, char_tokenizer, config, source="demos.jsonl", use_chat_template=False
+        )
     assert (caught.value.line, caught.value.field) == (2, "completion")
 
 
 def test_tokenize_demonstrations_truncates_the_prompt_from_the_left_when_asked(char_tokenizer):
     config = SFTConfig(max_length=12, truncate=True)
-    examples = tokenize_demonstrations(["hi", "a long prompt here"], ["ok", "answer"], char_tokenizer, config,
-                                       use_chat_template=False)
+    examples = tokenize_demonstrations(
+        ["hi", "a long prompt here"], ["ok", "answer"], char_tokenizer, config, use_chat_template=False
+    )
     (short_p, short_c), (long_p, long_c) = examples
     assert char_tokenizer.decode(short_p) == "hi" and char_tokenizer.decode(short_c, skip_special_tokens=True) == "ok"
     # The completion (what is learnt) is kept whole, with its EOS; the prompt loses its start.
@@ -107,8 +120,9 @@ def held_out_accuracy(model, tokenizer, pairs) -> float:
 
 def test_bradley_terry_reward_model_ranks_held_out_pairs_and_round_trips(model_cache, tmp_path, record_margin):
     model, tokenizer = load_reward_model("tiny-reward")
-    config = RewardConfig(output_dir=str(tmp_path / "bt"), batch_size=8, num_epochs=4, learning_rate=1e-3,
-                          progress=False, seed=TEST_SEED)
+    config = RewardConfig(
+        output_dir=str(tmp_path / "bt"), batch_size=8, num_epochs=4, learning_rate=1e-3, progress=False, seed=TEST_SEED
+    )
     train_pairs, held_out = a_preferences(64, seed=0), a_preferences(64, seed=1)
     run_dir = train(config, RewardAlgorithm(config, model, tokenizer, train_pairs))
 
@@ -122,8 +136,12 @@ def test_bradley_terry_reward_model_ranks_held_out_pairs_and_round_trips(model_c
     reloaded, reloaded_tokenizer = load_reward_model(str(run_dir / "reward_model"))
     contexts = [p.prompt for p in held_out] * 2
     outputs = [p.chosen for p in held_out] + [p.rejected for p in held_out]
-    torch.testing.assert_close(score(reloaded, reloaded_tokenizer, contexts, outputs),
-                               score(model, tokenizer, contexts, outputs), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        score(reloaded, reloaded_tokenizer, contexts, outputs),
+        score(model, tokenizer, contexts, outputs),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 def _ranked(seed: int, n: int):
@@ -149,10 +167,20 @@ def test_plackett_luce_and_regression_reward_models_lower_their_loss(feedback, m
     if feedback == "ranking":
         records = _ranked(0, 32)
     else:
-        records = [Rating(prompt="rate", completion=c, score=float(c.count("a")))
-                   for r in _ranked(0, 16) for c in r.completions]
-    config = RewardConfig(output_dir=str(tmp_path / feedback), feedback=feedback, batch_size=8, num_epochs=4,
-                          learning_rate=1e-3, progress=False, seed=TEST_SEED)
+        records = [
+            Rating(prompt="rate", completion=c, score=float(c.count("a")))
+            for r in _ranked(0, 16)
+            for c in r.completions
+        ]
+    config = RewardConfig(
+        output_dir=str(tmp_path / feedback),
+        feedback=feedback,
+        batch_size=8,
+        num_epochs=4,
+        learning_rate=1e-3,
+        progress=False,
+        seed=TEST_SEED,
+    )
     run_dir = train(config, RewardAlgorithm(config, model, tokenizer, records))
     trajectory = losses(run_dir)
     record_margin("last 3 / first 3 losses", sum(trajectory[-3:]) / sum(trajectory[:3]), 0.7, above=False)
@@ -178,14 +206,35 @@ def test_two_processes_match_one_process(model_cache, tmp_path):
     (whitening statistics are per process by design), so the whole trajectory must match too."""
     kinds = "sft,reward,ppo"
     ppo = ["ppo.top_k=1", "ppo.num_iterations=3", "ppo.reward_rule=checksum", "ppo.whiten_advantages=false"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               RLHFLAB_CACHE=str(model_cache))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        RLHFLAB_CACHE=str(model_cache),
+    )
     # On a machine without GPUs `--cpu --num_processes 2` starts one process (accelerate wants mpirun
     # for that); `--multi_gpu` starts two through torch.distributed.run, which join over gloo.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()),
-              str(ENTRY), kinds, str(tmp_path / "two"), *ppo]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(ENTRY),
+        kinds,
+        str(tmp_path / "two"),
+        *ppo,
+    ]
     done = subprocess.run(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert done.returncode == 0, done.stdout.decode()[-4000:]
 

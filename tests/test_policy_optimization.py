@@ -38,15 +38,25 @@ COUNT_A = RewardSource("fraction of 'a'", fraction_of_a)
 # A dense reward (about a quarter of a random policy's characters are lowercase letters), for the
 # tests that need a learning signal in the very first iterations whatever prompts the seed draws:
 # with COUNT_A a short run may see no 'a' at all, hence zero advantages and no update.
-LOWERCASE = RewardSource("fraction of lowercase letters",
-                         lambda c, o: [sum(ch.islower() for ch in x) / max(1, len(x)) for x in o])
+LOWERCASE = RewardSource(
+    "fraction of lowercase letters", lambda c, o: [sum(ch.islower() for ch in x) / max(1, len(x)) for x in o]
+)
 PROMPTS = [Prompt(prompt=f"q{i}") for i in range(16)]
 
 
 def rl_config(run_dir, **overrides) -> RLConfig:
     fields = dict(
-        algorithm="ppo", policy="tiny-policy", output_dir=str(run_dir), num_iterations=25, prompts_per_iteration=8,
-        max_new_tokens=8, learning_rate=3e-3, kl_coef=0.0, progress=False, use_chat_template=False, seed=TEST_SEED,
+        algorithm="ppo",
+        policy="tiny-policy",
+        output_dir=str(run_dir),
+        num_iterations=25,
+        prompts_per_iteration=8,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        kl_coef=0.0,
+        progress=False,
+        use_chat_template=False,
+        seed=TEST_SEED,
     )
     fields.update(overrides)
     if fields["algorithm"] in ("rloo", "grpo"):
@@ -207,7 +217,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(model_cache, tmp_path)
     for want, have in zip(expected, got):
         for key in ("reward", "kl", "loss", "value_loss", "kl_coef", "step"):
             assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-5), (have["iteration"], key)
-    assert any(r["kl"] != 0 for r in expected[resumed_at + 1:]), "the runs should have moved the policy"
+    assert any(r["kl"] != 0 for r in expected[resumed_at + 1 :]), "the runs should have moved the policy"
 
     from safetensors.torch import load_file
 

@@ -29,8 +29,16 @@ def read_metrics(run_dir):
 
 
 def pref_config(tmp_path, **overrides):
-    fields = dict(output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5, learning_rate=3e-3, progress=False,
-                  use_chat_template=False, kl_coef=0.1, seed=TEST_SEED)
+    fields = dict(
+        output_dir=str(tmp_path / "run"),
+        batch_size=8,
+        num_epochs=5,
+        learning_rate=3e-3,
+        progress=False,
+        use_chat_template=False,
+        kl_coef=0.1,
+        seed=TEST_SEED,
+    )
     fields.update(overrides)
     return PreferenceConfig(**fields)
 
@@ -69,8 +77,9 @@ def test_cached_reference_gives_the_same_losses_as_recomputing_it_every_step(mod
     runs = {}
     for cached in (True, False):
         model, tokenizer = load_policy("tiny-policy")
-        config = pref_config(tmp_path / str(cached), loss=loss, num_epochs=1, precompute_reference=cached,
-                             reference_batch_size=5)  # chunks unlike the training batches: padding differs
+        config = pref_config(
+            tmp_path / str(cached), loss=loss, num_epochs=1, precompute_reference=cached, reference_batch_size=5
+        )  # chunks unlike the training batches: padding differs
         pairs = tokenize_pairs(a_preferences(32), tokenizer, config, use_chat_template=False)
         algorithm = PreferenceAlgorithm(config, model, tokenizer, pairs)
         runs[cached] = (read_metrics(train(config, algorithm)), algorithm)
@@ -101,8 +110,9 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(model_cache, tmp_pa
     with torch.no_grad():
         adapted = sequence_logps(policy, examples, tokenizer.pad_token_id)[0]
     assert not torch.allclose(adapted, expected, atol=1e-3), "the adapters change the policy"
-    torch.testing.assert_close(algorithm.reference_cache, torch.stack(expected.split(len(pairs)), -1),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        algorithm.reference_cache, torch.stack(expected.split(len(pairs)), -1), atol=1e-5, rtol=0
+    )
 
 
 def a_rankings(n: int, seed: int = 0):
@@ -131,13 +141,21 @@ def top1_accuracy(model, tokenizer, config):
 @pytest.mark.parametrize("loss", ["rrhf", "pro"])
 def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss, record_margin):
     model, tokenizer = load_policy("tiny-policy")
-    config = RankingConfig(loss=loss, output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=5,
-                           learning_rate=3e-3, progress=False, use_chat_template=False, seed=TEST_SEED)
+    config = RankingConfig(
+        loss=loss,
+        output_dir=str(tmp_path / "run"),
+        batch_size=8,
+        num_epochs=5,
+        learning_rate=3e-3,
+        progress=False,
+        use_chat_template=False,
+        seed=TEST_SEED,
+    )
     before = top1_accuracy(model, tokenizer, config)
     rankings = tokenize_rankings(a_rankings(TRAIN_LISTS), tokenizer, config, use_chat_template=False)
     run_dir = train(config, RankingAlgorithm(config, model, tokenizer, rankings))
     after = top1_accuracy(model, tokenizer, config)
-    last_epoch = read_metrics(run_dir)[-TRAIN_LISTS // 8:]
+    last_epoch = read_metrics(run_dir)[-TRAIN_LISTS // 8 :]
     last_epoch_top1 = sum(r["top1_accuracy"] for r in last_epoch) / len(last_epoch)
     record_margin("held-out top-1 gain", after - before, MIN_GAIN)
     record_margin("last epoch's top-1 accuracy", last_epoch_top1, 0.75)
@@ -151,8 +169,27 @@ def test_rlhflab_dpo_command_trains_from_a_jsonl_file(model_cache, tmp_path, cap
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in a_preferences(8)))
     out = tmp_path / "dpo"
-    code = main(["dpo", "--model", "tiny-policy", "--data", str(data), "--output_dir", str(out), "--batch_size", "4",
-                 "--max_steps", "2", "--learning_rate", "1e-3", "--use_chat_template", "false", "--progress", "false"])
+    code = main(
+        [
+            "dpo",
+            "--model",
+            "tiny-policy",
+            "--data",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--batch_size",
+            "4",
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--use_chat_template",
+            "false",
+            "--progress",
+            "false",
+        ]
+    )
     assert code == 0
     assert "policy saved to" in capsys.readouterr().out
     assert (out / "policy" / "config.json").is_file() and len(read_metrics(out)) == 2
@@ -172,6 +209,9 @@ def test_compare_ranks_pool_samples_by_the_reward_model_best_first_with_ties():
     from rlhflab.rewards import RewardSource
 
     length = RewardSource("length", lambda c, o: [float(len(x)) for x in o])
-    samples = [Samples(prompt="p", completions=["aa", "a", "", "bb", "ccc"]), Samples(prompt="q", completions=["x", " "])]
+    samples = [
+        Samples(prompt="p", completions=["aa", "a", "", "bb", "ccc"]),
+        Samples(prompt="q", completions=["x", " "]),
+    ]
     (ranking,) = _rankings_by_reward_model(samples, length)  # "q" has one non-empty completion: no list
     assert ranking.completions == ["ccc", "aa", "bb", "a"] and ranking.ties == [0, 1, 1, 2]

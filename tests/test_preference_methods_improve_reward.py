@@ -58,7 +58,7 @@ def draw(model, tokenizer, seed: int) -> list[list[str]]:
     torch.manual_seed(seed)
     rollout = sample(model, tokenizer, ids, num_samples=NUM_SAMPLES, max_new_tokens=MAX_NEW_TOKENS)
     texts = rollout.completion_texts
-    return [texts[i * NUM_SAMPLES: (i + 1) * NUM_SAMPLES] for i in range(len(PROMPTS))]
+    return [texts[i * NUM_SAMPLES : (i + 1) * NUM_SAMPLES] for i in range(len(PROMPTS))]
 
 
 def mean_reward(groups: list[list[str]]) -> float:
@@ -102,8 +102,15 @@ def train_on_own_samples(method: str, tmp_path, sign: float = 1.0) -> tuple[floa
     model, tokenizer = load_policy("tiny-policy")
     feedback = draw(model, tokenizer, SEED)
     before = mean_reward(draw(model, tokenizer, SEED + 1))
-    common = dict(output_dir=str(tmp_path / "run"), batch_size=8, num_epochs=6, learning_rate=3e-3, progress=False,
-                  use_chat_template=False, seed=SEED)
+    common = dict(
+        output_dir=str(tmp_path / "run"),
+        batch_size=8,
+        num_epochs=6,
+        learning_rate=3e-3,
+        progress=False,
+        use_chat_template=False,
+        seed=SEED,
+    )
     if method in ("rrhf", "pro"):
         config = RankingConfig(loss=method, **common)
         records = rankings_from(feedback, sign)
@@ -125,7 +132,8 @@ METHODS = ["dpo", "ipo", "slic", "rrhf", "pro"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trained_on_its_own_labelled_samples_raises_the_known_reward_of_new_samples(
-        model_cache, tmp_path, method, record_margin):
+    model_cache, tmp_path, method, record_margin
+):
     before, after, n = train_on_own_samples(method, tmp_path)
     record_margin("rise", after - before, MARGIN)
     assert n >= 30, n  # enough on-policy pairs / lists to carry a signal

@@ -35,8 +35,7 @@ def prompts_file(tmp_path):
 
 
 def test_select_top_keeps_the_best_of_each_prompt_or_the_best_overall():
-    rewards = torch.tensor([[0.1, 0.9, 0.5, 0.2],
-                            [0.0, 0.3, 0.3, 0.8]])
+    rewards = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.0, 0.3, 0.3, 0.8]])
     assert select_top(rewards, 0.25).tolist() == [1, 7]  # RAFT: the best of each prompt
     assert select_top(rewards, 0.5).tolist() == [1, 2, 5, 7]  # the tie 0.3/0.3 keeps the earlier one
     assert select_top(rewards, 0.25, per_prompt=False).tolist() == [1, 7]  # the two best overall
@@ -67,9 +66,21 @@ def test_rso_pairs_consecutive_accepted_samples_and_labels_them_by_reward():
 
 
 def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_file, record_margin):
-    cfg = RAFTConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "raft"), num_rounds=4,
-                     samples_per_prompt=8, keep_fraction=1 / 8, max_new_tokens=8, learning_rate=3e-3,
-                     num_epochs=4, batch_size=8, use_chat_template=False, progress=False, seed=TEST_SEED)
+    cfg = RAFTConfig(
+        policy="tiny-policy",
+        prompts=prompts_file,
+        output_dir=str(tmp_path / "raft"),
+        num_rounds=4,
+        samples_per_prompt=8,
+        keep_fraction=1 / 8,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        num_epochs=4,
+        batch_size=8,
+        use_chat_template=False,
+        progress=False,
+        seed=TEST_SEED,
+    )
     run_dir = raft(cfg, reward_source=COUNT_A)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["samples_drawn"] for r in rounds] == [128] * 4 and [r["kept"] for r in rounds] == [16] * 4
@@ -83,9 +94,21 @@ def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_f
 
 
 def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cache, tmp_path, prompts_file):
-    cfg = RSOConfig(policy="tiny-policy", prompts=prompts_file, output_dir=str(tmp_path / "rso"), num_candidates=8,
-                    num_accepted=4, kl_coef=0.05, max_new_tokens=8, learning_rate=3e-3, num_epochs=2, batch_size=4,
-                    use_chat_template=False, progress=False, seed=TEST_SEED)
+    cfg = RSOConfig(
+        policy="tiny-policy",
+        prompts=prompts_file,
+        output_dir=str(tmp_path / "rso"),
+        num_candidates=8,
+        num_accepted=4,
+        kl_coef=0.05,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        num_epochs=2,
+        batch_size=4,
+        use_chat_template=False,
+        progress=False,
+        seed=TEST_SEED,
+    )
     run_dir = rso(cfg, reward_source=COUNT_A)
     stats = json.loads((run_dir / "rso_sampling.json").read_text())
     assert stats["samples_drawn"] == 128 and stats["mean_reward_accepted"] >= stats["mean_reward_candidates"]
@@ -115,8 +138,15 @@ def test_rso_skips_and_counts_pairs_of_identical_or_empty_samples(model_cache, m
     jitter = RewardSource("count a + position", lambda c, o: [x.count("a") + 1e-6 * i for i, x in enumerate(o)])
     monkeypatch.setattr(rejection, "sample", fake_sample)
     policy, tokenizer = load_policy("tiny-policy")
-    cfg = RSOConfig(policy="tiny-policy", num_candidates=6, num_accepted=6, sampling_kl_coef=1e6, max_new_tokens=2,
-                    use_chat_template=False, progress=False)
+    cfg = RSOConfig(
+        policy="tiny-policy",
+        num_candidates=6,
+        num_accepted=6,
+        sampling_kl_coef=1e6,
+        max_new_tokens=2,
+        use_chat_template=False,
+        progress=False,
+    )
     records, stats = rejection.rso_preferences(cfg, policy, tokenizer, [Prompt("q")], jitter)
     assert all(r.chosen != r.rejected for r in records)
     assert stats["identical_pairs_skipped"] == 1 and stats["blank_pairs_skipped"] == 1
@@ -125,10 +155,21 @@ def test_rso_skips_and_counts_pairs_of_identical_or_empty_samples(model_cache, m
 
 
 def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_path, record_margin):
-    prefs = [Preference(prompt="p", chosen="good", rejected="bad"), Preference(prompt="q", chosen="fine", rejected="no")]
+    prefs = [
+        Preference(prompt="p", chosen="good", rejected="bad"),
+        Preference(prompt="q", chosen="fine", rejected="no"),
+    ]
     assert [(d.prompt, d.completion) for d in chosen_demonstrations(prefs)] == [("p", "good"), ("q", "fine")]
-    cfg = PositiveSFTConfig(policy="tiny-policy", output_dir=str(tmp_path / "sft"), batch_size=8, num_epochs=4,
-                            learning_rate=3e-3, use_chat_template=False, progress=False, seed=TEST_SEED)
+    cfg = PositiveSFTConfig(
+        policy="tiny-policy",
+        output_dir=str(tmp_path / "sft"),
+        batch_size=8,
+        num_epochs=4,
+        learning_rate=3e-3,
+        use_chat_template=False,
+        progress=False,
+        seed=TEST_SEED,
+    )
     run_dir = positive_sft(cfg, records=a_preferences(16))
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     record_margin("last loss / first loss", losses[-1] / losses[0], 0.7, above=False)

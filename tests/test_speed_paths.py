@@ -58,8 +58,16 @@ def test_engine_logprobs_equal_a_full_forward_pass(policy, monkeypatch, samples,
         monkeypatch.setattr(generation.LlamaStepper, "applies", staticmethod(lambda trunk: False))
     prompts = _prompts(tokenizer)
     torch.manual_seed(0)
-    rows, logprobs = generation.generate(model, prompts, samples, 12, [tokenizer.eos_token_id],
-                                         tokenizer.pad_token_id, temperature=0.8, return_logprobs=True)
+    rows, logprobs = generation.generate(
+        model,
+        prompts,
+        samples,
+        12,
+        [tokenizer.eos_token_id],
+        tokenizer.pad_token_id,
+        temperature=0.8,
+        return_logprobs=True,
+    )
     assert len(rows) == samples * len(prompts)
     batch = join_prompt_completion([p for p in prompts for _ in range(samples)], rows, tokenizer.pad_token_id)
     with torch.no_grad():
@@ -86,9 +94,15 @@ def test_engine_greedy_matches_generate(policy):
     eos = [tokenizer.eos_token_id]
     rows = generation.generate(model, prompts, 2, 10, eos, tokenizer.pad_token_id, temperature=0)
     ids, mask = pad_left(prompts, tokenizer.pad_token_id)
-    out = model.generate(input_ids=ids.repeat_interleave(2, 0), attention_mask=mask.repeat_interleave(2, 0),
-                         do_sample=False, max_new_tokens=10, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    for row, ref in zip(rows, out[:, ids.shape[1]:].tolist()):
+    out = model.generate(
+        input_ids=ids.repeat_interleave(2, 0),
+        attention_mask=mask.repeat_interleave(2, 0),
+        do_sample=False,
+        max_new_tokens=10,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    for row, ref in zip(rows, out[:, ids.shape[1] :].tolist()):
         assert row == ref[: len(row)]
         assert len(row) == 10 or row[-1] == tokenizer.eos_token_id
 
@@ -140,9 +154,17 @@ def test_sample_returns_the_same_rollout_layout_with_the_engine(policy, monkeypa
 def _tiny_decoder_reward_model(tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, num_labels=1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
     torch.manual_seed(0)
     return LlamaForSequenceClassification(config)
 
@@ -204,14 +226,24 @@ def test_encoder_reward_models_do_not_share_prompts():
     from rlhflab.train.offline import supports_shared_prompt
 
     tokenizer = build_char_tokenizer()  # has [CLS]/[SEP]: sentence pairs, bidirectional attention
-    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
+    )
     assert not supports_shared_prompt(model, tokenizer)
 
 
 # ---- one policy (and critic) forward per iteration ---------------------------------------------------
-@pytest.mark.parametrize("algorithm, critic", [("rloo", "shared"), ("grpo", "shared"), ("ppo", "shared"),
-                                               ("ppo", "separate"), ("a2c", "separate")])
+@pytest.mark.parametrize(
+    "algorithm, critic",
+    [("rloo", "shared"), ("grpo", "shared"), ("ppo", "shared"), ("ppo", "separate"), ("a2c", "separate")],
+)
 def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_path, monkeypatch):
     """With one update on the whole rollout, the old log-probs (and the critic's old values) are
     taken from the update's own forward instead of a separate no-grad pass: same losses, KL and
@@ -228,10 +260,22 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_pa
     for single in (True, False):
         monkeypatch.setattr(PolicyOptimization, "_single_pass", lambda self, single=single: single)
         model, _ = build_tiny_policy(seed=3, tokenizer=tokenizer)
-        config = RLConfig(algorithm=algorithm, policy="tiny-policy", output_dir=str(tmp_path / str(single)),
-                          num_iterations=3, prompts_per_iteration=2, samples_per_prompt=4, max_new_tokens=6,
-                          learning_rate=1e-2, kl_coef=0.1, progress=False, use_chat_template=False, seed=0,
-                          epochs=1, critic=critic)
+        config = RLConfig(
+            algorithm=algorithm,
+            policy="tiny-policy",
+            output_dir=str(tmp_path / str(single)),
+            num_iterations=3,
+            prompts_per_iteration=2,
+            samples_per_prompt=4,
+            max_new_tokens=6,
+            learning_rate=1e-2,
+            kl_coef=0.1,
+            progress=False,
+            use_chat_template=False,
+            seed=0,
+            epochs=1,
+            critic=critic,
+        )
         algo = PolicyOptimization(config, model, tokenizer, prompts, reward)
         algo.save_final = lambda run_dir: None
         run_dir = train(config, algo)
@@ -239,11 +283,15 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_pa
         from pathlib import Path
 
         trained = [m for m in algo.trainable_modules().values()]
-        runs[single] = ([json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()],
-                        [p.detach().clone() for m in trained for p in m.parameters()])
+        runs[single] = (
+            [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()],
+            [p.detach().clone() for m in trained for p in m.parameters()],
+        )
     (rows_a, params_a), (rows_b, params_b) = runs[True], runs[False]
     for a, b in zip(rows_a, rows_b):
-        for key in ("loss", "kl", "kl_k3", "reward", "completion_length") + (("value_loss",) if algorithm in ("ppo", "a2c") else ()):
+        for key in ("loss", "kl", "kl_k3", "reward", "completion_length") + (
+            ("value_loss",) if algorithm in ("ppo", "a2c") else ()
+        ):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     for pa, pb in zip(params_a, params_b):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)

@@ -92,9 +92,13 @@ def test_performance_and_kl_match_a_hand_computed_case():
 def test_closed_form_value_equals_objective_of_optimum(small, beta):
     opt = kl_regularised_optimum(small.reference, small.oracle_reward, beta)
     value = optimum_objective(small.reference, small.oracle_reward, beta, small.context_dist)
-    assert value == pytest.approx(objective(opt, small.reference, small.oracle_reward, beta, small.context_dist), abs=1e-10)
+    assert value == pytest.approx(
+        objective(opt, small.reference, small.oracle_reward, beta, small.context_dist), abs=1e-10
+    )
     assert gap_closed(opt, small.reference, small.oracle_reward, beta, small.context_dist) == pytest.approx(1.0)
-    assert gap_closed(small.reference, small.reference, small.oracle_reward, beta, small.context_dist) == pytest.approx(0.0)
+    assert gap_closed(small.reference, small.reference, small.oracle_reward, beta, small.context_dist) == pytest.approx(
+        0.0
+    )
 
 
 def test_optimum_concentrates_on_argmax_as_beta_vanishes_and_is_reference_as_beta_grows(small):

@@ -41,10 +41,20 @@ def _settings(name):
 
 def _train_to_bar(lab, name):
     instance, model, tokenizer = lab
-    result = run_trainer(instance, model, tokenizer, _settings(name), beta=DEFAULT_BETA, seed=TEST_SEED,
-                         stop_at=BARS[name], check_every=CHECK_EVERY_DPO if name == "dpo" else CHECK_EVERY)
-    print(f"{name}: gap closed {result['gap_closed']:.4f} (bar {BARS[name]}) after {result['iterations_run']} "
-          f"iterations; trace {result['gap_trace']}")
+    result = run_trainer(
+        instance,
+        model,
+        tokenizer,
+        _settings(name),
+        beta=DEFAULT_BETA,
+        seed=TEST_SEED,
+        stop_at=BARS[name],
+        check_every=CHECK_EVERY_DPO if name == "dpo" else CHECK_EVERY,
+    )
+    print(
+        f"{name}: gap closed {result['gap_closed']:.4f} (bar {BARS[name]}) after {result['iterations_run']} "
+        f"iterations; trace {result['gap_trace']}"
+    )
     return result
 
 
@@ -55,7 +65,8 @@ def _assert_reaches_bar(lab, name, record_margin):
     record_margin("iterations to the bar (of the budget)", result["iterations_run"], budget, above=False)
     assert result["gap_closed"] >= BARS[name], (
         f"{name} closed {result['gap_closed']:.4f} of the gap (bar {BARS[name]}) within its budget; "
-        f"(iteration, gap): {result['gap_trace']}")
+        f"(iteration, gap): {result['gap_trace']}"
+    )
 
 
 def test_reward_source_maps_decoded_text_back_to_the_oracle_table(lab):
@@ -150,8 +161,17 @@ def test_best_of_n_samples_match_exact_best_of_n_distribution(lab, record_margin
     n, per_context = 4, 400
     C = instance.num_contexts
     prompts = [instance.context_text(i) for i in range(C) for _ in range(per_context)]
-    result = best_of_n(model, tokenizer, prompts, oracle_reward_source(instance), n=n,
-                       max_new_tokens=instance.horizon, use_chat_template=False, seed=TEST_SEED, batch_size=512)
+    result = best_of_n(
+        model,
+        tokenizer,
+        prompts,
+        oracle_reward_source(instance),
+        n=n,
+        max_new_tokens=instance.horizon,
+        use_chat_template=False,
+        seed=TEST_SEED,
+        batch_size=512,
+    )
     index = output_index(instance)
     counts = torch.zeros(C, instance.num_outputs, dtype=torch.float64)
     for k, text in enumerate(result.completions):
@@ -165,7 +185,9 @@ def test_best_of_n_samples_match_exact_best_of_n_distribution(lab, record_margin
     record_margin("TV to exact best-of-n", tv, threshold, above=False)
     assert tv <= threshold
     # ... and the test can tell best-of-n from plain sampling and from best-of-(n+4).
-    for what, other in (("π_ref", instance.reference),
-                        ("best-of-(n+4)", best_of_n_distribution(instance.reference, instance.oracle_reward, n + 4))):
+    for what, other in (
+        ("π_ref", instance.reference),
+        ("best-of-(n+4)", best_of_n_distribution(instance.reference, instance.oracle_reward, n + 4)),
+    ):
         record_margin(f"TV to {what}", 0.5 * float((empirical - other).abs().sum()) / C, threshold)
         assert 0.5 * float((empirical - other).abs().sum()) / C > threshold

@@ -52,58 +52,112 @@ class Command:
 
 
 def _policy_command(algorithm: str, help: str) -> Command:
-    return Command(RLConfig, workflow.policy_optimization, help,
-                   lambda cfg, run_dir: _saved(run_dir, f"metrics in {run_dir / 'metrics.jsonl'}"),
-                   ("--algorithm", algorithm))
+    return Command(
+        RLConfig,
+        workflow.policy_optimization,
+        help,
+        lambda cfg, run_dir: _saved(run_dir, f"metrics in {run_dir / 'metrics.jsonl'}"),
+        ("--algorithm", algorithm),
+    )
 
 
 def _loss_command(config: type, entry: Callable, loss: str, help: str) -> Command:
-    return Command(config, entry, help, lambda cfg, run_dir: _saved(run_dir, f"metrics in {run_dir / 'metrics.jsonl'}"),
-                   ("--loss", loss))
+    return Command(
+        config,
+        entry,
+        help,
+        lambda cfg, run_dir: _saved(run_dir, f"metrics in {run_dir / 'metrics.jsonl'}"),
+        ("--loss", loss),
+    )
 
 
 COMMANDS: dict[str, Command] = {
     "demo": Command(DemoConfig, run_demo, "the whole workflow on the offline defaults, ending in a run report"),
-    "sample": Command(workflow.SampleConfig, workflow.sample, "sample completions from a policy",
-                      lambda cfg, records: f"wrote {len(records)} prompts x {cfg.num_samples} samples to {cfg.output}"),
-    "annotate": Command(workflow.AnnotateConfig, workflow.annotate,
-                        "label samples with simulated annotators driven by an oracle R*",
-                        lambda cfg, records: f"wrote {len(records)} {cfg.feedback} records to {cfg.output}"),
+    "sample": Command(
+        workflow.SampleConfig,
+        workflow.sample,
+        "sample completions from a policy",
+        lambda cfg, records: f"wrote {len(records)} prompts x {cfg.num_samples} samples to {cfg.output}",
+    ),
+    "annotate": Command(
+        workflow.AnnotateConfig,
+        workflow.annotate,
+        "label samples with simulated annotators driven by an oracle R*",
+        lambda cfg, records: f"wrote {len(records)} {cfg.feedback} records to {cfg.output}",
+    ),
     "sft": Command(SFTConfig, workflow.sft, "supervised fine-tuning on demonstrations", lambda cfg, d: _saved(d)),
-    "reward": Command(RewardConfig, workflow.reward, "train a reward model (Bradley-Terry, Plackett-Luce, regression)",
-                      _reward_done),
+    "reward": Command(
+        RewardConfig, workflow.reward, "train a reward model (Bradley-Terry, Plackett-Luce, regression)", _reward_done
+    ),
     "ppo": _policy_command("ppo", "PPO with a KL penalty (Eq. 16)"),
     "a2c": _policy_command("a2c", "advantage actor-critic with a KL penalty"),
     "reinforce": _policy_command("reinforce", "REINFORCE / vanilla policy gradient (Section 6.3)"),
     "rloo": _policy_command("rloo", "REINFORCE leave-one-out"),
     "grpo": _policy_command("grpo", "group relative policy optimisation"),
-    "dpo": _loss_command(PreferenceConfig, workflow.preference_optimization, "dpo",
-                         "direct preference optimisation (also cdpo, rdpo: --loss)"),
+    "dpo": _loss_command(
+        PreferenceConfig,
+        workflow.preference_optimization,
+        "dpo",
+        "direct preference optimisation (also cdpo, rdpo: --loss)",
+    ),
     "ipo": _loss_command(PreferenceConfig, workflow.preference_optimization, "ipo", "identity preference optimisation"),
-    "slic": _loss_command(PreferenceConfig, workflow.preference_optimization, "slic",
-                          "SLiC-HF: rank-calibration hinge plus regularisation"),
-    "rrhf": _loss_command(RankingConfig, workflow.ranking_optimization, "rrhf",
-                          "RRHF: ranking hinge over k responses plus SFT on the best"),
-    "pro": _loss_command(RankingConfig, workflow.ranking_optimization, "pro",
-                         "PRO: Plackett-Luce over k responses plus SFT on the best"),
-    "raft": Command(RAFTConfig, workflow.raft, "rejection-sampling fine-tuning (RAFT / ReST / expert iteration)",
-                    lambda cfg, d: _saved(d, f"per-round samples and rewards in {d / 'rounds.jsonl'}")),
-    "rso": Command(RSOConfig, workflow.rso, "statistical rejection sampling toward pi*, then DPO or SLiC",
-                   lambda cfg, d: _saved(d, f"sampled pairs in {d / 'rso_preferences.jsonl'}")),
-    "sft-positive": Command(PositiveSFTConfig, workflow.positive_sft,
-                            "SFT on the chosen responses of a preference file (baseline)", lambda cfg, d: _saved(d)),
-    "bon": Command(workflow.BestOfNConfig, workflow.bon,
-                   "best-of-n sampling with a reward source, with its KL bound and estimate",
-                   lambda cfg, summary: json.dumps(summary, indent=2) + f"\nchosen completions written to {cfg.output}"),
-    "rad": Command(workflow.RADConfig, workflow.rad, "reward-augmented decoding (top-k reweighted by a reward source)",
-                   lambda cfg, summary: json.dumps(summary, indent=2) + f"\ncompletions written to {cfg.output}"),
-    "compare": Command(CompareConfig, run_compare,
-                       "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot",
-                       lambda cfg, d: f"table in {d / 'comparison.md'} and {d / 'comparison.json'}; "
-                                      f"plot {d / 'comparison.png'}"),
-    "eval": Command(workflow.EvalConfig, workflow.evaluate,
-                    "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts",
-                    lambda cfg, results: format_evaluations({cfg.policy: results})),
+    "slic": _loss_command(
+        PreferenceConfig,
+        workflow.preference_optimization,
+        "slic",
+        "SLiC-HF: rank-calibration hinge plus regularisation",
+    ),
+    "rrhf": _loss_command(
+        RankingConfig,
+        workflow.ranking_optimization,
+        "rrhf",
+        "RRHF: ranking hinge over k responses plus SFT on the best",
+    ),
+    "pro": _loss_command(
+        RankingConfig, workflow.ranking_optimization, "pro", "PRO: Plackett-Luce over k responses plus SFT on the best"
+    ),
+    "raft": Command(
+        RAFTConfig,
+        workflow.raft,
+        "rejection-sampling fine-tuning (RAFT / ReST / expert iteration)",
+        lambda cfg, d: _saved(d, f"per-round samples and rewards in {d / 'rounds.jsonl'}"),
+    ),
+    "rso": Command(
+        RSOConfig,
+        workflow.rso,
+        "statistical rejection sampling toward pi*, then DPO or SLiC",
+        lambda cfg, d: _saved(d, f"sampled pairs in {d / 'rso_preferences.jsonl'}"),
+    ),
+    "sft-positive": Command(
+        PositiveSFTConfig,
+        workflow.positive_sft,
+        "SFT on the chosen responses of a preference file (baseline)",
+        lambda cfg, d: _saved(d),
+    ),
+    "bon": Command(
+        workflow.BestOfNConfig,
+        workflow.bon,
+        "best-of-n sampling with a reward source, with its KL bound and estimate",
+        lambda cfg, summary: json.dumps(summary, indent=2) + f"\nchosen completions written to {cfg.output}",
+    ),
+    "rad": Command(
+        workflow.RADConfig,
+        workflow.rad,
+        "reward-augmented decoding (top-k reweighted by a reward source)",
+        lambda cfg, summary: json.dumps(summary, indent=2) + f"\ncompletions written to {cfg.output}",
+    ),
+    "compare": Command(
+        CompareConfig,
+        run_compare,
+        "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot",
+        lambda cfg, d: f"table in {d / 'comparison.md'} and {d / 'comparison.json'}; plot {d / 'comparison.png'}",
+    ),
+    "eval": Command(
+        workflow.EvalConfig,
+        workflow.evaluate,
+        "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts",
+        lambda cfg, results: format_evaluations({cfg.policy: results}),
+    ),
     "toy": Command(None, toy_main, "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)"),
 }
 
@@ -123,8 +177,11 @@ def run_command(name: str, argv: Sequence[str]) -> int:
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
-    return "usage: rlhflab COMMAND [--config FILE.yaml] [--option value ...]\n\ncommands:\n" + "\n".join(lines) + \
-        "\n\nrlhflab COMMAND --help lists a command's options."
+    return (
+        "usage: rlhflab COMMAND [--config FILE.yaml] [--option value ...]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nrlhflab COMMAND --help lists a command's options."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,14 +56,40 @@ METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-posit
 
 # Budgets on the offline defaults (full) and on tiny in-process models (quick).
 PRESETS = {
-    "full": dict(methods="ppo,dpo,bon,sft-positive", policy="smollm2-135m-instruct", reward_backbone="minilm-l6",
-                 oracle="sentiment", feedback_prompts=48, eval_prompts=32, max_new_tokens=24, online_samples=96,
-                 offline_steps=12, preference_learning_rate=5e-6, sft_learning_rate=2e-5, ppo_learning_rate=2e-5,
-                 reward_learning_rate=5e-5, reward_epochs=2.0, eval_samples=4),
-    "quick": dict(methods=",".join(METHODS), policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                  feedback_prompts=64, eval_prompts=32, max_new_tokens=32, online_samples=256, offline_steps=30,
-                  preference_learning_rate=3e-3, sft_learning_rate=3e-3, ppo_learning_rate=3e-3,
-                  reward_learning_rate=1e-3, reward_epochs=4.0, eval_samples=2),
+    "full": dict(
+        methods="ppo,dpo,bon,sft-positive",
+        policy="smollm2-135m-instruct",
+        reward_backbone="minilm-l6",
+        oracle="sentiment",
+        feedback_prompts=48,
+        eval_prompts=32,
+        max_new_tokens=24,
+        online_samples=96,
+        offline_steps=12,
+        preference_learning_rate=5e-6,
+        sft_learning_rate=2e-5,
+        ppo_learning_rate=2e-5,
+        reward_learning_rate=5e-5,
+        reward_epochs=2.0,
+        eval_samples=4,
+    ),
+    "quick": dict(
+        methods=",".join(METHODS),
+        policy="tiny-policy",
+        reward_backbone="tiny-reward",
+        oracle="keyword:e",
+        feedback_prompts=64,
+        eval_prompts=32,
+        max_new_tokens=32,
+        online_samples=256,
+        offline_steps=30,
+        preference_learning_rate=3e-3,
+        sft_learning_rate=3e-3,
+        ppo_learning_rate=3e-3,
+        reward_learning_rate=1e-3,
+        reward_epochs=4.0,
+        eval_samples=2,
+    ),
 }
 
 
@@ -73,28 +99,46 @@ class CompareConfig:
     and tabulate J (oracle), Ĵ (reward model) and KL to the initial policy on seen and unseen prompts."""
 
     methods: str | None = preset_option(PRESETS, "methods", "Comma-separated methods from: " + ", ".join(METHODS) + ".")
-    preset: str = option("full", "Named budgets: full (the offline default models) or quick (tiny models).",
-                         choices=list(PRESETS))
-    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and the keyword:e oracle, every method end to end in a few minutes.")
+    preset: str = option(
+        "full", "Named budgets: full (the offline default models) or quick (tiny models).", choices=list(PRESETS)
+    )
+    quick: bool = option(
+        False,
+        "Shorthand for --preset quick: tiny random models and the keyword:e oracle, every method end to end in a few minutes.",
+    )
     output_dir: str | None = option(None, "Run directory (default runs/compare-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
     policy: str | None = preset_option(PRESETS, "policy", "Initial policy pi_0, also the reference.")
     reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
     oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R* of the simulated annotators and of J.")
-    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts sampled and annotated for the shared pool.")
+    feedback_prompts: int | None = preset_option(
+        PRESETS, "feedback_prompts", "Training prompts sampled and annotated for the shared pool."
+    )
     samples_per_prompt: int = option(4, "Samples per feedback prompt in the pool.")
     eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
     max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
     kl_coef: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.", aliases=["--beta"])
-    online_samples: int | None = preset_option(PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw.")
-    offline_steps: int | None = preset_option(PRESETS, "offline_steps", "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso).")
+    online_samples: int | None = preset_option(
+        PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw."
+    )
+    offline_steps: int | None = preset_option(
+        PRESETS, "offline_steps", "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso)."
+    )
     batch_size: int = option(8, "Examples per optimiser step of the offline methods.")
-    preference_learning_rate: float | None = preset_option(PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso.")
-    sft_learning_rate: float | None = preset_option(PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft.")
+    preference_learning_rate: float | None = preset_option(
+        PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso."
+    )
+    sft_learning_rate: float | None = preset_option(
+        PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft."
+    )
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
-    eval_samples: int | None = preset_option(PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt.")
+    eval_samples: int | None = preset_option(
+        PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt."
+    )
     reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
-    reward_epochs: float | None = preset_option(PRESETS, "reward_epochs", "Reward-model passes over the preference pairs.")
+    reward_epochs: float | None = preset_option(
+        PRESETS, "reward_epochs", "Reward-model passes over the preference pairs."
+    )
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")
@@ -164,9 +208,14 @@ class _Shared:
         return dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
 
     def preference_config(self, cls, name, **kw):
-        return cls(policy=self.cfg.policy, output_dir=str(self.run_dir / name),
-                   learning_rate=self.cfg.preference_learning_rate, use_chat_template=self.use_chat, **self.common,
-                   **kw)
+        return cls(
+            policy=self.cfg.policy,
+            output_dir=str(self.run_dir / name),
+            learning_rate=self.cfg.preference_learning_rate,
+            use_chat_template=self.use_chat,
+            **self.common,
+            **kw,
+        )
 
 
 def _run_bon(s: _Shared, method: str) -> MethodRun:
@@ -174,8 +223,16 @@ def _run_bon(s: _Shared, method: str) -> MethodRun:
     for name, prompts in s.pool.prompt_sets.items():
         # each evaluation prompt eval_samples times, so best-of-n is averaged per prompt like a policy
         repeated = [p for p in prompts for _ in range(cfg.eval_samples)]
-        bon = best_of_n(s.policy, s.tokenizer, repeated, s.pool.reward_model, n=cfg.bon_n,
-                        max_new_tokens=cfg.max_new_tokens, use_chat_template=s.use_chat, seed=cfg.seed + 1)
+        bon = best_of_n(
+            s.policy,
+            s.tokenizer,
+            repeated,
+            s.pool.reward_model,
+            n=cfg.bon_n,
+            max_new_tokens=cfg.max_new_tokens,
+            use_chat_template=s.use_chat,
+            seed=cfg.seed + 1,
+        )
         out[name] = _bon_evaluation(bon, s.oracle, len(prompts), cfg.eval_samples)
         extra += bon.samples_drawn
     return MethodRun(extra, evaluations=out, info={"kl_bound": bon.kl_bound})
@@ -184,10 +241,22 @@ def _run_bon(s: _Shared, method: str) -> MethodRun:
 def _run_ppo(s: _Shared, method: str) -> MethodRun:
     cfg = s.cfg
     iterations = max(1, cfg.online_samples // cfg.prompts_per_iteration)
-    rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(s.pool.reward_dir / "reward_model"),
-                      oracle=cfg.oracle, num_iterations=iterations, prompts_per_iteration=cfg.prompts_per_iteration,
-                      max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, learning_rate=cfg.ppo_learning_rate, epochs=2,
-                      use_chat_template=s.use_chat, seed=cfg.seed, progress=False, output_dir=str(s.run_dir / "ppo"))
+    rl_cfg = RLConfig(
+        algorithm="ppo",
+        policy=cfg.policy,
+        reward=str(s.pool.reward_dir / "reward_model"),
+        oracle=cfg.oracle,
+        num_iterations=iterations,
+        prompts_per_iteration=cfg.prompts_per_iteration,
+        max_new_tokens=cfg.max_new_tokens,
+        kl_coef=cfg.kl_coef,
+        learning_rate=cfg.ppo_learning_rate,
+        epochs=2,
+        use_chat_template=s.use_chat,
+        seed=cfg.seed,
+        progress=False,
+        output_dir=str(s.run_dir / "ppo"),
+    )
     method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.pool.reward_model, s.oracle)
     return MethodRun(iterations * cfg.prompts_per_iteration, method_dir)
 
@@ -206,35 +275,65 @@ def _run_rrhf(s: _Shared, method: str) -> MethodRun:
 
 def _run_rso(s: _Shared, method: str) -> MethodRun:
     cfg, n = s.cfg, s.cfg.rso_candidates
-    rso_cfg = s.preference_config(RSOConfig, method, loss="dpo", kl_coef=cfg.kl_coef, prompts="train",
-                                  limit=max(1, cfg.online_samples // n), num_candidates=n, num_accepted=min(4, n),
-                                  max_new_tokens=cfg.max_new_tokens)
+    rso_cfg = s.preference_config(
+        RSOConfig,
+        method,
+        loss="dpo",
+        kl_coef=cfg.kl_coef,
+        prompts="train",
+        limit=max(1, cfg.online_samples // n),
+        num_candidates=n,
+        num_accepted=min(4, n),
+        max_new_tokens=cfg.max_new_tokens,
+    )
     return MethodRun(rso_cfg.limit * n, workflow.rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
 
 
 def _run_raft(s: _Shared, method: str) -> MethodRun:
     cfg = s.cfg
     per_round = max(1, cfg.online_samples // (cfg.raft_rounds * cfg.samples_per_prompt))
-    raft_cfg = RAFTConfig(policy=cfg.policy, prompts="train", prompts_per_round=per_round,
-                          num_rounds=cfg.raft_rounds, samples_per_prompt=cfg.samples_per_prompt,
-                          keep_fraction=1 / cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                          use_chat_template=s.use_chat, learning_rate=cfg.sft_learning_rate,
-                          num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
-                          seed=cfg.seed, progress=False, batch_size=cfg.batch_size,
-                          output_dir=str(s.run_dir / "raft"))
+    raft_cfg = RAFTConfig(
+        policy=cfg.policy,
+        prompts="train",
+        prompts_per_round=per_round,
+        num_rounds=cfg.raft_rounds,
+        samples_per_prompt=cfg.samples_per_prompt,
+        keep_fraction=1 / cfg.samples_per_prompt,
+        max_new_tokens=cfg.max_new_tokens,
+        use_chat_template=s.use_chat,
+        learning_rate=cfg.sft_learning_rate,
+        num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
+        seed=cfg.seed,
+        progress=False,
+        batch_size=cfg.batch_size,
+        output_dir=str(s.run_dir / "raft"),
+    )
     method_dir = workflow.raft(raft_cfg, s.fresh(), s.tokenizer, s.pool.reward_model)
     return MethodRun(cfg.raft_rounds * per_round * cfg.samples_per_prompt, method_dir)
 
 
 def _run_positive_sft(s: _Shared, method: str) -> MethodRun:
-    scfg = PositiveSFTConfig(policy=s.cfg.policy, output_dir=str(s.run_dir / method), use_chat_template=s.use_chat,
-                             **{**s.common, "learning_rate": s.cfg.sft_learning_rate})
+    scfg = PositiveSFTConfig(
+        policy=s.cfg.policy,
+        output_dir=str(s.run_dir / method),
+        use_chat_template=s.use_chat,
+        **{**s.common, "learning_rate": s.cfg.sft_learning_rate},
+    )
     return MethodRun(0, workflow.positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
 
 
 # Every method of METHODS: how it runs from the shared pool.
-RUNNERS = {"ppo": _run_ppo, "dpo": _run_preference, "ipo": _run_preference, "slic": _run_preference,
-           "rrhf": _run_rrhf, "raft": _run_raft, "rso": _run_rso, "bon": _run_bon, "sft-positive": _run_positive_sft}
+RUNNERS = {
+    "ppo": _run_ppo,
+    "dpo": _run_preference,
+    "ipo": _run_preference,
+    "slic": _run_preference,
+    "rrhf": _run_rrhf,
+    "raft": _run_raft,
+    "rso": _run_rso,
+    "bon": _run_bon,
+    "sft-positive": _run_positive_sft,
+}
 
 
 def run_compare(cfg: CompareConfig) -> Path:
@@ -252,13 +351,22 @@ def run_compare(cfg: CompareConfig) -> Path:
     pool = build_feedback_pool(cfg, run_dir, policy, tokenizer)
     pool_samples = len(pool.feedback_prompts) * cfg.samples_per_prompt
     pool_seconds = time.perf_counter() - t0
-    print(f"[compare] shared pool: {pool_samples} samples, {len(pool.preferences)} pairs, reward model "
-          f"(held-out accuracy {pool.reward_report.get('accuracy', float('nan')):.3f}); {pool_seconds:.1f} s",
-          flush=True)
+    print(
+        f"[compare] shared pool: {pool_samples} samples, {len(pool.preferences)} pairs, reward model "
+        f"(held-out accuracy {pool.reward_report.get('accuracy', float('nan')):.3f}); {pool_seconds:.1f} s",
+        flush=True,
+    )
 
     shared = _Shared(cfg, run_dir, pool, policy, tokenizer, oracle, use_chat)
-    eval_kw = dict(oracle=oracle, reward_model=pool.reward_model, reference=policy, num_samples=cfg.eval_samples,
-                   max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed + 1)
+    eval_kw = dict(
+        oracle=oracle,
+        reward_model=pool.reward_model,
+        reference=policy,
+        num_samples=cfg.eval_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        use_chat_template=use_chat,
+        seed=cfg.seed + 1,
+    )
     results = {"initial": evaluate_on_sets(policy, tokenizer, pool.prompt_sets, **eval_kw)}
     info = {"initial": {"extra_samples": 0, "train_seconds": 0.0}}
     for method in cfg.method_list:
@@ -275,22 +383,36 @@ def run_compare(cfg: CompareConfig) -> Path:
 
     rows = comparison_rows(results, info, pool_samples)
     table = format_table(rows, COMPARE_COLUMNS)
-    write_json(run_dir / "comparison.json", {
-        "config": dataclasses.asdict(cfg), "pool": {"samples": pool_samples, "pairs": len(pool.preferences),
-                                                     "seconds": pool_seconds, "reward_model": pool.reward_report},
-        "methods": info, "rows": rows})
+    write_json(
+        run_dir / "comparison.json",
+        {
+            "config": dataclasses.asdict(cfg),
+            "pool": {
+                "samples": pool_samples,
+                "pairs": len(pool.preferences),
+                "seconds": pool_seconds,
+                "reward_model": pool.reward_report,
+            },
+            "methods": info,
+            "rows": rows,
+        },
+    )
     plot_comparison(rows, run_dir / "comparison.png")
-    note = (f"Shared pool: {pool_samples} samples of pi_0 on {len(pool.feedback_prompts)} prompts, "
-            f"{len(pool.preferences)} simulated pairs (oracle `{cfg.oracle}`), reward model on "
-            f"`{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
-            "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
-            "training time (for bon, its inference on both prompt sets), evaluation excluded. "
-            "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
-            f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}. ΔJ is paired by prompt against π_0 "
-            f"({cfg.eval_samples} samples per prompt, standard error over the {cfg.eval_prompts} prompts).")
+    note = (
+        f"Shared pool: {pool_samples} samples of pi_0 on {len(pool.feedback_prompts)} prompts, "
+        f"{len(pool.preferences)} simulated pairs (oracle `{cfg.oracle}`), reward model on "
+        f"`{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
+        "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
+        "training time (for bon, its inference on both prompt sets), evaluation excluded. "
+        "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
+        f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}. ΔJ is paired by prompt against π_0 "
+        f"({cfg.eval_samples} samples per prompt, standard error over the {cfg.eval_prompts} prompts)."
+    )
     verdicts = "\n".join(noise_verdicts(rows, cfg.eval_prompts))
-    write_text(run_dir / "comparison.md",
-               f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n\n## Beyond noise?\n\n{verdicts}\n")
+    write_text(
+        run_dir / "comparison.md",
+        f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n\n## Beyond noise?\n\n{verdicts}\n",
+    )
     print("\n" + table + "\n\n" + note + "\n\n" + verdicts)
     return run_dir
 
@@ -301,21 +423,40 @@ def _bon_evaluation(bon, oracle, num_prompts: int, per_prompt: int) -> PolicyEva
     prompt_index = torch.arange(num_prompts).repeat_interleave(per_prompt)
     oracle_rewards, proxy = oracle(bon.contexts, bon.completions), torch.tensor(bon.rewards)
     return PolicyEvaluation(
-        J=float(oracle_rewards.mean()), J_se=standard_error(oracle_rewards, prompt_index, per_prompt),
-        J_hat=float(proxy.mean()), J_hat_se=standard_error(proxy, prompt_index, per_prompt),
-        kl=bon.kl_estimate, kl_se=bon.kl_estimate_se, mean_length=float("nan"), truncated_fraction=float("nan"),
-        distinct_1=distinct_n(bon.completions, 1), distinct_2=distinct_n(bon.completions, 2), n=len(bon.completions),
-        num_prompts=num_prompts, prompt_index=prompt_index.tolist(), contexts=bon.contexts, texts=bon.completions,
-        oracle_rewards=oracle_rewards.tolist(), proxy_rewards=bon.rewards)
+        J=float(oracle_rewards.mean()),
+        J_se=standard_error(oracle_rewards, prompt_index, per_prompt),
+        J_hat=float(proxy.mean()),
+        J_hat_se=standard_error(proxy, prompt_index, per_prompt),
+        kl=bon.kl_estimate,
+        kl_se=bon.kl_estimate_se,
+        mean_length=float("nan"),
+        truncated_fraction=float("nan"),
+        distinct_1=distinct_n(bon.completions, 1),
+        distinct_2=distinct_n(bon.completions, 2),
+        n=len(bon.completions),
+        num_prompts=num_prompts,
+        prompt_index=prompt_index.tolist(),
+        contexts=bon.contexts,
+        texts=bon.completions,
+        oracle_rewards=oracle_rewards.tolist(),
+        proxy_rewards=bon.rewards,
+    )
 
 
 COMPARE_COLUMNS = [
-    ("method", "method", ""), ("contexts", "contexts", ""),
-    ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
-    ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
-    ("kl", "KL(π‖π_0)", ".2f"), ("kl_se", "± se", ".2f"),
-    ("delta_J", "ΔJ vs π_0", "+.3f"), ("delta_J_se", "± se", ".3f"), ("z", "ΔJ / se", "+.1f"),
-    ("extra_samples", "extra samples", "d"), ("train_seconds", "wall s", ".1f"),
+    ("method", "method", ""),
+    ("contexts", "contexts", ""),
+    ("J", "J (oracle)", ".3f"),
+    ("J_se", "± se", ".3f"),
+    ("J_hat", "Ĵ (reward model)", ".3f"),
+    ("J_hat_se", "± se", ".3f"),
+    ("kl", "KL(π‖π_0)", ".2f"),
+    ("kl_se", "± se", ".2f"),
+    ("delta_J", "ΔJ vs π_0", "+.3f"),
+    ("delta_J_se", "± se", ".3f"),
+    ("z", "ΔJ / se", "+.1f"),
+    ("extra_samples", "extra samples", "d"),
+    ("train_seconds", "wall s", ".1f"),
 ]
 
 # |ΔJ| / se at which a change counts as beyond noise (two-sided, about 5%)
@@ -352,13 +493,15 @@ def noise_verdicts(rows: list[dict], eval_prompts: int) -> list[str]:
         elif abs(delta) >= NOISE_Z * se:
             lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is {abs(delta) / se:.1f} se, beyond noise.")
         elif abs(delta) < se / 2:
-            lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise and under half an se: a larger "
-                         "training budget (more steps or samples), not only more evaluation, would be needed.")
+            lines.append(
+                f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise and under half an se: a larger "
+                "training budget (more steps or samples), not only more evaluation, would be needed."
+            )
         else:
             needed = math.ceil(eval_prompts * (NOISE_Z * se / abs(delta)) ** 2)
-            lines.append(f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise ({abs(delta) / se:.1f} se); an "
-                         f"effect of this size would reach {NOISE_Z:.0f} se with about {needed} evaluation prompts "
-                         f"(--eval_prompts {needed}; now {eval_prompts}).")
+            lines.append(
+                f"- {where}: ΔJ {delta:+.3f} ± {se:.3f} is within noise ({abs(delta) / se:.1f} se); an "
+                f"effect of this size would reach {NOISE_Z:.0f} se with about {needed} evaluation prompts "
+                f"(--eval_prompts {needed}; now {eval_prompts})."
+            )
     return lines
-
-

@@ -107,7 +107,10 @@ class PromptOptions:
     prompts: str = option("train", "Prompts: 'train' / 'unseen' (shipped sets) or a prompts file (prompt | messages).")
     limit: int = option(0, "Use only the first N prompts (0: all).")
     use_chat_template: bool = option(True, "Render string prompts with the policy's chat template.")
-    truncate: bool = option(False, "Keep the last tokens of prompts longer than the policy's context minus max_new_tokens (default: such a prompt is an error).")
+    truncate: bool = option(
+        False,
+        "Keep the last tokens of prompts longer than the policy's context minus max_new_tokens (default: such a prompt is an error).",
+    )
 
 
 @dataclass
@@ -124,22 +127,36 @@ class SamplingOptions:
 class LoopOptions:
     """Options of the one training loop, shared by every trainer."""
 
-    output_dir: str | None = option(None, "Run directory (config, metrics, checkpoints, models). Default: runs/CMD-TIMESTAMP.")
+    output_dir: str | None = option(
+        None, "Run directory (config, metrics, checkpoints, models). Default: runs/CMD-TIMESTAMP."
+    )
     seed: int = option(0, "Random seed for sampling, shuffling, initialisation and simulated annotators.")
     learning_rate: float = option(1e-5, "Peak learning rate of AdamW.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
-    lr_scheduler: str = option("constant", "Learning-rate schedule after warm-up.", choices=["constant", "linear", "cosine"])
+    lr_scheduler: str = option(
+        "constant", "Learning-rate schedule after warm-up.", choices=["constant", "linear", "cosine"]
+    )
     warmup_steps: int = option(0, "Linear warm-up steps.")
-    gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimiser step (each of batch_size / (processes * accumulation)).")
+    gradient_accumulation_steps: int = option(
+        1, "Micro-batches accumulated per optimiser step (each of batch_size / (processes * accumulation))."
+    )
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).")
-    max_length: int = option(512, "Maximum tokens of prompt + completion; longer examples are an error unless truncate is set.")
-    truncate: bool = option(False, "Truncate over-long prompts and examples from the left (keep their last tokens) instead of failing.")
+    max_length: int = option(
+        512, "Maximum tokens of prompt + completion; longer examples are an error unless truncate is set."
+    )
+    truncate: bool = option(
+        False, "Truncate over-long prompts and examples from the left (keep their last tokens) instead of failing."
+    )
     logging_steps: int = option(1, "Write a metrics row every N optimiser steps.")
     save_steps: int = option(0, "Checkpoint every N optimiser steps (0: only the final model).")
-    lora_r: int = option(0, "LoRA rank (0: train all weights). With LoRA the reference policy is the adapter-disabled model.")
+    lora_r: int = option(
+        0, "LoRA rank (0: train all weights). With LoRA the reference policy is the adapter-disabled model."
+    )
     lora_alpha: int = option(16, "LoRA scaling alpha.")
     lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_target_modules: str = option("all-linear", "Modules that get LoRA adapters (peft syntax, comma-separated or 'all-linear').")
+    lora_target_modules: str = option(
+        "all-linear", "Modules that get LoRA adapters (peft syntax, comma-separated or 'all-linear')."
+    )
     dtype: str = option("float32", "Parameter dtype.", choices=["float32", "bfloat16", "float16"])
     progress: bool = option(True, "Show progress bars.")
 

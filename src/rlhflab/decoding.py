@@ -62,16 +62,33 @@ class BestOfN:
     samples_drawn: int
 
     def summary(self) -> dict:
-        return {"n": self.n, "prompts": len(self.contexts), "samples_drawn": self.samples_drawn,
-                "mean_reward_chosen": float(torch.tensor(self.rewards).mean()),
-                "mean_reward_single_sample": float(self.all_rewards.mean()),
-                "kl_bound": self.kl_bound, "kl_estimate": self.kl_estimate, "kl_estimate_se": self.kl_estimate_se}
+        return {
+            "n": self.n,
+            "prompts": len(self.contexts),
+            "samples_drawn": self.samples_drawn,
+            "mean_reward_chosen": float(torch.tensor(self.rewards).mean()),
+            "mean_reward_single_sample": float(self.all_rewards.mean()),
+            "kl_bound": self.kl_bound,
+            "kl_estimate": self.kl_estimate,
+            "kl_estimate_se": self.kl_estimate_se,
+        }
 
 
 @torch.no_grad()
-def best_of_n(policy, tokenizer, prompts: Sequence, reward_source: RewardSource, n: int = 4,
-              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-              use_chat_template: bool = True, seed: int = 0, batch_size: int = 32, truncate: bool = False) -> BestOfN:
+def best_of_n(
+    policy,
+    tokenizer,
+    prompts: Sequence,
+    reward_source: RewardSource,
+    n: int = 4,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    use_chat_template: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    truncate: bool = False,
+) -> BestOfN:
     """Sample n completions per prompt (``Prompt`` records or raw prompts), keep the argmax of the
     reward source (the first of tied maxima). Prompts too long for the policy's context are an
     error, or with ``truncate`` keep their last tokens."""
@@ -80,24 +97,41 @@ def best_of_n(policy, tokenizer, prompts: Sequence, reward_source: RewardSource,
     raw = [getattr(p, "prompt", p) for p in prompts]
     ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     torch.manual_seed(seed)
-    rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, batch_size=batch_size)
+    rollout = sample(
+        policy,
+        tokenizer,
+        ids,
+        num_samples=n,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+    )
     contexts = [prompt_text(p) for p in raw]
     texts = rollout.completion_texts
     rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(raw), n)
     best = rewards.argmax(-1)
-    grouped = [texts[i * n:(i + 1) * n] for i in range(len(raw))]
+    grouped = [texts[i * n : (i + 1) * n] for i in range(len(raw))]
     kls = torch.tensor([plug_in_best_of_n_kl(rewards[i].tolist(), grouped[i]) for i in range(len(raw))])
     se = float(kls.std() / math.sqrt(len(kls))) if len(kls) > 1 else None
-    return BestOfN(contexts=contexts, completions=[grouped[i][int(b)] for i, b in enumerate(best)],
-                   rewards=rewards.gather(1, best[:, None]).squeeze(1).tolist(), all_rewards=rewards,
-                   all_completions=grouped, n=n, kl_bound=best_of_n_kl_bound(n), kl_estimate=float(kls.mean()),
-                   kl_estimate_se=se, samples_drawn=len(texts))
+    return BestOfN(
+        contexts=contexts,
+        completions=[grouped[i][int(b)] for i, b in enumerate(best)],
+        rewards=rewards.gather(1, best[:, None]).squeeze(1).tolist(),
+        all_rewards=rewards,
+        all_completions=grouped,
+        n=n,
+        kl_bound=best_of_n_kl_bound(n),
+        kl_estimate=float(kls.mean()),
+        kl_estimate_se=se,
+        samples_drawn=len(texts),
+    )
 
 
 # ---- reward-augmented decoding --------------------------------------------------------------------
-def rad_logits(logits: torch.Tensor, candidate_rewards: torch.Tensor, candidates: torch.Tensor,
-               beta: float) -> torch.Tensor:
+def rad_logits(
+    logits: torch.Tensor, candidate_rewards: torch.Tensor, candidates: torch.Tensor, beta: float
+) -> torch.Tensor:
     """RAD's next-token logits (Deng & Raffel 2023, Eq. 2-3): z'_v = z_v + β·R(x, y_<t, v) for the
     top-k tokens v, −inf for the rest. logits: (B, V); candidates, candidate_rewards: (B, k).
     With β = 0 this is plain top-k sampling."""
@@ -116,9 +150,19 @@ class RADOutput:
 
 
 @torch.no_grad()
-def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource | None, beta: float = 1.0,
-               top_k: int = 10, max_new_tokens: int = 32, use_chat_template: bool = True, seed: int = 0,
-               batch_size: int = 16, truncate: bool = False) -> RADOutput:
+def rad_decode(
+    policy,
+    tokenizer,
+    prompts: Sequence,
+    reward_source: RewardSource | None,
+    beta: float = 1.0,
+    top_k: int = 10,
+    max_new_tokens: int = 32,
+    use_chat_template: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    truncate: bool = False,
+) -> RADOutput:
     """Sample one completion per prompt with RAD: at each step the k most likely next tokens are
     appended to the prefix, the reward source scores each (prompt, prefix + token) as text, and
     the token is drawn from softmax(z + β·R) over those k (``rad_logits``).
@@ -138,14 +182,14 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
     torch.manual_seed(seed)
     rows, calls = [], 0
     for start in range(0, len(raw), batch_size):
-        chunk = raw[start: start + batch_size]
-        ids = all_ids[start: start + batch_size]
+        chunk = raw[start : start + batch_size]
+        ids = all_ids[start : start + batch_size]
         input_ids, mask = (t.to(device) for t in pad_left(ids, tokenizer.pad_token_id))
         generated = torch.zeros((len(chunk), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
         cache, step_ids = {}, input_ids
         for _ in range(max_new_tokens):
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
             out = policy(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
             # transformers 5 names the key/value cache `cache`; 4.x named it `past_key_values`.
             name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
@@ -154,8 +198,11 @@ def rad_decode(policy, tokenizer, prompts: Sequence, reward_source: RewardSource
             rewards = torch.zeros_like(candidates, dtype=logits.dtype)
             if reward_source is not None and beta != 0:
                 prefixes = [generated[b].tolist() for b in range(len(chunk))]
-                texts = [tokenizer.decode(prefixes[b] + [int(v)], skip_special_tokens=True)
-                         for b in range(len(chunk)) for v in candidates[b]]
+                texts = [
+                    tokenizer.decode(prefixes[b] + [int(v)], skip_special_tokens=True)
+                    for b in range(len(chunk))
+                    for v in candidates[b]
+                ]
                 ctx = [contexts[start + b] for b in range(len(chunk)) for _ in range(candidates.shape[1])]
                 rewards = reward_source(ctx, texts).to(device).view_as(candidates)
                 calls += len(texts)

@@ -29,14 +29,36 @@ from rlhflab.train.policy_optimization import RLConfig
 
 # The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
 PRESETS = {
-    "full": dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment",
-                 feedback_prompts=96, eval_prompts=48, ppo_iterations=12, prompts_per_iteration=16,
-                 max_new_tokens=24, ppo_learning_rate=2e-5, ppo_epochs=2, eval_samples=4,
-                 reward_learning_rate=5e-5, reward_epochs=2.0),
-    "quick": dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e",
-                  feedback_prompts=64, eval_prompts=32, ppo_iterations=30, prompts_per_iteration=16,
-                  max_new_tokens=48, ppo_learning_rate=3e-3, ppo_epochs=2, eval_samples=2,
-                  reward_learning_rate=1e-3, reward_epochs=4.0),
+    "full": dict(
+        policy="smollm2-135m-instruct",
+        reward_backbone="minilm-l6",
+        oracle="sentiment",
+        feedback_prompts=192,
+        eval_prompts=64,
+        ppo_iterations=16,
+        prompts_per_iteration=16,
+        max_new_tokens=24,
+        ppo_learning_rate=4e-5,
+        ppo_epochs=2,
+        eval_samples=4,
+        reward_learning_rate=5e-5,
+        reward_epochs=2.0,
+    ),
+    "quick": dict(
+        policy="tiny-policy",
+        reward_backbone="tiny-reward",
+        oracle="keyword:e",
+        feedback_prompts=64,
+        eval_prompts=32,
+        ppo_iterations=30,
+        prompts_per_iteration=16,
+        max_new_tokens=48,
+        ppo_learning_rate=3e-3,
+        ppo_epochs=2,
+        eval_samples=2,
+        reward_learning_rate=1e-3,
+        reward_epochs=4.0,
+    ),
 }
 
 
@@ -45,23 +67,33 @@ class DemoConfig:
     """The whole RLHF workflow on the offline defaults (SmolLM2-135M-Instruct, MiniLM reward model,
     the sentiment oracle as R*). --quick runs it on tiny in-process models for a first look."""
 
-    preset: str = option("full", "Named sizes: full (the offline default models) or quick (tiny models).",
-                         choices=list(PRESETS))
-    quick: bool = option(False, "Shorthand for --preset quick: tiny random models and a character-level oracle (keyword:e), the pipeline end to end in about a minute.")
+    preset: str = option(
+        "full", "Named sizes: full (the offline default models) or quick (tiny models).", choices=list(PRESETS)
+    )
+    quick: bool = option(
+        False,
+        "Shorthand for --preset quick: tiny random models and a character-level oracle (keyword:e), the pipeline end to end in about a minute.",
+    )
     output_dir: str | None = option(None, "Run directory (default runs/demo-TIMESTAMP).")
     seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
     policy: str | None = preset_option(PRESETS, "policy", "Initial policy.")
     reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
     oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R*.")
-    feedback_prompts: int | None = preset_option(PRESETS, "feedback_prompts", "Training prompts that get sampled and annotated.")
+    feedback_prompts: int | None = preset_option(
+        PRESETS, "feedback_prompts", "Training prompts that get sampled and annotated."
+    )
     samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
     eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
-    eval_samples: int | None = preset_option(PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt.")
+    eval_samples: int | None = preset_option(
+        PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt."
+    )
     ppo_iterations: int | None = preset_option(PRESETS, "ppo_iterations", "PPO iterations.")
     prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per PPO iteration.")
     max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
     reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
-    reward_epochs: float | None = preset_option(PRESETS, "reward_epochs", "Reward-model passes over the preference pairs.")
+    reward_epochs: float | None = preset_option(
+        PRESETS, "reward_epochs", "Reward-model passes over the preference pairs."
+    )
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
     ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")
@@ -99,20 +131,35 @@ def run_demo(cfg: DemoConfig) -> Path:
     peak_before = matmul_peak()["gflops_median"]
     policy, tokenizer = stages.run("load initial policy", load_policy, cfg.policy)
     oracle = load_reward_source(cfg.oracle)
-    eval_kw = dict(oracle=oracle, reward_model=None, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
-                   use_chat_template=use_chat, seed=cfg.seed + 1)
+    eval_kw = dict(
+        oracle=oracle,
+        reward_model=None,
+        num_samples=cfg.eval_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        use_chat_template=use_chat,
+        seed=cfg.seed + 1,
+    )
     before = {}
 
     def evaluate_initial(seen_prompts, unseen_prompts):
         # pi_0 before anything is trained; its samples also test R_phi on unseen contexts
-        before.update(stages.run("evaluate initial policy", evaluate_on_sets, policy, tokenizer,
-                                 {"seen": seen_prompts, "unseen": unseen_prompts}, **eval_kw))
+        before.update(
+            stages.run(
+                "evaluate initial policy",
+                evaluate_on_sets,
+                policy,
+                tokenizer,
+                {"seen": seen_prompts, "unseen": unseen_prompts},
+                **eval_kw,
+            )
+        )
         return (before["seen"].contexts, before["seen"].texts), (before["unseen"].contexts, before["unseen"].texts)
 
     # 1-4. sample pi_0 -> simulated annotators (a pool driven by R*) give pairwise preferences ->
     # evaluate pi_0 -> reward model: Bradley-Terry on the preferences, reported on held-out pairs and vs R*
-    pool = build_feedback_pool(cfg, run_dir, policy, tokenizer, stage=stages.run, before_reward=evaluate_initial,
-                               progress=True)
+    pool = build_feedback_pool(
+        cfg, run_dir, policy, tokenizer, stage=stages.run, before_reward=evaluate_initial, progress=True
+    )
     reward_dir, reward_report, reward_model = pool.reward_dir, pool.reward_report, pool.reward_model
     for ev in before.values():  # Ĵ of pi_0 on the very samples J was measured on
         ev.proxy_rewards = reward_model(ev.contexts, ev.texts).tolist()
@@ -121,19 +168,29 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     # 5. PPO against R_phi with a KL penalty to pi_0; R* is only watched, never optimised
     reference = load_policy(cfg.policy)[0]
-    rl_cfg = RLConfig(algorithm="ppo", policy=cfg.policy, reward=str(reward_dir / "reward_model"), oracle=cfg.oracle,
-                      num_iterations=cfg.ppo_iterations, prompts_per_iteration=cfg.prompts_per_iteration,
-                      max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, learning_rate=cfg.ppo_learning_rate,
-                      epochs=cfg.ppo_epochs, use_chat_template=use_chat, seed=cfg.seed,
-                      output_dir=str(run_dir / "ppo"))
-    ppo_dir = stages.run("PPO against the reward model", workflow.policy_optimization, rl_cfg, policy, tokenizer,
-                         reward_model, oracle)
+    rl_cfg = RLConfig(
+        algorithm="ppo",
+        policy=cfg.policy,
+        reward=str(reward_dir / "reward_model"),
+        oracle=cfg.oracle,
+        num_iterations=cfg.ppo_iterations,
+        prompts_per_iteration=cfg.prompts_per_iteration,
+        max_new_tokens=cfg.max_new_tokens,
+        kl_coef=cfg.kl_coef,
+        learning_rate=cfg.ppo_learning_rate,
+        epochs=cfg.ppo_epochs,
+        use_chat_template=use_chat,
+        seed=cfg.seed,
+        output_dir=str(run_dir / "ppo"),
+    )
+    ppo_dir = stages.run(
+        "PPO against the reward model", workflow.policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle
+    )
     final_policy, _ = load_policy(str(ppo_dir / "policy"))
 
     # 6. evaluate the final policy on the same contexts
     eval_kw.update(reward_model=reward_model, reference=reference)
-    after = stages.run("evaluate final policy", evaluate_on_sets, final_policy, tokenizer, pool.prompt_sets,
-                       **eval_kw)
+    after = stages.run("evaluate final policy", evaluate_on_sets, final_policy, tokenizer, pool.prompt_sets, **eval_kw)
     for ev in before.values():
         ev.kl = 0.0  # pi_0 is the reference
 
@@ -157,33 +214,53 @@ def _fmt(x, spec=".3f"):
 
 
 def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir, peaks) -> str:
-    lines = [f"# rlhflab demo — {run_dir}", "",
-             f"Initial policy `{cfg.policy}`, reward model on `{cfg.reward_backbone}`, oracle R* = `{cfg.oracle}`. "
-             f"{num_prefs} simulated preference pairs; PPO for {cfg.ppo_iterations} iterations "
-             f"(β = {cfg.kl_coef}).", "", "## Policies: true reward J beside proxy Ĵ", "",
-             format_evaluations(results), ""]
+    lines = [
+        f"# rlhflab demo — {run_dir}",
+        "",
+        f"Initial policy `{cfg.policy}`, reward model on `{cfg.reward_backbone}`, oracle R* = `{cfg.oracle}`. "
+        f"{num_prefs} simulated preference pairs; PPO for {cfg.ppo_iterations} iterations "
+        f"(β = {cfg.kl_coef}).",
+        "",
+        "## Policies: true reward J beside proxy Ĵ",
+        "",
+        format_evaluations(results),
+        "",
+    ]
     for contexts in ("seen", "unseen"):
         b, a = results["initial"][contexts], results["final"][contexts]
         delta, se = paired_difference(b, a)
         delta_hat, se_hat = paired_difference(b, a, "proxy_rewards")
-        lines.append(f"- {contexts} contexts: ΔJ = {delta:+.3f} ± {_fmt(se)} (oracle), "
-                     f"ΔĴ = {delta_hat:+.3f} ± {_fmt(se_hat)} (reward model); the change in J is "
-                     f"{delta / se if se else float('inf'):+.1f} standard errors.")
-    lines += ["", f"Standard errors of Δ are over prompts: each prompt's mean reward over its {cfg.eval_samples} "
-              "samples after training minus before (Eq. 12 per context), so the variance between contexts "
-              "cancels."]
-    lines += ["", "## Reward model", "",
-              f"- held-out pairwise accuracy {_fmt(reward_report.get('accuracy'))} "
-              f"(the oracle itself agrees with {_fmt(reward_report.get('oracle_accuracy'))} of the noisy labels)",
-              f"- expected calibration error {_fmt(reward_report.get('ece'))}"]
+        lines.append(
+            f"- {contexts} contexts: ΔJ = {delta:+.3f} ± {_fmt(se)} (oracle), "
+            f"ΔĴ = {delta_hat:+.3f} ± {_fmt(se_hat)} (reward model); the change in J is "
+            f"{delta / se if se else float('inf'):+.1f} standard errors."
+        )
+    lines += [
+        "",
+        f"Standard errors of Δ are over prompts: each prompt's mean reward over its {cfg.eval_samples} "
+        "samples after training minus before (Eq. 12 per context), so the variance between contexts "
+        "cancels.",
+    ]
+    lines += [
+        "",
+        "## Reward model",
+        "",
+        f"- held-out pairwise accuracy {_fmt(reward_report.get('accuracy'))} "
+        f"(the oracle itself agrees with {_fmt(reward_report.get('oracle_accuracy'))} of the noisy labels)",
+        f"- expected calibration error {_fmt(reward_report.get('ece'))}",
+    ]
     for contexts in ("seen", "unseen"):
         c = reward_report.get(contexts) or {}
         lines.append(f"- Spearman correlation with R* on {contexts} contexts: {_fmt(c.get('spearman'))}")
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
-    lines += [f"| total | {sum(seconds.values()):.1f} |", "",
-              f"fp32 matmul rate of this machine, measured before and after the run: {peaks[0]:.0f} and "
-              f"{peaks[1]:.0f} GFLOP/s (median of 2048² products). The demo is sized to finish in 10 minutes "
-              "at about 180 GFLOP/s; its time scales roughly with 180 / this rate.", "",
-              "Plots: `training_curves.png` (proxy and oracle reward against KL), `before_after.png`."]
+    lines += [
+        f"| total | {sum(seconds.values()):.1f} |",
+        "",
+        f"fp32 matmul rate of this machine, measured before and after the run: {peaks[0]:.0f} and "
+        f"{peaks[1]:.0f} GFLOP/s (median of 2048² products). The demo is sized to finish in 10 minutes "
+        "at about 180 GFLOP/s; its time scales roughly with 180 / this rate.",
+        "",
+        "Plots: `training_curves.png` (proxy and oracle reward against KL), `before_after.png`.",
+    ]
     return "\n".join(lines) + "\n"

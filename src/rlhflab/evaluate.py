@@ -68,15 +68,27 @@ def standard_error(values: torch.Tensor, prompt_index: torch.Tensor, num_samples
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique n-grams / total n-grams over all completions (whitespace tokens); 0 when there are none."""
-    grams = [tuple(w[i: i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 @torch.no_grad()
-def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSource | None,
-                    reward_model: RewardSource | None, reference=None, num_samples: int = 1,
-                    max_new_tokens: int = 32, temperature: float = 1.0, use_chat_template: bool = True,
-                    seed: int = 0, batch_size: int = 32, top_p: float = 1.0, truncate: bool = False) -> PolicyEvaluation:
+def evaluate_policy(
+    policy,
+    tokenizer,
+    prompts: list[Prompt],
+    oracle: RewardSource | None,
+    reward_model: RewardSource | None,
+    reference=None,
+    num_samples: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    use_chat_template: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    top_p: float = 1.0,
+    truncate: bool = False,
+) -> PolicyEvaluation:
     """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
 
     The KL is the unbiased k1 estimate mean_i Σ_t [log π(o_t|c, o_<t) − log π_ref(o_t|c, o_<t)] at the
@@ -85,11 +97,11 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
     ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL). Prompts too
     long for the policy's context are an error, or with ``truncate`` keep their last tokens.
     """
-    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens,
-                                truncate)
+    prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     torch.manual_seed(seed)
-    rollout = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p,
-                     batch_size=batch_size)
+    rollout = sample(
+        policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p, batch_size=batch_size
+    )
     idx = rollout.prompt_index
     contexts = [prompt_text(prompts[i].prompt) for i in idx.tolist()]
     texts = rollout.completion_texts
@@ -118,17 +130,29 @@ def evaluate_policy(policy, tokenizer, prompts: list[Prompt], oracle: RewardSour
         kl, kl_se = float(kl_per_sequence.mean()), standard_error(kl_per_sequence, idx, num_samples)
 
     return PolicyEvaluation(
-        J=J, J_se=J_se, J_hat=J_hat, J_hat_se=J_hat_se, kl=kl, kl_se=kl_se,
+        J=J,
+        J_se=J_se,
+        J_hat=J_hat,
+        J_hat_se=J_hat_se,
+        kl=kl,
+        kl_se=kl_se,
         mean_length=float(rollout.batch.completion_mask.sum(-1).float().mean()),
         truncated_fraction=float(rollout.truncated.float().mean()),
-        distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
-        n=len(texts), num_prompts=len(prompts), prompt_index=idx.tolist(), contexts=contexts, texts=texts,
-        oracle_rewards=oracle_rewards, proxy_rewards=proxy_rewards,
+        distinct_1=distinct_n(texts, 1),
+        distinct_2=distinct_n(texts, 2),
+        n=len(texts),
+        num_prompts=len(prompts),
+        prompt_index=idx.tolist(),
+        contexts=contexts,
+        texts=texts,
+        oracle_rewards=oracle_rewards,
+        proxy_rewards=proxy_rewards,
     )
 
 
-def paired_difference(before: PolicyEvaluation, after: PolicyEvaluation,
-                      rewards: str = "oracle_rewards") -> tuple[float, float | None]:
+def paired_difference(
+    before: PolicyEvaluation, after: PolicyEvaluation, rewards: str = "oracle_rewards"
+) -> tuple[float, float | None]:
     """The change of J (Eq. 12; ``rewards="proxy_rewards"``: of Ĵ, Eq. 14) between two policies
     evaluated on the same prompts, with its standard error.
 
@@ -146,19 +170,24 @@ def paired_difference(before: PolicyEvaluation, after: PolicyEvaluation,
         if scores is None:
             raise ValueError(f"paired_difference: an evaluation has no {rewards}")
         index = torch.tensor(ev.prompt_index)
-        sums = torch.zeros(ev.num_prompts, dtype=torch.float64).index_add_(0, index, torch.tensor(scores, dtype=torch.float64))
+        sums = torch.zeros(ev.num_prompts, dtype=torch.float64).index_add_(
+            0, index, torch.tensor(scores, dtype=torch.float64)
+        )
         values.append(sums / torch.bincount(index, minlength=ev.num_prompts).clamp(min=1))
     diff = values[1] - values[0]
     se = float(diff.std(unbiased=True) / math.sqrt(diff.numel())) if diff.numel() > 1 else None
     return float(diff.mean()), se
 
 
-def evaluate_seen_unseen(policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt],
-                         **kw) -> dict[str, PolicyEvaluation]:
+def evaluate_seen_unseen(
+    policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt], **kw
+) -> dict[str, PolicyEvaluation]:
     """The same evaluation on in-distribution and unseen contexts, side by side (Sections 5.1, 6.2):
     a policy that exploits R_phi where feedback was sparse shows Ĵ − J growing on ``unseen``."""
-    return {"seen": evaluate_policy(policy, tokenizer, seen_prompts, **kw),
-            "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **kw)}
+    return {
+        "seen": evaluate_policy(policy, tokenizer, seen_prompts, **kw),
+        "unseen": evaluate_policy(policy, tokenizer, unseen_prompts, **kw),
+    }
 
 
 def expected_calibration_error(probabilities, outcomes, num_bins: int = 10) -> float:
@@ -168,8 +197,13 @@ def expected_calibration_error(probabilities, outcomes, num_bins: int = 10) -> f
     if p.shape != y.shape or p.size == 0:
         raise ValueError(f"need equal, non-empty shapes, got {p.shape} and {y.shape}")
     bins = np.minimum((p * num_bins).astype(int), num_bins - 1)
-    return float(sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean())
-                     for b in range(num_bins) if (bins == b).any()))
+    return float(
+        sum(
+            (bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean())
+            for b in range(num_bins)
+            if (bins == b).any()
+        )
+    )
 
 
 def _correlations(reward_source, oracle, samples) -> dict:
@@ -178,8 +212,14 @@ def _correlations(reward_source, oracle, samples) -> dict:
 
     contexts, outputs = samples
     r_phi, r_star = reward_source(contexts, outputs).numpy(), oracle(contexts, outputs).numpy()
-    out = {"n": len(outputs), "mean_reward_model": float(r_phi.mean()), "mean_oracle": float(r_star.mean()),
-           "spearman": None, "pearson": None, "note": None}
+    out = {
+        "n": len(outputs),
+        "mean_reward_model": float(r_phi.mean()),
+        "mean_oracle": float(r_star.mean()),
+        "spearman": None,
+        "pearson": None,
+        "note": None,
+    }
     if len(outputs) < 3 or np.ptp(r_phi) == 0 or np.ptp(r_star) == 0:
         # A correlation is 0/0 here; scipy would return nan with a warning.
         out["note"] = "undefined: fewer than 3 samples, or R_phi or the oracle is constant on them"
@@ -191,9 +231,14 @@ def _correlations(reward_source, oracle, samples) -> dict:
     return out
 
 
-def reward_model_report(reward_source: RewardSource, heldout: list[Preference], oracle: RewardSource | None = None,
-                        seen_samples: tuple[list[str], list[str]] | None = None, unseen_samples=None,
-                        num_bins: int = 10) -> dict:
+def reward_model_report(
+    reward_source: RewardSource,
+    heldout: list[Preference],
+    oracle: RewardSource | None = None,
+    seen_samples: tuple[list[str], list[str]] | None = None,
+    unseen_samples=None,
+    num_bins: int = 10,
+) -> dict:
     """How well R_phi fits held-out preferences and tracks R* (Section 7.5).
 
     ``accuracy``: fraction of pairs with R(chosen) > R(rejected), ties 0.5. ``log_likelihood``: mean
@@ -212,8 +257,9 @@ def reward_model_report(reward_source: RewardSource, heldout: list[Preference], 
         "num_pairs": len(heldout),
         "accuracy": pairwise_accuracy(r_chosen, r_rejected),
         "log_likelihood": float(F.logsigmoid(r_chosen - r_rejected).mean()),
-        "ece": expected_calibration_error(np.concatenate([p, 1 - p]),
-                                          np.concatenate([np.ones_like(p), np.zeros_like(p)]), num_bins),
+        "ece": expected_calibration_error(
+            np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), num_bins
+        ),
         "oracle_accuracy": None,
     }
     if oracle is not None:
@@ -228,6 +274,7 @@ def reward_model_report(reward_source: RewardSource, heldout: list[Preference], 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A Markdown table: one row per dict, columns as (key, header, format spec); None shows as "–"."""
+
     def cell(value, fmt):
         text = "–" if value is None else format(value, fmt) if fmt else str(value)
         return text.replace("|", "\\|")

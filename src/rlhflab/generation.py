@@ -53,7 +53,9 @@ def supports(model) -> bool:
         return False
 
 
-def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def next_token_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """The sampling distribution of ``generate(do_sample=True)`` for these logits: temperature,
     then top-k (keep the k largest; ties at the k-th value kept), then top-p (drop the smallest
     tokens whose cumulative probability is at most 1 - top_p, always keeping the largest)."""
@@ -211,8 +213,8 @@ def generate(
     real = torch.zeros((Bp, P + T), dtype=torch.bool)
     for i, p in enumerate(prompt_ids):
         if len(p):
-            ids[i, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-            real[i, P - len(p): P] = True
+            ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            real[i, P - len(p) : P] = True
     ids, real = ids.to(device), real.to(device)
     positions = (real[:, :P].long().cumsum(-1) - 1).clamp(min=0)
     # Prefill mask (Bp, 1, P, P): causal and real keys; a padding query sees itself only, so no
@@ -221,8 +223,13 @@ def generate(
     prefill_mask = causal & real[:, None, :P]
     prefill_mask |= torch.eye(P, dtype=torch.bool, device=device)
     prefill = DynamicCache(config=lm.config)
-    out = trunk(input_ids=ids, attention_mask=prefill_mask[:, None], position_ids=positions,
-                use_cache=True, **{cache_arg: prefill})
+    out = trunk(
+        input_ids=ids,
+        attention_mask=prefill_mask[:, None],
+        position_ids=positions,
+        use_cache=True,
+        **{cache_arg: prefill},
+    )
     hidden = out.last_hidden_state[:, -1]
 
     # Share the prefill: repeat each prompt's states for its n samples into the decode cache.
@@ -262,8 +269,13 @@ def generate(
             hidden = lean.step(token, next_position, P + t, real[:, : P + t + 1])
         else:
             step_mask = real[:, None, None, :]  # (B, 1, 1, P + T): future columns are still False
-            hidden = trunk(input_ids=token[:, None], attention_mask=step_mask, position_ids=next_position,
-                           use_cache=True, **{cache_arg: cache}).last_hidden_state[:, -1]
+            hidden = trunk(
+                input_ids=token[:, None],
+                attention_mask=step_mask,
+                position_ids=next_position,
+                use_cache=True,
+                **{cache_arg: cache},
+            ).last_hidden_state[:, -1]
         next_position = next_position + 1
         logits = _head(head, hidden)
     lengths = lengths.tolist()

@@ -45,8 +45,15 @@ def _call(name: str, fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def build_feedback_pool(cfg, run_dir: Path, policy, tokenizer, stage: Callable = _call,
-                        before_reward: Callable | None = None, progress: bool = False) -> Pool:
+def build_feedback_pool(
+    cfg,
+    run_dir: Path,
+    policy,
+    tokenizer,
+    stage: Callable = _call,
+    before_reward: Callable | None = None,
+    progress: bool = False,
+) -> Pool:
     """Sample ``cfg.policy`` (loaded as ``policy``, ``tokenizer``) on ``cfg.feedback_prompts`` training
     prompts, annotate pairs with a pool driven by ``cfg.oracle``, and fit a reward model on
     ``cfg.reward_backbone``; samples, preferences and the reward model go under ``run_dir``.
@@ -60,23 +67,39 @@ def build_feedback_pool(cfg, run_dir: Path, policy, tokenizer, stage: Callable =
     seen_prompts = feedback_prompts[: cfg.eval_prompts]
     unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
 
-    sample_cfg = workflow.SampleConfig(policy=cfg.policy, num_samples=cfg.samples_per_prompt,
-                                       max_new_tokens=cfg.max_new_tokens, use_chat_template=use_chat, seed=cfg.seed,
-                                       output=str(run_dir / "samples.jsonl"))
+    sample_cfg = workflow.SampleConfig(
+        policy=cfg.policy,
+        num_samples=cfg.samples_per_prompt,
+        max_new_tokens=cfg.max_new_tokens,
+        use_chat_template=use_chat,
+        seed=cfg.seed,
+        output=str(run_dir / "samples.jsonl"),
+    )
     samples = stage("sample initial policy", workflow.sample, sample_cfg, policy, tokenizer, feedback_prompts)
-    annotate_cfg = workflow.AnnotateConfig(samples=sample_cfg.output, oracle=cfg.oracle, feedback="preference",
-                                           seed=cfg.seed, output=str(run_dir / "preferences.jsonl"))
+    annotate_cfg = workflow.AnnotateConfig(
+        samples=sample_cfg.output,
+        oracle=cfg.oracle,
+        feedback="preference",
+        seed=cfg.seed,
+        output=str(run_dir / "preferences.jsonl"),
+    )
     prefs = stage("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
 
     policy_samples = before_reward(seen_prompts, unseen_prompts) if before_reward is not None else None
-    reward_cfg = RewardConfig(model=cfg.reward_backbone, data=annotate_cfg.output, output_dir=str(run_dir / "reward"),
-                              seed=cfg.seed, progress=progress, learning_rate=cfg.reward_learning_rate,
-                              num_epochs=cfg.reward_epochs)
+    reward_cfg = RewardConfig(
+        model=cfg.reward_backbone,
+        data=annotate_cfg.output,
+        output_dir=str(run_dir / "reward"),
+        seed=cfg.seed,
+        progress=progress,
+        learning_rate=cfg.reward_learning_rate,
+        num_epochs=cfg.reward_epochs,
+    )
     if policy_samples is None:
         reward_dir, reward_report = stage("train reward model", workflow.reward, reward_cfg)
     else:
-        reward_dir, reward_report = stage("train reward model", workflow.reward, reward_cfg, cfg.oracle,
-                                          *policy_samples)
+        reward_dir, reward_report = stage(
+            "train reward model", workflow.reward, reward_cfg, cfg.oracle, *policy_samples
+        )
     reward_model = load_reward_source(str(reward_dir / "reward_model"))
-    return Pool(feedback_prompts, seen_prompts, unseen_prompts, samples, prefs, reward_dir, reward_report,
-                reward_model)
+    return Pool(feedback_prompts, seen_prompts, unseen_prompts, samples, prefs, reward_dir, reward_report, reward_model)

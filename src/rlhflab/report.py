@@ -8,11 +8,16 @@ from pathlib import Path
 from rlhflab.evaluate import PolicyEvaluation, format_table
 
 EVAL_COLUMNS = [
-    ("policy", "policy", ""), ("contexts", "contexts", ""),
-    ("J", "J (oracle)", ".3f"), ("J_se", "± se", ".3f"),
-    ("J_hat", "Ĵ (reward model)", ".3f"), ("J_hat_se", "± se", ".3f"),
-    ("kl", "KL(π‖π_ref)", ".2f"), ("mean_length", "length", ".1f"),
-    ("distinct_2", "distinct-2", ".2f"), ("n", "n", "d"),
+    ("policy", "policy", ""),
+    ("contexts", "contexts", ""),
+    ("J", "J (oracle)", ".3f"),
+    ("J_se", "± se", ".3f"),
+    ("J_hat", "Ĵ (reward model)", ".3f"),
+    ("J_hat_se", "± se", ".3f"),
+    ("kl", "KL(π‖π_ref)", ".2f"),
+    ("mean_length", "length", ".1f"),
+    ("distinct_2", "distinct-2", ".2f"),
+    ("n", "n", "d"),
 ]
 
 
@@ -89,8 +94,12 @@ def plot_before_after(rows: list[dict], path: str | Path, before: str, after: st
         x = np.arange(len(sets))
         for offset, policy in [(-0.2, before), (0.2, after)]:
             values = [next((r[key] for r in rows if r["policy"] == policy and r["contexts"] == s), None) for s in sets]
-            errors = [next((r[key + "_se"] for r in rows if r["policy"] == policy and r["contexts"] == s), None) for s in sets]
-            ax.bar(x + offset, [v or 0 for v in values], width=0.4, yerr=[e or 0 for e in errors], capsize=4, label=policy)
+            errors = [
+                next((r[key + "_se"] for r in rows if r["policy"] == policy and r["contexts"] == s), None) for s in sets
+            ]
+            ax.bar(
+                x + offset, [v or 0 for v in values], width=0.4, yerr=[e or 0 for e in errors], capsize=4, label=policy
+            )
         ax.set_xticks(x, [f"{s} contexts" for s in sets])
         ax.set_title(label)
         ax.axhline(0, color="black", lw=0.5)
@@ -107,13 +116,20 @@ def plot_comparison(rows: list[dict], path) -> None:
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 2 + 0.9 * len(methods)), 10))
-    for ax, (key, title) in zip(axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"),
-                                       ("kl", "KL(π‖π_0) (nats)")]):
+    for ax, (key, title) in zip(
+        axes, [("J", "J: oracle R*"), ("J_hat", "Ĵ: reward model R_phi"), ("kl", "KL(π‖π_0) (nats)")]
+    ):
         x = np.arange(len(methods))
         for offset, contexts in ((-0.2, "seen"), (0.2, "unseen")):
             pick = [next((r for r in rows if r["method"] == m and r["contexts"] == contexts), {}) for m in methods]
-            ax.bar(x + offset, [p.get(key) or 0 for p in pick], width=0.4, label=f"{contexts} contexts",
-                   yerr=[p.get(key + "_se") or 0 for p in pick], capsize=3)
+            ax.bar(
+                x + offset,
+                [p.get(key) or 0 for p in pick],
+                width=0.4,
+                label=f"{contexts} contexts",
+                yerr=[p.get(key + "_se") or 0 for p in pick],
+                capsize=3,
+            )
         ax.set_xticks(x, methods, rotation=30, ha="right")
         ax.set_title(title)
         ax.axhline(0, color="black", lw=0.5)

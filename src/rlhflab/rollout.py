@@ -24,8 +24,8 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -54,7 +54,7 @@ class SequenceBatch:
 
     @property
     def completion_ids(self) -> torch.Tensor:
-        return self.input_ids[:, -self.num_completion_tokens:]
+        return self.input_ids[:, -self.num_completion_tokens :]
 
     def to(self, device) -> SequenceBatch:
         return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask)))
@@ -97,8 +97,8 @@ def completion_logits(model, batch: SequenceBatch, output_hidden_states: bool = 
         output_hidden_states=output_hidden_states,
         use_cache=False,
     )
-    logits = out.logits[:, -(T + 1):-1]
-    hidden = out.hidden_states[-1][:, -(T + 1):-1] if output_hidden_states else None
+    logits = out.logits[:, -(T + 1) : -1]
+    hidden = out.hidden_states[-1][:, -(T + 1) : -1] if output_hidden_states else None
     return logits, hidden
 
 
@@ -124,19 +124,28 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     if cache_arg is None:
         return None
     first_row = torch.full((unique.shape[0],), -1, dtype=torch.long, device=row_to_prompt.device)
-    first_row.scatter_reduce_(0, row_to_prompt, torch.arange(len(row_to_prompt), device=first_row.device),
-                              reduce="amin", include_self=False)
+    first_row.scatter_reduce_(
+        0, row_to_prompt, torch.arange(len(row_to_prompt), device=first_row.device), reduce="amin", include_self=False
+    )
     positions = position_ids_from_mask(batch.attention_mask)
     config = causal_lm(model).config
     body, lm_head = trunk(model), head(model)
     # Trunk and head called separately, so the head runs once over all B x T positions (one
     # gradient contribution to its 49k-row weight instead of two): only for heads that are a plain
     # linear map of the trunk's output (no logit scaling or soft-capping in the model's forward).
-    split_head = (body is not None and type(lm_head) is torch.nn.Linear
-                  and getattr(config, "model_type", "") in _PLAIN_HEAD_MODELS)
+    split_head = (
+        body is not None
+        and type(lm_head) is torch.nn.Linear
+        and getattr(config, "model_type", "") in _PLAIN_HEAD_MODELS
+    )
     prompt_cache = DynamicCache(config=config)
-    prompt_inputs = dict(input_ids=batch.input_ids[first_row, :P], attention_mask=batch.attention_mask[first_row, :P],
-                         position_ids=positions[first_row, :P], use_cache=True, **{cache_arg: prompt_cache})
+    prompt_inputs = dict(
+        input_ids=batch.input_ids[first_row, :P],
+        attention_mask=batch.attention_mask[first_row, :P],
+        position_ids=positions[first_row, :P],
+        use_cache=True,
+        **{cache_arg: prompt_cache},
+    )
     if split_head:
         first_hidden = body(**prompt_inputs).last_hidden_state[:, -1][row_to_prompt]
         first_logits = None
@@ -151,14 +160,19 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     rows_cache = DynamicCache(config=config)
     for layer_idx, layer in enumerate(prompt_cache.layers):
         rows_cache.update(layer.keys[row_to_prompt], layer.values[row_to_prompt], layer_idx)
-    completion_inputs = dict(input_ids=batch.input_ids[:, P: width - 1], attention_mask=batch.attention_mask[:, : width - 1],
-                             position_ids=positions[:, P: width - 1], use_cache=True, **{cache_arg: rows_cache})
+    completion_inputs = dict(
+        input_ids=batch.input_ids[:, P : width - 1],
+        attention_mask=batch.attention_mask[:, : width - 1],
+        position_ids=positions[:, P : width - 1],
+        use_cache=True,
+        **{cache_arg: rows_cache},
+    )
     if split_head:
         hidden = torch.cat([first_hidden[:, None], body(**completion_inputs).last_hidden_state], dim=1)
         return lm_head(hidden), hidden if output_hidden_states else None
     out = model(**completion_inputs, output_hidden_states=output_hidden_states)
     logits = torch.cat([first_logits[:, None].to(out.logits.dtype), out.logits], dim=1)
-    hidden = (torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None)
+    hidden = torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None
     return logits, hidden
 
 
@@ -245,11 +259,14 @@ def sample(
     model.eval()
     rows: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start: start + batch_size]
+        chunk = prompt_ids[start : start + batch_size]
         if generation.supports(model):
             # The lean engine: same sampling distribution, shared prefill, static cache.
-            rows.extend(generation.generate(model, chunk, num_samples, max_new_tokens, eos_ids, pad_id,
-                                            temperature, top_k, top_p))
+            rows.extend(
+                generation.generate(
+                    model, chunk, num_samples, max_new_tokens, eos_ids, pad_id, temperature, top_k, top_p
+                )
+            )
             continue
         ids, mask = pad_left(chunk, pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
@@ -265,7 +282,7 @@ def sample(
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
         )
-        new = out[:, ids.shape[1]:].cpu()
+        new = out[:, ids.shape[1] :].cpu()
         keep, _ = completion_mask_after_eos(new, eos_ids)
         rows.extend(row[: int(k.sum())].tolist() for row, k in zip(new, keep))
     model.train(was_training)

@@ -58,14 +58,25 @@ def sample(cfg: SampleConfig, policy=None, tokenizer=None, prompts: list[Prompt]
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     prompts = prompts if prompts is not None else load_prompts(cfg.prompts, cfg.limit)
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
-                         cfg.truncate)
+    ids = encode_prompts(
+        tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens, cfg.truncate
+    )
     torch.manual_seed(cfg.seed)
-    rollout = sample_rollout(policy, tokenizer, ids, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size)
+    rollout = sample_rollout(
+        policy,
+        tokenizer,
+        ids,
+        num_samples=cfg.num_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.generation_batch_size,
+    )
     k = cfg.num_samples
-    records = [Samples(prompt=p.prompt, completions=rollout.completion_texts[i * k:(i + 1) * k])
-               for i, p in enumerate(prompts)]
+    records = [
+        Samples(prompt=p.prompt, completions=rollout.completion_texts[i * k : (i + 1) * k])
+        for i, p in enumerate(prompts)
+    ]
     if cfg.output:
         write_records(records, cfg.output)
     return records
@@ -80,7 +91,9 @@ class AnnotateConfig:
     oracle: str = option("sentiment", "Oracle R*: 'sentiment', 'brevity' or package.module:function.")
     feedback: str = option("preference", "Feedback type to produce.", choices=FEEDBACK_KINDS)
     annotators: int = option(3, "Annotators in the pool (members differ in noise and position bias).")
-    temperature: float = option(0.1, "Bradley-Terry temperature of the least noisy annotator (Eq. 8); doubles per member.")
+    temperature: float = option(
+        0.1, "Bradley-Terry temperature of the least noisy annotator (Eq. 8); doubles per member."
+    )
     bias: float = option(0.1, "Largest position bias in the pool (reward added to the first-shown output).")
     rating_noise: float = option(0.1, "Std of the noise added to R* before binning ratings.")
     pairs_per_prompt: int = option(6, "Preference pairs per prompt (distinct pairs of its completions).")
@@ -96,15 +109,17 @@ class AnnotateConfig:
 def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
     samples = samples if samples is not None else read_records(cfg.samples, "samples")
     oracle = load_oracle(cfg.oracle)
-    pool = ann.make_pool(oracle, n=cfg.annotators, base_temperature=cfg.temperature, max_bias=cfg.bias,
-                         rating_noise=cfg.rating_noise)
+    pool = ann.make_pool(
+        oracle, n=cfg.annotators, base_temperature=cfg.temperature, max_bias=cfg.bias, rating_noise=cfg.rating_noise
+    )
     rng = np.random.default_rng(cfg.seed)
     prompts = [s.prompt for s in samples]
     completions = [[c for c in s.completions if isinstance(c, list) or c.strip()] for s in samples]
     if cfg.feedback == "preference":
         keep = [i for i, c in enumerate(completions) if len(c) >= 2]
-        records = ann.annotate_pairs(pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng,
-                                     cfg.pairs_per_prompt)
+        records = ann.annotate_pairs(
+            pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng, cfg.pairs_per_prompt
+        )
     elif cfg.feedback == "ranking":
         keep = [i for i, c in enumerate(completions) if len(c) >= 2]
         records = ann.annotate_rankings(pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng)
@@ -127,8 +142,14 @@ def sft(cfg: SFTConfig) -> Path:
     demos = read_records(cfg.data, "demonstration")
     policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
-    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
-                                       source=cfg.data, use_chat_template=cfg.use_chat_template)
+    examples = tokenize_demonstrations(
+        [d.prompt for d in demos],
+        [d.completion for d in demos],
+        tokenizer,
+        cfg,
+        source=cfg.data,
+        use_chat_template=cfg.use_chat_template,
+    )
     return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
 
 
@@ -177,8 +198,14 @@ def policy_optimization(cfg: RLConfig, policy=None, tokenizer=None, reward_sourc
     ptx = None
     if cfg.ptx_coef > 0:
         demos = read_records(cfg.ptx_data, "demonstration")
-        ptx = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
-                                      source=cfg.ptx_data, use_chat_template=cfg.use_chat_template)
+        ptx = tokenize_demonstrations(
+            [d.prompt for d in demos],
+            [d.completion for d in demos],
+            tokenizer,
+            cfg,
+            source=cfg.ptx_data,
+            use_chat_template=cfg.use_chat_template,
+        )
     algorithm = PolicyOptimization(cfg, policy, tokenizer, prompts, reward_source, oracle_source, ptx)
     return train(cfg, algorithm)
 
@@ -200,7 +227,9 @@ class EvalConfig(SamplingOptions, PromptOptions, PolicyOptions):
     output: str | None = option(None, "Write the evaluation JSON here.")
 
 
-def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracle_source=None, reward_source=None) -> dict:
+def evaluate(
+    cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracle_source=None, reward_source=None
+) -> dict:
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy)
     if reference is None and cfg.reference:
@@ -213,10 +242,20 @@ def evaluate(cfg: EvalConfig, policy=None, tokenizer=None, reference=None, oracl
         if not spec:
             continue
         results[name] = evaluate_policy(
-            policy, tokenizer, load_prompts(spec, cfg.limit), oracle_source, reward_source, reference=reference,
-            num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-            top_p=cfg.top_p, use_chat_template=cfg.use_chat_template, seed=cfg.seed,
-            batch_size=cfg.generation_batch_size, truncate=cfg.truncate,
+            policy,
+            tokenizer,
+            load_prompts(spec, cfg.limit),
+            oracle_source,
+            reward_source,
+            reference=reference,
+            num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            use_chat_template=cfg.use_chat_template,
+            seed=cfg.seed,
+            batch_size=cfg.generation_batch_size,
+            truncate=cfg.truncate,
         )
     if cfg.output:
         write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})
@@ -237,8 +276,7 @@ def _read(cfg, kind: str, what: str) -> list:
     return read_records(cfg.data, kind)
 
 
-def preference_optimization(cfg: PreferenceConfig, policy=None, tokenizer=None, records=None,
-                            reference=None) -> Path:
+def preference_optimization(cfg: PreferenceConfig, policy=None, tokenizer=None, records=None, reference=None) -> Path:
     """Train with a direct preference loss on ``cfg.data`` (or the given Preference records)."""
     records = records if records is not None else _read(cfg, "preference", "preferences: prompt, chosen, rejected")
     if policy is None and cfg.reference:
@@ -259,8 +297,14 @@ def positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, records=No
     records = records if records is not None else _read(cfg, "preference", "preferences: prompt, chosen, rejected")
     policy, tokenizer = _load_policy(cfg, policy, tokenizer)
     demos = chosen_demonstrations(records)
-    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
-                                       source=cfg.data or "<preferences>", use_chat_template=cfg.use_chat_template)
+    examples = tokenize_demonstrations(
+        [d.prompt for d in demos],
+        [d.completion for d in demos],
+        tokenizer,
+        cfg,
+        source=cfg.data or "<preferences>",
+        use_chat_template=cfg.use_chat_template,
+    )
     return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
 
 
@@ -288,7 +332,9 @@ class DecodeConfig(PromptOptions, PolicyOptions):
     """Options of both inference-time methods (bon, rad)."""
 
     limit: int = option(16, "Use only the first N prompts (0: all).")
-    reward: str = option("sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function.")
+    reward: str = option(
+        "sentiment", "Reward source that steers: a reward-model directory, an oracle name or package.module:function."
+    )
     oracle: str | None = option(None, "Oracle R* also scored on the outputs (reported, never used to steer).")
     seed: int = option(0, "Random seed.")
     output: str = option("decoded.jsonl", "Output JSONL of (prompt, completion) rows.")
@@ -305,7 +351,9 @@ class BestOfNConfig(DecodeConfig, SamplingOptions):
 class RADConfig(DecodeConfig):
     """Reward-augmented decoding: at every step the top-k next tokens are reweighted by the reward source."""
 
-    reward_weight: float = option(1.0, "Weight of the reward added to the top-k logits (RAD's beta).", aliases=["--beta"])
+    reward_weight: float = option(
+        1.0, "Weight of the reward added to the top-k logits (RAD's beta).", aliases=["--beta"]
+    )
     top_k: int = option(10, "Next-token candidates scored per step.")
     max_new_tokens: int = option(32, "Maximum completion length in tokens.")
 
@@ -322,25 +370,53 @@ def _write_outputs(cfg, prompts, completions) -> None:
 
 def bon(cfg: BestOfNConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    bon = best_of_n(policy, tokenizer, prompts, reward, cfg.n, cfg.max_new_tokens, cfg.temperature, top_p=cfg.top_p,
-                    use_chat_template=cfg.use_chat_template, seed=cfg.seed, batch_size=cfg.generation_batch_size,
-                    truncate=cfg.truncate)
+    bon = best_of_n(
+        policy,
+        tokenizer,
+        prompts,
+        reward,
+        cfg.n,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        top_p=cfg.top_p,
+        use_chat_template=cfg.use_chat_template,
+        seed=cfg.seed,
+        batch_size=cfg.generation_batch_size,
+        truncate=cfg.truncate,
+    )
     _write_outputs(cfg, prompts, bon.completions)
     summary = bon.summary()
     if oracle is not None:
         first = [c[0] for c in bon.all_completions]
-        summary.update(oracle_chosen=float(oracle(bon.contexts, bon.completions).mean()),
-                       oracle_single_sample=float(oracle(bon.contexts, first).mean()))
+        summary.update(
+            oracle_chosen=float(oracle(bon.contexts, bon.completions).mean()),
+            oracle_single_sample=float(oracle(bon.contexts, first).mean()),
+        )
     return summary
 
 
 def rad(cfg: RADConfig) -> dict:
     policy, tokenizer, prompts, reward, oracle = _load_for_decoding(cfg)
-    out = rad_decode(policy, tokenizer, prompts, reward, cfg.reward_weight, cfg.top_k, cfg.max_new_tokens,
-                     cfg.use_chat_template, cfg.seed, truncate=cfg.truncate)
+    out = rad_decode(
+        policy,
+        tokenizer,
+        prompts,
+        reward,
+        cfg.reward_weight,
+        cfg.top_k,
+        cfg.max_new_tokens,
+        cfg.use_chat_template,
+        cfg.seed,
+        truncate=cfg.truncate,
+    )
     _write_outputs(cfg, prompts, out.completions)
-    summary = {"prompts": len(prompts), "beta": cfg.reward_weight, "top_k": cfg.top_k, "reward_calls": out.reward_calls,
-               "mean_reward": float(reward(out.contexts, out.completions).mean())}
+    summary = {
+        "prompts": len(prompts),
+        "beta": cfg.reward_weight,
+        "top_k": cfg.top_k,
+        "reward_calls": out.reward_calls,
+        "mean_reward": float(reward(out.contexts, out.completions).mean()),
+    }
     if oracle is not None:
         summary["oracle"] = float(oracle(out.contexts, out.completions).mean())
     return summary

@@ -72,7 +72,9 @@ def _rows(source) -> tuple[str, Iterator[tuple[int, Any]]]:
         try:
             dataset = load_from_disk(str(path))
         except Exception as e:  # noqa: BLE001 - not a save_to_disk folder
-            raise DataError(name, None, None, f"a directory, but not one written by datasets' save_to_disk ({e})") from None
+            raise DataError(
+                name, None, None, f"a directory, but not one written by datasets' save_to_disk ({e})"
+            ) from None
         return name, _dataset_rows(dataset, name)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -83,7 +85,9 @@ def _rows(source) -> tuple[str, Iterator[tuple[int, Any]]]:
         except UnicodeDecodeError as e:
             raise DataError(name, None, None, f"not UTF-8 text ({e.reason})") from None
         return name, (_jsonl_rows if suffix == ".jsonl" else _json_rows)(text, name)
-    raise DataError(name, None, None, f"unsupported file type '{suffix}'; use .jsonl, .json, .parquet or a save_to_disk folder")
+    raise DataError(
+        name, None, None, f"unsupported file type '{suffix}'; use .jsonl, .json, .parquet or a save_to_disk folder"
+    )
 
 
 def read_records(source, kind: str) -> list:

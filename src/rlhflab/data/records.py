@@ -301,8 +301,13 @@ class Samples(_Record):
         if not isinstance(self.completions, (list, tuple)) or not self.completions:
             raise _Invalid("completions", "expected a non-empty list of completions")
         # A policy may legitimately produce an empty completion; annotation skips those.
-        self._set("completions", [c if isinstance(c, str) else _check_completion(c, f"completions[{i}]")
-                                  for i, c in enumerate(self.completions)])
+        self._set(
+            "completions",
+            [
+                c if isinstance(c, str) else _check_completion(c, f"completions[{i}]")
+                for i, c in enumerate(self.completions)
+            ],
+        )
 
 
 @dataclass(frozen=True)

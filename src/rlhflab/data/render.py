@@ -35,8 +35,14 @@ def render_prompt(prompt, tokenizer, use_chat_template: bool = True) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def encode_prompts(tokenizer, prompts, use_chat_template: bool = True, context_length: int | None = None,
-                   max_new_tokens: int = 0, truncate: bool = False) -> list[list[int]]:
+def encode_prompts(
+    tokenizer,
+    prompts,
+    use_chat_template: bool = True,
+    context_length: int | None = None,
+    max_new_tokens: int = 0,
+    truncate: bool = False,
+) -> list[list[int]]:
     """Token ids of each prompt as the policy reads it (``Prompt`` records or raw prompts): the
     :func:`render_prompt` text, with no special tokens added since the chat template holds them.
 
@@ -45,8 +51,10 @@ def encode_prompts(tokenizer, prompts, use_chat_template: bool = True, context_l
     """
     room = None if context_length is None else context_length - max_new_tokens
     if room is not None and room <= 0:
-        raise ConfigError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the policy's context "
-                          f"({context_length} tokens)")
+        raise ConfigError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the policy's context "
+            f"({context_length} tokens)"
+        )
     encoded = []
     for i, p in enumerate(prompts):
         raw = getattr(p, "prompt", p)
@@ -54,7 +62,7 @@ def encode_prompts(tokenizer, prompts, use_chat_template: bool = True, context_l
         if room is not None and len(text) > MAX_CHARS_PER_TOKEN * room:
             if not truncate:
                 raise _too_long(p, i, f"{len(prompt_text(raw)):,} characters", context_length, max_new_tokens)
-            text = text[-MAX_CHARS_PER_TOKEN * room:]
+            text = text[-MAX_CHARS_PER_TOKEN * room :]
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if room is not None and len(ids) > room:
             if not truncate:
@@ -67,9 +75,14 @@ def encode_prompts(tokenizer, prompts, use_chat_template: bool = True, context_l
 def _too_long(prompt, index: int, size: str, context_length: int, max_new_tokens: int) -> DataError:
     source, line, field = getattr(prompt, "origin", None) or ("<prompts>", index + 1, "prompt")
     room = context_length - max_new_tokens
-    return DataError(source, line, field, f"{size}, longer than the policy's context ({context_length:,} - "
-                                          f"max_new_tokens {max_new_tokens}); pass --truncate to keep the last "
-                                          f"{room:,} tokens")
+    return DataError(
+        source,
+        line,
+        field,
+        f"{size}, longer than the policy's context ({context_length:,} - "
+        f"max_new_tokens {max_new_tokens}); pass --truncate to keep the last "
+        f"{room:,} tokens",
+    )
 
 
 def render_completion(completion, tokenizer=None) -> str:

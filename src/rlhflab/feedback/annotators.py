@@ -159,7 +159,9 @@ class AnnotatorPool:
             weights = [1.0] * len(members)
         w = np.asarray(weights, dtype=float)
         if w.shape != (len(members),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ConfigError(f"pool weights must be {len(members)} non-negative numbers with a positive sum, got {list(weights)}")
+            raise ConfigError(
+                f"pool weights must be {len(members)} non-negative numbers with a positive sum, got {list(weights)}"
+            )
         self.members = list(members)
         self.weights = w / w.sum()
 
@@ -219,7 +221,11 @@ def _check_lengths(prompts, completions_per_prompt) -> list:
 
 
 def annotate_pairs(
-    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator, pairs_per_prompt: int = 1
+    annotator,
+    prompts: Sequence,
+    completions_per_prompt: Sequence[Sequence],
+    rng: np.random.Generator,
+    pairs_per_prompt: int = 1,
 ) -> list[Preference]:
     """Preferences on up to ``pairs_per_prompt`` distinct pairs of each prompt's completions.
 
@@ -249,8 +255,10 @@ def annotate_pairs(
                 i, j = j, i
             out.append(annotator.compare(prompt, completions[i], completions[j], rng))
     if identical:
-        print(f"annotate_pairs: skipped {identical} pair(s) of identical completions (no preference to label)",
-              file=sys.stderr)
+        print(
+            f"annotate_pairs: skipped {identical} pair(s) of identical completions (no preference to label)",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -267,7 +275,11 @@ def annotate_rankings(
 
 
 def annotate_ratings(
-    annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator, scale: str = "likert:5"
+    annotator,
+    prompts: Sequence,
+    completions_per_prompt: Sequence[Sequence],
+    rng: np.random.Generator,
+    scale: str = "likert:5",
 ) -> list[Rating]:
     """A rating on ``scale`` for every completion of every prompt."""
     prompts = _check_lengths(prompts, completions_per_prompt)

@@ -60,8 +60,8 @@ def load_oracle(spec) -> Oracle:
         raise ConfigError(f"oracle must be a name or 'package.module:function', got {spec!r}")
     if spec in BUILTIN_ORACLES:
         return BUILTIN_ORACLES[spec]
-    if spec.startswith("keyword:") and spec[len("keyword:"):]:
-        return keyword_oracle(spec[len("keyword:"):])
+    if spec.startswith("keyword:") and spec[len("keyword:") :]:
+        return keyword_oracle(spec[len("keyword:") :])
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(
@@ -93,7 +93,9 @@ def score_batch(oracle: Oracle, contexts: Sequence[str], outputs: Sequence[str])
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TrainingError(f"oracle {name} returned {value!r} (not a number) for output {i}: {output[:60]!r}") from None
+            raise TrainingError(
+                f"oracle {name} returned {value!r} (not a number) for output {i}: {output[:60]!r}"
+            ) from None
         if not math.isfinite(value):
             raise TrainingError(f"oracle {name} returned {value} for output {i}: {output[:60]!r}")
         scores.append(value)

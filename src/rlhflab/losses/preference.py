@@ -10,9 +10,7 @@ from rlhflab.losses.reward import plackett_luce_loss
 
 def _margins(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
     """h = (log π(y_c) - log π_ref(y_c)) - (log π(y_r) - log π_ref(y_r)), shape (B,)."""
-    check_same_shape(
-        policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc, ref_rejected_logps=rr
-    )
+    check_same_shape(policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc, ref_rejected_logps=rr)
     return (pc - rc) - (pr - rr)
 
 
@@ -43,9 +41,7 @@ def dpo_loss(
         check_same_shape(logits=logits, label_smoothing=label_smoothing)
         label_smoothing = label_smoothing.to(logits.dtype)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    rewards = _implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
-    )
+    rewards = _implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     return losses.mean(), *rewards
 
 
@@ -67,9 +63,7 @@ def robust_dpo_loss(
         raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {eps}")
     logits = beta * _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = ((1 - eps) * -F.logsigmoid(logits) - eps * -F.logsigmoid(-logits)) / (1 - 2 * eps)
-    rewards = _implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
-    )
+    rewards = _implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     return losses.mean(), *rewards
 
 
@@ -88,9 +82,7 @@ def ipo_loss(
     """
     h = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     loss = ((h - 1 / (2 * beta)) ** 2).mean()
-    rewards = _implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
-    )
+    rewards = _implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     return loss, *rewards
 
 

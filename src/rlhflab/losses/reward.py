@@ -7,9 +7,7 @@ from torch import Tensor
 from rlhflab.losses.common import check_same_shape
 
 
-def bradley_terry_loss(
-    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | None = None
-) -> Tensor:
+def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | None = None) -> Tensor:
     """Eq. 11 negated and averaged: mean_i -log σ(r_c,i - r_r,i - m_i).
 
     chosen_rewards, rejected_rewards: (B,); margin: optional (B,) per-pair margin m_i

@@ -77,9 +77,7 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32"):
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(name_or_path, padding_side="right")
-    model = _from_pretrained(
-        AutoModelForSequenceClassification, name_or_path, num_labels=1, dtype=_dtype(dtype)
-    )
+    model = _from_pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=1, dtype=_dtype(dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return disable_dropout(model), tokenizer
@@ -94,8 +92,13 @@ def apply_lora(model, config):
 
     targets = config.lora_target_modules
     targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 

@@ -18,14 +18,19 @@ def encode_for_reward(tokenizer, contexts: Sequence[str], outputs: Sequence[str]
     reads. Over-long pairs lose context tokens first: the output is what is being judged."""
     if tokenizer.sep_token is not None and tokenizer.cls_token is not None:
         return tokenizer(
-            list(contexts), list(outputs), truncation="only_first" if max_length else False,
-            max_length=max_length, padding=True, return_tensors="pt",
+            list(contexts),
+            list(outputs),
+            truncation="only_first" if max_length else False,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
         )
     eos = tokenizer.eos_token or ""
     texts = [f"{c}\n{o}{eos}" for c, o in zip(contexts, outputs)]
     tokenizer.truncation_side = "left"
-    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt",
-                     add_special_tokens=False)
+    return tokenizer(
+        texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt", add_special_tokens=False
+    )
 
 
 def reward_forward(model, encoded) -> torch.Tensor:
@@ -35,14 +40,15 @@ def reward_forward(model, encoded) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model, tokenizer, contexts: Sequence[str], outputs: Sequence[str], batch_size: int = 32,
-          max_length: int = 512) -> torch.Tensor:
+def score(
+    model, tokenizer, contexts: Sequence[str], outputs: Sequence[str], batch_size: int = 32, max_length: int = 512
+) -> torch.Tensor:
     """R_phi(c, o) for many pairs, without gradients, in batches."""
     was_training = model.training
     model.eval()
     parts = []
     for i in range(0, len(contexts), batch_size):
-        encoded = encode_for_reward(tokenizer, contexts[i: i + batch_size], outputs[i: i + batch_size], max_length)
+        encoded = encode_for_reward(tokenizer, contexts[i : i + batch_size], outputs[i : i + batch_size], max_length)
         parts.append(reward_forward(model, encoded).cpu())
     model.train(was_training)
     return torch.cat(parts) if parts else torch.zeros(0)

@@ -15,7 +15,9 @@ CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab toy", description=__doc__)
     parser.add_argument("experiment", choices=CHOICES, help="which experiment (report runs them all)")
-    parser.add_argument("--output-dir", type=Path, default=None, help="run directory (default: runs/toy-<experiment>-seed<N>)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="run directory (default: runs/toy-<experiment>-seed<N>)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the instance, π_ref's pre-training and the feedback")
     return parser
 
@@ -27,7 +29,9 @@ def main(argv=None) -> int:
     out = args.output_dir or Path("runs") / f"toy-{args.experiment}-seed{args.seed}"
     if args.experiment == "export":
         res = experiments.export(out, seed=args.seed)
-        print(f"wrote {res['path']} ({res['num_contexts']} contexts × {res['num_outputs']} outputs, J(π_ref) = {res['J_ref']:.4f})")
+        print(
+            f"wrote {res['path']} ({res['num_contexts']} contexts × {res['num_outputs']} outputs, J(π_ref) = {res['J_ref']:.4f})"
+        )
         return 0
     if args.experiment == "report":
         res = experiments.report(out, seed=args.seed)

@@ -125,6 +125,7 @@ def performance_gap(instance: ToyInstance, reward_model, kl_coef: float, seen=No
 # Best-of-n: sample n outputs from π_ref, keep the one with the highest reward (its exact
 # distribution and the KL bound are in rlhflab.best_of_n_math).
 
+
 def best_of_n(instance: ToyInstance, n: int, reward=None) -> dict:
     """Best-of-n against π_ref, selecting by ``reward`` (R* by default; pass R_phi for proxy
     selection), with J under R*, exact KL and the formula beside it."""
@@ -144,24 +145,28 @@ def best_of_n(instance: ToyInstance, n: int, reward=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Export so that anyone can recompute the quantities above without rlhflab.
 
+
 def export_instance(instance: ToyInstance, path) -> None:
     """Write contexts, outputs, d_C, the seen/unseen split, R*, P_pre and π_ref to one JSON file
     (atomically). float → JSON → float round-trips exactly, so recomputed numbers match."""
     reference = instance.require_reference()
-    write_json(path, {
-        "format": FORMAT,
-        "seed": instance.seed,
-        "tokens": list(instance.tokens),
-        "horizon": instance.horizon,
-        "contexts": [list(c) for c in instance.contexts],
-        "outputs": [list(o) for o in instance.outputs],
-        "context_dist": instance.context_dist.tolist(),
-        "seen": instance.seen.tolist(),
-        "oracle_reward": instance.oracle_reward.tolist(),
-        "pretrain_dist": instance.pretrain_dist.tolist(),
-        "reference": reference.tolist(),
-        "notes": instance.notes,
-    })
+    write_json(
+        path,
+        {
+            "format": FORMAT,
+            "seed": instance.seed,
+            "tokens": list(instance.tokens),
+            "horizon": instance.horizon,
+            "contexts": [list(c) for c in instance.contexts],
+            "outputs": [list(o) for o in instance.outputs],
+            "context_dist": instance.context_dist.tolist(),
+            "seen": instance.seen.tolist(),
+            "oracle_reward": instance.oracle_reward.tolist(),
+            "pretrain_dist": instance.pretrain_dist.tolist(),
+            "reference": reference.tolist(),
+            "notes": instance.notes,
+        },
+    )
 
 
 def load_instance_json(path) -> ToyInstance:
@@ -179,12 +184,21 @@ def load_instance_json(path) -> ToyInstance:
         tables = {k: _t(data[k]) for k in ("oracle_reward", "pretrain_dist", "reference")}
         for k, table in tables.items():
             if tuple(table.shape) != (len(contexts), len(outputs)):
-                raise DataError(str(path), None, k, f"shape {tuple(table.shape)}, expected {(len(contexts), len(outputs))}")
+                raise DataError(
+                    str(path), None, k, f"shape {tuple(table.shape)}, expected {(len(contexts), len(outputs))}"
+                )
         return ToyInstance(
-            tokens=tuple(data["tokens"]), horizon=int(data["horizon"]), contexts=contexts, outputs=outputs,
-            context_dist=_t(data["context_dist"]), seen=torch.tensor(data["seen"], dtype=torch.bool),
-            oracle_reward=tables["oracle_reward"], pretrain_dist=tables["pretrain_dist"],
-            reference=tables["reference"], seed=int(data.get("seed", 0)), notes=data.get("notes", {}),
+            tokens=tuple(data["tokens"]),
+            horizon=int(data["horizon"]),
+            contexts=contexts,
+            outputs=outputs,
+            context_dist=_t(data["context_dist"]),
+            seen=torch.tensor(data["seen"], dtype=torch.bool),
+            oracle_reward=tables["oracle_reward"],
+            pretrain_dist=tables["pretrain_dist"],
+            reference=tables["reference"],
+            seed=int(data.get("seed", 0)),
+            notes=data.get("notes", {}),
         )
     except KeyError as e:
         raise DataError(str(path), None, str(e.args[0]), "missing") from e

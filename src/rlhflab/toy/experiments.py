@@ -43,6 +43,7 @@ def lab_instance(seed: int) -> ToyInstance:
 # ---------------------------------------------------------------------------------------------
 # Feedback and reward models.
 
+
 def features(instance: ToyInstance) -> torch.Tensor:
     """One-hot features of every (c, o), (C, O, F): the context token at each position, and the
     output token (or end, or nothing) at each position. Nothing about R* is built in."""
@@ -71,8 +72,9 @@ class Preferences:
     rejected: torch.Tensor
 
 
-def feedback_coverage(instance: ToyInstance, context_coverage: float, output_coverage: float,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def feedback_coverage(
+    instance: ToyInstance, context_coverage: float, output_coverage: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """C_HF and O_HF (Section 5): a fraction κ of contexts, and for each a fraction ρ of outputs drawn
     without replacement from π_ref — feedback lands where the policy puts its mass (Figure 3)."""
     C, O = instance.num_contexts, instance.num_outputs
@@ -85,8 +87,13 @@ def feedback_coverage(instance: ToyInstance, context_coverage: float, output_cov
     return seen, outputs
 
 
-def simulate_preferences(oracle_rewards: list[torch.Tensor], weights: list[float], outputs: torch.Tensor,
-                         pairs_per_context: int, generator: torch.Generator) -> Preferences:
+def simulate_preferences(
+    oracle_rewards: list[torch.Tensor],
+    weights: list[float],
+    outputs: torch.Tensor,
+    pairs_per_context: int,
+    generator: torch.Generator,
+) -> Preferences:
     """Pairs drawn uniformly from each covered context's O_HF, each labelled by an annotator picked
     with probability ``weights``, who prefers o over o' with probability σ(R_k(c,o) − R_k(c,o')) (Eq. 8)."""
     ctx, a, b = [], [], []
@@ -104,16 +111,22 @@ def simulate_preferences(oracle_rewards: list[torch.Tensor], weights: list[float
     return Preferences(ctx, torch.where(a_wins, a, b), torch.where(a_wins, b, a))
 
 
-def fit_reward_model(instance: ToyInstance, prefs: Preferences, seed: int, steps: int = 300,
-                     hidden: int = 64, lr: float = 1e-2) -> torch.Tensor:
+def fit_reward_model(
+    instance: ToyInstance, prefs: Preferences, seed: int, steps: int = 300, hidden: int = 64, lr: float = 1e-2
+) -> torch.Tensor:
     """R_phi: an MLP on ``features`` fitted by Bradley-Terry (Eq. 11); returns its table (C, O) for
     every pair, seen or not. R_phi is identified only up to a per-context constant, which Eq. 17
     ignores."""
     torch.manual_seed(seed)
     shape = (instance.num_contexts, instance.num_outputs)
     x = features(instance).reshape(shape[0] * shape[1], -1).contiguous()
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], hidden), torch.nn.ReLU(),
-                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[-1], hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(steps):
         # Scoring the whole (C·O) table once per step costs the same however many pairs there are.
@@ -126,18 +139,27 @@ def fit_reward_model(instance: ToyInstance, prefs: Preferences, seed: int, steps
         return net(x).view(shape).double()
 
 
-def reward_model_for(instance: ToyInstance, context_coverage: float, output_coverage: float, seed: int,
-                     pairs_per_context: int = 1024, oracle_rewards=None, weights=(1.0,)):
+def reward_model_for(
+    instance: ToyInstance,
+    context_coverage: float,
+    output_coverage: float,
+    seed: int,
+    pairs_per_context: int = 1024,
+    oracle_rewards=None,
+    weights=(1.0,),
+):
     """Coverage → simulated feedback → fitted R_phi; returns (R_phi table, seen contexts)."""
     g = torch.Generator().manual_seed(seed)
     seen, outputs = feedback_coverage(instance, context_coverage, output_coverage, g)
-    prefs = simulate_preferences(oracle_rewards or [instance.oracle_reward], list(weights), outputs,
-                                 pairs_per_context, g)
+    prefs = simulate_preferences(
+        oracle_rewards or [instance.oracle_reward], list(weights), outputs, pairs_per_context, g
+    )
     return fit_reward_model(instance, prefs, seed), seen
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
+
 
 def _mean_std(values) -> tuple[float, float]:
     t = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
@@ -149,18 +171,28 @@ def _mean_std(values) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 # Experiments.
 
+
 def export(run_dir, seed: int = 0) -> dict:
     """The instance (contexts, d_C, π_ref, R*, seen/unseen) as JSON, for recomputation elsewhere."""
     instance = lab_instance(seed)
     export_instance(instance, Path(run_dir) / "instance.json")
     ref = instance.require_reference()
-    return {"path": str(Path(run_dir) / "instance.json"), "num_contexts": instance.num_contexts,
-            "num_outputs": instance.num_outputs, "J_ref": performance(ref, instance.oracle_reward, instance.context_dist)}
+    return {
+        "path": str(Path(run_dir) / "instance.json"),
+        "num_contexts": instance.num_contexts,
+        "num_outputs": instance.num_outputs,
+        "J_ref": performance(ref, instance.oracle_reward, instance.context_dist),
+    }
 
 
-def coverage(run_dir, seed: int = 0, kl_coef: float = 0.1,
-             context_coverages=(0.125, 0.25, 0.5, 0.75, 1.0),
-             output_coverages=(0.05, 0.1, 0.25, 0.5, 1.0), repeats: int = 2) -> dict:
+def coverage(
+    run_dir,
+    seed: int = 0,
+    kl_coef: float = 0.1,
+    context_coverages=(0.125, 0.25, 0.5, 0.75, 1.0),
+    output_coverages=(0.05, 0.1, 0.25, 0.5, 1.0),
+    repeats: int = 2,
+) -> dict:
     """ΔJ (Section 6.2) over a κ × ρ grid (Section 5), seen vs unseen contexts, mean ± std over
     ``repeats`` feedback draws."""
     started = time.perf_counter()
@@ -179,26 +211,35 @@ def coverage(run_dir, seed: int = 0, kl_coef: float = 0.1,
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("seen", "unseen")):
-        grid = torch.tensor([[c[f"performance_gap_{key}"] for c in cells if c["context_coverage"] == k]
-                             for k in context_coverages])
+        grid = torch.tensor(
+            [[c[f"performance_gap_{key}"] for c in cells if c["context_coverage"] == k] for k in context_coverages]
+        )
         im = ax.imshow(grid.numpy(), origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(output_coverages)), [str(r) for r in output_coverages])
         ax.set_yticks(range(len(context_coverages)), [str(k) for k in context_coverages])
         ax.set_xlabel("output coverage ρ")
         ax.set_ylabel("context coverage κ")
         ax.set_title(f"ΔJ on {key} contexts (β={kl_coef})")
-        for (i, j), v in zip(itertools.product(range(len(context_coverages)), range(len(output_coverages))),
-                             grid.flatten().tolist()):
+        for (i, j), v in zip(
+            itertools.product(range(len(context_coverages)), range(len(output_coverages))), grid.flatten().tolist()
+        ):
             ax.text(j, i, "—" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax)
-    payload = {"experiment": "coverage", "seed": seed, "kl_coef": kl_coef, "repeats": repeats, "cells": cells,
-               "note": "ΔJ = |J(π*) − J(π_rlhf)| under d_C restricted to seen / unseen contexts; unseen is "
-                       "undefined at κ = 1."}
+    payload = {
+        "experiment": "coverage",
+        "seed": seed,
+        "kl_coef": kl_coef,
+        "repeats": repeats,
+        "cells": cells,
+        "note": "ΔJ = |J(π*) − J(π_rlhf)| under d_C restricted to seen / unseen contexts; unseen is "
+        "undefined at κ = 1.",
+    }
     return finish(run_dir, "coverage", payload, fig, started)
 
 
-def _partial_reward_model(instance: ToyInstance, seed: int, output_coverage: float = 0.25,
-                          pairs_per_context: int = 1024):
+def _partial_reward_model(
+    instance: ToyInstance, seed: int, output_coverage: float = 0.25, pairs_per_context: int = 1024
+):
     """The reward model of the β and over-optimisation experiments: feedback on the instance's seen
     contexts (κ = 1/2) and a fraction ρ of outputs."""
     g = torch.Generator().manual_seed(seed)
@@ -219,10 +260,19 @@ def beta_tradeoff(run_dir, seed: int = 0, kl_coefs=None) -> dict:
     for beta in kl_coefs:
         gap = performance_gap(instance, reward_model, beta)
         optimum = kl_regularised_optimum(reference, oracle, beta)
-        rows.append({"kl_coef": beta, "J_opt": gap["J_opt"], "J_rlhf": gap["J_rlhf"], "J_hat_rlhf": gap["J_hat_rlhf"],
-                     "KL_opt": kl_divergence(optimum, reference, d), "KL_rlhf": gap["KL_rlhf"],
-                     "performance_gap_seen": gap["seen"], "performance_gap_unseen": gap["unseen"],
-                     "performance_gap_total": gap["total"]})
+        rows.append(
+            {
+                "kl_coef": beta,
+                "J_opt": gap["J_opt"],
+                "J_rlhf": gap["J_rlhf"],
+                "J_hat_rlhf": gap["J_hat_rlhf"],
+                "KL_opt": kl_divergence(optimum, reference, d),
+                "KL_rlhf": gap["KL_rlhf"],
+                "performance_gap_seen": gap["seen"],
+                "performance_gap_unseen": gap["unseen"],
+                "performance_gap_total": gap["total"],
+            }
+        )
     best = max(rows, key=lambda r: r["J_rlhf"])
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -239,9 +289,15 @@ def beta_tradeoff(run_dir, seed: int = 0, kl_coefs=None) -> dict:
         ax.set_xlabel("β (kl_coef)")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    payload = {"experiment": "beta_tradeoff", "seed": seed, "context_coverage": float(instance.seen.double().mean()),
-               "output_coverage": 0.25, "rows": rows, "best_kl_coef_for_J_rlhf": best["kl_coef"],
-               "best_J_rlhf": best["J_rlhf"]}
+    payload = {
+        "experiment": "beta_tradeoff",
+        "seed": seed,
+        "context_coverage": float(instance.seen.double().mean()),
+        "output_coverage": 0.25,
+        "rows": rows,
+        "best_kl_coef_for_J_rlhf": best["kl_coef"],
+        "best_J_rlhf": best["J_rlhf"],
+    }
     return finish(run_dir, "beta_tradeoff", payload, fig, started)
 
 
@@ -258,9 +314,13 @@ def _fit(form: str, d, r) -> dict:
     (alpha, beta_g), _ = curve_fit(f, d, r, p0=(1.0, 0.1), maxfev=20000)
     ss_res = float(((r - f(d, alpha, beta_g)) ** 2).sum())
     ss_tot = float(((r - r.mean()) ** 2).sum())
-    return {"form": "d*(alpha - beta*d)" if form == "bon" else "d*(alpha - beta*log d)",
-            "alpha": float(alpha), "beta": float(beta_g), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
-            "points": int(len(d))}
+    return {
+        "form": "d*(alpha - beta*d)" if form == "bon" else "d*(alpha - beta*log d)",
+        "alpha": float(alpha),
+        "beta": float(beta_g),
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        "points": int(len(d)),
+    }
 
 
 def _overoptimisation_curves(instance: ToyInstance, reward_model, rl_checkpoints, max_n: int) -> dict:
@@ -270,30 +330,61 @@ def _overoptimisation_curves(instance: ToyInstance, reward_model, rl_checkpoints
     bon = []
     for n in ns:
         res = best_of_n(instance, n, reward=reward_model)
-        bon.append({"n": n, "KL": res["KL"], "KL_formula": res["KL_formula"], "d": math.sqrt(res["KL"]),
-                    "gold": res["J"] - J_ref, "proxy": res["J_hat"] - J_hat_ref})
+        bon.append(
+            {
+                "n": n,
+                "KL": res["KL"],
+                "KL_formula": res["KL_formula"],
+                "d": math.sqrt(res["KL"]),
+                "gold": res["J"] - J_ref,
+                "proxy": res["J_hat"] - J_hat_ref,
+            }
+        )
     if rl_checkpoints:
         source = "rl checkpoints"
-        rl = [{"KL": float(k), "d": math.sqrt(max(float(k), 0.0)), "gold": float(j) - J_ref, "proxy": float(jh) - J_hat_ref}
-              for k, j, jh in rl_checkpoints]
+        rl = [
+            {
+                "KL": float(k),
+                "d": math.sqrt(max(float(k), 0.0)),
+                "gold": float(j) - J_ref,
+                "proxy": float(jh) - J_hat_ref,
+            }
+            for k, j, jh in rl_checkpoints
+        ]
     else:
         source = "closed-form KL path"
         rl = []
         for beta in torch.logspace(1, -2, 30).tolist():
             policy = kl_regularised_optimum(reference, reward_model, beta)
             kl = kl_divergence(policy, reference, d)
-            rl.append({"kl_coef": beta, "KL": kl, "d": math.sqrt(kl), "gold": performance(policy, oracle, d) - J_ref,
-                       "proxy": performance(policy, reward_model, d) - J_hat_ref})
-    fits = {f"{form}_{kind}": _fit(form, [p["d"] for p in pts], [p[kind] for p in pts])
-            for form, pts in (("bon", bon), ("rl", rl)) for kind in ("gold", "proxy")}
+            rl.append(
+                {
+                    "kl_coef": beta,
+                    "KL": kl,
+                    "d": math.sqrt(kl),
+                    "gold": performance(policy, oracle, d) - J_ref,
+                    "proxy": performance(policy, reward_model, d) - J_hat_ref,
+                }
+            )
+    fits = {
+        f"{form}_{kind}": _fit(form, [p["d"] for p in pts], [p[kind] for p in pts])
+        for form, pts in (("bon", bon), ("rl", rl))
+        for kind in ("gold", "proxy")
+    }
     peak = max(bon, key=lambda p: p["gold"])
-    return {"J_ref": J_ref, "J_hat_ref": J_hat_ref, "best_of_n": bon, "rl": {"source": source, "points": rl},
-            "fits": fits, "bon_gold_peak": {"n": peak["n"], "d": peak["d"], "gold": peak["gold"],
-                                            "gold_at_max_n": bon[-1]["gold"]}}
+    return {
+        "J_ref": J_ref,
+        "J_hat_ref": J_hat_ref,
+        "best_of_n": bon,
+        "rl": {"source": source, "points": rl},
+        "fits": fits,
+        "bon_gold_peak": {"n": peak["n"], "d": peak["d"], "gold": peak["gold"], "gold_at_max_n": bon[-1]["gold"]},
+    }
 
 
-def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1024,
-                     feedback_budgets=(128, 1024)) -> dict:
+def overoptimisation(
+    run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1024, feedback_budgets=(128, 1024)
+) -> dict:
     """Gold J (under R*) and proxy Ĵ (under R_phi) against d = √KL, relative to π_ref, for best-of-n
     selecting by R_phi (exact) and for an RL family, with Gao et al.'s forms fitted; once per
     reward model, fitted on ``feedback_budgets`` preference pairs per covered context (a weaker proxy
@@ -313,8 +404,10 @@ def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1
     plt = pyplot()
     fig, axes = plt.subplots(len(curves), 2, figsize=(11, 4 * len(curves)), squeeze=False)
     for row, (budget, res) in zip(axes, curves.items()):
-        for ax, form, points, title in ((row[0], "bon", res["best_of_n"], "best-of-n (exact)"),
-                                        (row[1], "rl", res["rl"]["points"], f"RL ({res['rl']['source']})")):
+        for ax, form, points, title in (
+            (row[0], "bon", res["best_of_n"], "best-of-n (exact)"),
+            (row[1], "rl", res["rl"]["points"], f"RL ({res['rl']['source']})"),
+        ):
             x = [p["d"] for p in points]
             ax.scatter(x, [p["gold"] for p in points], s=12, label="gold J − J(π_ref) (R*)")
             ax.scatter(x, [p["proxy"] for p in points], s=12, label="proxy Ĵ − Ĵ(π_ref) (R_phi)")
@@ -326,8 +419,13 @@ def overoptimisation(run_dir, seed: int = 0, rl_checkpoints=None, max_n: int = 1
             ax.set_xlabel("d = √KL(π‖π_ref)")
             ax.set_title(f"{title}, R_phi from {budget} pairs/context")
             ax.legend(fontsize=7)
-    payload = {"experiment": "overoptimisation", "seed": seed, "context_coverage": float(instance.seen.double().mean()),
-               "output_coverage": 0.25, "curves_by_pairs_per_context": curves}
+    payload = {
+        "experiment": "overoptimisation",
+        "seed": seed,
+        "context_coverage": float(instance.seen.double().mean()),
+        "output_coverage": 0.25,
+        "curves_by_pairs_per_context": curves,
+    }
     return finish(run_dir, "overoptimisation", payload, fig, started)
 
 
@@ -335,8 +433,9 @@ def _tabular_logprobs(logits: torch.Tensor, ctx: torch.Tensor, out: torch.Tensor
     return torch.log_softmax(logits, -1)[ctx, out].unsqueeze(-1)  # (B, 1): one "token" per output
 
 
-def _sft_on_best(instance: ToyInstance, num_samples: int, top_fraction: float, g, steps: int = 100,
-                 lr: float = 0.1) -> torch.Tensor:
+def _sft_on_best(
+    instance: ToyInstance, num_samples: int, top_fraction: float, g, steps: int = 100, lr: float = 0.1
+) -> torch.Tensor:
     """Section 6.3 SFT: label ``num_samples`` draws from π_ref with R*, keep the top fraction,
     maximise their likelihood (Eq. 3) on a softmax-logit table initialised at log π_ref."""
     reference = instance.require_reference()
@@ -379,8 +478,15 @@ def _policy_gradient_curve(instance: ToyInstance, budgets, batch_size: int, g, l
     return curve
 
 
-def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048, 4096), repeats: int = 5,
-              top_fraction: float = 0.1, batch_size: int = 32, learning_rates=(0.1, 0.3, 1.0)) -> dict:
+def sft_vs_pg(
+    run_dir,
+    seed: int = 0,
+    budgets=(32, 64, 128, 256, 512, 1024, 2048, 4096),
+    repeats: int = 5,
+    top_fraction: float = 0.1,
+    batch_size: int = 32,
+    learning_rates=(0.1, 0.3, 1.0),
+) -> dict:
     """J against the number of oracle-labelled samples: SFT on the best samples vs policy gradient on
     all samples weighted by reward (Section 6.3), on a tabular softmax policy initialised at π_ref.
 
@@ -408,8 +514,10 @@ def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048
     for n in budgets:
         (sm, ss), (pm, ps) = _mean_std(sweeps["sft"][best_lr["sft"]][n]), _mean_std(sweeps["pg"][best_lr["pg"]][n])
         rows.append({"num_labelled": n, "J_sft_mean": sm, "J_sft_std": ss, "J_pg_mean": pm, "J_pg_std": ps})
-    lr_sweep = {m: {str(lr): [_mean_std(runs[n])[0] for n in budgets] for lr, runs in by_lr.items()}
-                for m, by_lr in sweeps.items()}
+    lr_sweep = {
+        m: {str(lr): [_mean_std(runs[n])[0] for n in budgets] for lr, runs in by_lr.items()}
+        for m, by_lr in sweeps.items()
+    }
     J_ref = performance(reference, oracle, d)
     J_max = float((d * oracle.max(-1).values).sum())
     plt = pyplot()
@@ -425,11 +533,20 @@ def sft_vs_pg(run_dir, seed: int = 0, budgets=(32, 64, 128, 256, 512, 1024, 2048
     ax.set_xlabel("oracle-labelled samples")
     ax.set_ylabel("J (Eq. 12)")
     ax.legend(fontsize=8)
-    payload = {"experiment": "sft_vs_pg", "seed": seed, "repeats": repeats, "top_fraction": top_fraction,
-               "pg_batch_size": batch_size, "J_ref": J_ref, "J_max": J_max, "rows": rows, "best_lr": best_lr,
-               "lr_sweep_mean_J": lr_sweep,
-               "policy": "tabular softmax logits initialised at log π_ref; Adam; SFT 100 full-batch steps",
-               "note": "HF-model trainers are checked against the closed form separately"}
+    payload = {
+        "experiment": "sft_vs_pg",
+        "seed": seed,
+        "repeats": repeats,
+        "top_fraction": top_fraction,
+        "pg_batch_size": batch_size,
+        "J_ref": J_ref,
+        "J_max": J_max,
+        "rows": rows,
+        "best_lr": best_lr,
+        "lr_sweep_mean_J": lr_sweep,
+        "policy": "tabular softmax logits initialised at log π_ref; Adam; SFT 100 full-batch steps",
+        "note": "HF-model trainers are checked against the closed form separately",
+    }
     return finish(run_dir, "sft_vs_pg", payload, fig, started)
 
 
@@ -439,12 +556,19 @@ def annotator_rewards(instance: ToyInstance) -> dict[str, torch.Tensor]:
     tokens = instance.tokens
 
     def table(answer_of=lambda c: None, **kw):
-        return torch.tensor([[structured_oracle_reward(c, o, tokens, answer=answer_of(c), **kw)
-                              for o in instance.outputs] for c in instance.contexts], dtype=torch.float64)
+        return torch.tensor(
+            [
+                [structured_oracle_reward(c, o, tokens, answer=answer_of(c), **kw) for o in instance.outputs]
+                for c in instance.contexts
+            ],
+            dtype=torch.float64,
+        )
 
-    return {"base": instance.oracle_reward,
-            "verbose": table(length_cost=-0.3, repeat_penalty=0.2),
-            "echo": table(answer_of=lambda c: c[-1])}
+    return {
+        "base": instance.oracle_reward,
+        "verbose": table(length_cost=-0.3, repeat_penalty=0.2),
+        "echo": table(answer_of=lambda c: c[-1]),
+    }
 
 
 def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float = 0.1) -> dict:
@@ -455,8 +579,9 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
     reference, d = instance.require_reference(), instance.context_dist
     pool = annotator_rewards(instance)
     names, tables = list(pool), list(pool.values())
-    reward_model, _ = reward_model_for(instance, 1.0, 1.0, seed=1000 * seed + 5, pairs_per_context=1024,
-                                       oracle_rewards=tables, weights=weights)
+    reward_model, _ = reward_model_for(
+        instance, 1.0, 1.0, seed=1000 * seed + 5, pairs_per_context=1024, oracle_rewards=tables, weights=weights
+    )
     pooled = kl_regularised_optimum(reference, reward_model, kl_coef)
     mean_reward = sum(w * t for w, t in zip(weights, tables))
     rows = []
@@ -464,14 +589,22 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
         J_ref = performance(reference, own, d)
         J_own = performance(kl_regularised_optimum(reference, own, kl_coef), own, d)
         J_pooled = performance(pooled, own, d)
-        rows.append({
-            "annotator": name, "weight": weights[names.index(name)], "J_ref": J_ref, "J_own_optimum": J_own,
-            "J_pooled_reward_model": J_pooled,
-            "J_mean_reward_optimum": performance(kl_regularised_optimum(reference, mean_reward, kl_coef), own, d),
-            "fraction_of_own_gain": (J_pooled - J_ref) / (J_own - J_ref),
-            **{f"J_under_{other}_optimum": performance(kl_regularised_optimum(reference, t, kl_coef), own, d)
-               for other, t in pool.items() if other != name},
-        })
+        rows.append(
+            {
+                "annotator": name,
+                "weight": weights[names.index(name)],
+                "J_ref": J_ref,
+                "J_own_optimum": J_own,
+                "J_pooled_reward_model": J_pooled,
+                "J_mean_reward_optimum": performance(kl_regularised_optimum(reference, mean_reward, kl_coef), own, d),
+                "fraction_of_own_gain": (J_pooled - J_ref) / (J_own - J_ref),
+                **{
+                    f"J_under_{other}_optimum": performance(kl_regularised_optimum(reference, t, kl_coef), own, d)
+                    for other, t in pool.items()
+                    if other != name
+                },
+            }
+        )
     centred = lambda t: t - t.mean(-1, keepdim=True)  # noqa: E731  (BT fixes rewards up to a per-context shift)
     corr = float(torch.corrcoef(torch.stack([centred(reward_model).flatten(), centred(mean_reward).flatten()]))[0, 1])
     plt = pyplot()
@@ -479,15 +612,26 @@ def annotators(run_dir, seed: int = 0, weights=(0.5, 0.3, 0.2), kl_coef: float =
     import numpy as np
 
     x = np.arange(len(rows))
-    for k, (key, label) in enumerate((("J_ref", "π_ref"), ("J_pooled_reward_model", "π_rlhf (pooled BT model)"),
-                                      ("J_own_optimum", "own optimum π*_k"))):
+    for k, (key, label) in enumerate(
+        (
+            ("J_ref", "π_ref"),
+            ("J_pooled_reward_model", "π_rlhf (pooled BT model)"),
+            ("J_own_optimum", "own optimum π*_k"),
+        )
+    ):
         ax.bar(x + (k - 1) * 0.27, [r[key] for r in rows], width=0.27, label=label)
     ax.set_xticks(x, [f"{r['annotator']} (w={r['weight']})" for r in rows])
     ax.set_ylabel("J under the annotator's own R*")
     ax.set_title(f"one reward model for a pool of annotators (β={kl_coef})")
     ax.legend(fontsize=8)
-    payload = {"experiment": "annotators", "seed": seed, "kl_coef": kl_coef, "weights": list(weights),
-               "rows": rows, "corr_reward_model_vs_weighted_mean_reward": corr}
+    payload = {
+        "experiment": "annotators",
+        "seed": seed,
+        "kl_coef": kl_coef,
+        "weights": list(weights),
+        "rows": rows,
+        "corr_reward_model_vs_weighted_mean_reward": corr,
+    }
     return finish(run_dir, "annotators", payload, fig, started)
 
 
@@ -496,8 +640,14 @@ def trainers(run_dir, seed: int = 0) -> dict:
     return trainers_experiment(run_dir, seed=seed)
 
 
-EXPERIMENTS = {"coverage": coverage, "beta": beta_tradeoff, "overopt": overoptimisation,
-               "sft-vs-pg": sft_vs_pg, "annotators": annotators, "trainers": trainers}
+EXPERIMENTS = {
+    "coverage": coverage,
+    "beta": beta_tradeoff,
+    "overopt": overoptimisation,
+    "sft-vs-pg": sft_vs_pg,
+    "annotators": annotators,
+    "trainers": trainers,
+}
 
 
 def report(run_dir, seed: int = 0) -> dict:
@@ -507,8 +657,12 @@ def report(run_dir, seed: int = 0) -> dict:
     export(run_dir, seed)
     results = {name: fn(run_dir / name, seed=seed) for name, fn in EXPERIMENTS.items()}
     write_text(run_dir / "summary.md", summary_markdown(results, seed))
-    return {"experiment": "report", "seed": seed, "results": results,
-            "wall_time_s": round(time.perf_counter() - started, 2)}
+    return {
+        "experiment": "report",
+        "seed": seed,
+        "results": results,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
 
 
 def summary_markdown(results: dict, seed: int) -> str:
@@ -523,28 +677,38 @@ def headline(name: str, res: dict) -> str:
     if name == "coverage":
         low = min(res["cells"], key=lambda c: (c["context_coverage"], c["output_coverage"]))
         full = max(res["cells"], key=lambda c: (c["context_coverage"], c["output_coverage"]))
-        return (f"ΔJ at κ={low['context_coverage']},ρ={low['output_coverage']}: seen {low['performance_gap_seen']:.3f}, "
-                f"unseen {low['performance_gap_unseen']:.3f}; at κ=ρ=1: {full['performance_gap_total']:.3f}")
+        return (
+            f"ΔJ at κ={low['context_coverage']},ρ={low['output_coverage']}: seen {low['performance_gap_seen']:.3f}, "
+            f"unseen {low['performance_gap_unseen']:.3f}; at κ=ρ=1: {full['performance_gap_total']:.3f}"
+        )
     if name == "beta":
         first, last = res["rows"][0], res["rows"][-1]
-        return (f"ΔJ unseen {first['performance_gap_unseen']:.3f} at β={first['kl_coef']:.2g} vs "
-                f"{last['performance_gap_unseen']:.3f} at β={last['kl_coef']:.2g}; best J(π_rlhf)={res['best_J_rlhf']:.3f} "
-                f"at β={res['best_kl_coef_for_J_rlhf']:.2g}")
+        return (
+            f"ΔJ unseen {first['performance_gap_unseen']:.3f} at β={first['kl_coef']:.2g} vs "
+            f"{last['performance_gap_unseen']:.3f} at β={last['kl_coef']:.2g}; best J(π_rlhf)={res['best_J_rlhf']:.3f} "
+            f"at β={res['best_kl_coef_for_J_rlhf']:.2g}"
+        )
     if name == "overopt":
         parts = []
         for budget, c in res["curves_by_pairs_per_context"].items():
             f = c["fits"]
-            parts.append(f"{budget} pairs/ctx: BoN gold α={f['bon_gold']['alpha']:.3f} β={f['bon_gold']['beta']:.3f} "
-                         f"R²={f['bon_gold']['r2']:.3f}, RL gold α={f['rl_gold']['alpha']:.3f} "
-                         f"β={f['rl_gold']['beta']:.3f} R²={f['rl_gold']['r2']:.3f} ({c['rl']['source']})")
+            parts.append(
+                f"{budget} pairs/ctx: BoN gold α={f['bon_gold']['alpha']:.3f} β={f['bon_gold']['beta']:.3f} "
+                f"R²={f['bon_gold']['r2']:.3f}, RL gold α={f['rl_gold']['alpha']:.3f} "
+                f"β={f['rl_gold']['beta']:.3f} R²={f['rl_gold']['r2']:.3f} ({c['rl']['source']})"
+            )
         return "; ".join(parts)
     if name == "sft-vs-pg":
         first, last = res["rows"][0], res["rows"][-1]
-        return (f"J at {first['num_labelled']} labels: SFT {first['J_sft_mean']:.3f} / PG {first['J_pg_mean']:.3f}; "
-                f"at {last['num_labelled']}: SFT {last['J_sft_mean']:.3f} / PG {last['J_pg_mean']:.3f} "
-                f"(J_ref {res['J_ref']:.3f}, max {res['J_max']:.3f})")
+        return (
+            f"J at {first['num_labelled']} labels: SFT {first['J_sft_mean']:.3f} / PG {first['J_pg_mean']:.3f}; "
+            f"at {last['num_labelled']}: SFT {last['J_sft_mean']:.3f} / PG {last['J_pg_mean']:.3f} "
+            f"(J_ref {res['J_ref']:.3f}, max {res['J_max']:.3f})"
+        )
     if name == "annotators":
         return "; ".join(f"{r['annotator']}: {r['fraction_of_own_gain']:.0%} of own gain" for r in res["rows"])
     if name == "trainers":
-        return "gap closed: " + ", ".join(f"{r['trainer']} {r['gap_closed']:.3f} ({r['wall_time_s']} s)" for r in res["rows"])
+        return "gap closed: " + ", ".join(
+            f"{r['trainer']} {r['gap_closed']:.3f} ({r['wall_time_s']} s)" for r in res["rows"]
+        )
     return ""

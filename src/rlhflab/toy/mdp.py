@@ -88,10 +88,16 @@ def answer_token(context: tuple[str, ...], tokens: tuple[str, ...]) -> str:
     return tokens[(idx[0] + 2 * idx[-1] + 1) % len(tokens)]
 
 
-def structured_oracle_reward(context: tuple[str, ...], output: tuple[str, ...], tokens: tuple[str, ...],
-                             answer_bonus: float = 1.0, bigram_bonus: float = 0.6,
-                             repeat_penalty: float = 0.5, length_cost: float = 0.15,
-                             answer: str | None = None) -> float:
+def structured_oracle_reward(
+    context: tuple[str, ...],
+    output: tuple[str, ...],
+    tokens: tuple[str, ...],
+    answer_bonus: float = 1.0,
+    bigram_bonus: float = 0.6,
+    repeat_penalty: float = 0.5,
+    length_cost: float = 0.15,
+    answer: str | None = None,
+) -> float:
     """R*(c, o) of the default instance (Section 4.1: a deterministic oracle over (context, output)).
 
     + answer_bonus  if the first token answers the context (context-dependent),
@@ -142,8 +148,13 @@ def _pretrain_distribution(instance_contexts, outputs, tokens, answers, generato
     return table / table.sum(-1, keepdim=True)
 
 
-def build_instance(seed: int = 0, tokens: tuple[str, ...] = DEFAULT_TOKENS, context_length: int = 2,
-                   horizon: int = 3, seen_fraction: float = 0.5) -> ToyInstance:
+def build_instance(
+    seed: int = 0,
+    tokens: tuple[str, ...] = DEFAULT_TOKENS,
+    context_length: int = 2,
+    horizon: int = 3,
+    seen_fraction: float = 0.5,
+) -> ToyInstance:
     """The default instance: all ``context_length``-token contexts over ``tokens``, a random (seeded)
     non-uniform d_C, half the contexts seen (C_rew), the structured oracle and P_pre above."""
     g = torch.Generator().manual_seed(seed)
@@ -154,17 +165,27 @@ def build_instance(seed: int = 0, tokens: tuple[str, ...] = DEFAULT_TOKENS, cont
     order = torch.randperm(len(contexts), generator=g)
     seen = torch.zeros(len(contexts), dtype=torch.bool)
     seen[order[: max(1, round(seen_fraction * len(contexts)))]] = True
-    oracle = torch.tensor([[structured_oracle_reward(c, o, tokens) for o in outputs] for c in contexts],
-                          dtype=torch.float64)
+    oracle = torch.tensor(
+        [[structured_oracle_reward(c, o, tokens) for o in outputs] for c in contexts], dtype=torch.float64
+    )
     answers = [answer_token(c, tokens) for c in contexts]
     pretrain = _pretrain_distribution(contexts, outputs, tokens, answers, g)
-    return ToyInstance(tokens=tuple(tokens), horizon=horizon, contexts=contexts, outputs=outputs,
-                       context_dist=context_dist, seen=seen, oracle_reward=oracle, pretrain_dist=pretrain,
-                       seed=seed)
+    return ToyInstance(
+        tokens=tuple(tokens),
+        horizon=horizon,
+        contexts=contexts,
+        outputs=outputs,
+        context_dist=context_dist,
+        seen=seen,
+        oracle_reward=oracle,
+        pretrain_dist=pretrain,
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The policy: a tiny GPT-2 whose vocabulary is exactly the MDP's tokens.
+
 
 def build_toy_tokenizer(tokens: tuple[str, ...] = DEFAULT_TOKENS):
     """A WordLevel ``PreTrainedTokenizerFast`` over ``<eos>`` + tokens, whitespace-separated. pad = eos
@@ -250,8 +271,14 @@ def exact_policy(model, instance: ToyInstance, tokenizer=None, batch_size: int =
     return torch.softmax(table, dim=-1)  # = exp(table) renormalised per row
 
 
-def pretrain_reference(instance: ToyInstance, seed: int = 0, steps: int = 150, batch_size: int = 256,
-                       corpus_size: int = 8192, lr: float = 2e-2):
+def pretrain_reference(
+    instance: ToyInstance,
+    seed: int = 0,
+    steps: int = 150,
+    batch_size: int = 256,
+    corpus_size: int = 8192,
+    lr: float = 2e-2,
+):
     """π_ref by MLE (Eq. 3) on a corpus of (c, o) drawn from d_C × P_pre; returns (model, tokenizer).
 
     The corpus is finite, so π_ref approximates P_pre without equalling it, as a real pre-trained
@@ -289,4 +316,3 @@ def build_lab(seed: int = 0, steps: int = 150, **instance_kwargs):
 def tabular_sample(policy: torch.Tensor, context_index: torch.Tensor, generator=None) -> torch.Tensor:
     """Output indices o ~ π(·|c) for each given context index, from a (C, O) table."""
     return torch.multinomial(policy[context_index], 1, replacement=True, generator=generator).squeeze(-1)
-

@@ -84,6 +84,7 @@ def reduced_lab(seed: int = 0, steps: int = 150):
 # ---------------------------------------------------------------------------------------------
 # R* as a reward source over decoded text.
 
+
 def output_index(instance: ToyInstance) -> dict[tuple[str, ...], int]:
     """Content tokens -> output column. The content determines the output: an output with fewer than
     ``horizon`` content tokens ended with the end token (which decoding drops as a special token), one
@@ -114,6 +115,7 @@ def context_prompts(instance: ToyInstance) -> list[Prompt]:
 # ---------------------------------------------------------------------------------------------
 # Settings per trainer: public config knobs only.
 
+
 @dataclass
 class TrainerSettings:
     """One trainer's RLConfig (or PreferenceConfig) overrides and, for DPO, its data size."""
@@ -129,8 +131,9 @@ class TrainerSettings:
         return self.label or self.algorithm
 
 
-def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dpo_steps: int = 2000,
-                     dpo_batch_size: int = 256) -> list[TrainerSettings]:
+def default_settings(
+    num_iterations: int = 300, samples_per_prompt: int = 32, dpo_steps: int = 2000, dpo_batch_size: int = 256
+) -> list[TrainerSettings]:
     """The tuned knobs. Shared: temperature 1 (samples from π itself), KL k1 per token in the reward,
     the learning rate decayed linearly to 0 so the last iterations average out the sampling noise
     around the optimum (obj(π*) − obj(π) = β·KL(π‖π*) must fall under 2% of the gap).
@@ -145,28 +148,46 @@ def default_settings(num_iterations: int = 300, samples_per_prompt: int = 32, dp
     DPO: all output pairs with soft BT labels (``preference_pairs``), learning rate 5e-3 (1e-2 is
     unstable on the tiny GPT-2: 0.67–0.92 of the gap depending on batch size), ``dpo_steps`` optimiser
     steps of ``dpo_batch_size`` pairs."""
-    common = {"num_iterations": num_iterations, "samples_per_prompt": samples_per_prompt,
-              "lr_scheduler": "linear", "temperature": 1.0, "kl_estimator": "k1", "learning_rate": 1e-2}
+    common = {
+        "num_iterations": num_iterations,
+        "samples_per_prompt": samples_per_prompt,
+        "lr_scheduler": "linear",
+        "temperature": 1.0,
+        "kl_estimator": "k1",
+        "learning_rate": 1e-2,
+    }
     # PPO and RLOO (clipped surrogate) take several epochs per rollout, so half the iterations.
     half = {**common, "num_iterations": max(1, num_iterations // 2), "epochs": 2}
     return [
         TrainerSettings("ppo", {**half, "num_minibatches": 4, "whiten_advantages": True, "vf_coef": 0.1, "lam": 1.0}),
-        TrainerSettings("a2c", {**common, "num_iterations": num_iterations * 4 // 3,
-                                "whiten_advantages": True, "vf_coef": 0.1, "lam": 1.0}),
+        TrainerSettings(
+            "a2c",
+            {
+                **common,
+                "num_iterations": num_iterations * 4 // 3,
+                "whiten_advantages": True,
+                "vf_coef": 0.1,
+                "lam": 1.0,
+            },
+        ),
         TrainerSettings("reinforce", {**common, "baseline": "batch_mean"}),
         TrainerSettings("rloo", {**half}),
         TrainerSettings("grpo", {**half, "scale_by_std": True}, label="grpo"),
         TrainerSettings("grpo", {**half, "scale_by_std": False}, label="grpo_dr"),
-        TrainerSettings("dpo", {"learning_rate": 5e-3, "batch_size": dpo_batch_size, "max_steps": dpo_steps,
-                                "lr_scheduler": "linear"}),
+        TrainerSettings(
+            "dpo",
+            {"learning_rate": 5e-3, "batch_size": dpo_batch_size, "max_steps": dpo_steps, "lr_scheduler": "linear"},
+        ),
     ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Running one trainer.
 
-def _stopping_rule(model_of, instance: ToyInstance, beta: float, tokenizer, stop_at: float | None,
-                   check_every: int, trace: list):
+
+def _stopping_rule(
+    model_of, instance: ToyInstance, beta: float, tokenizer, stop_at: float | None, check_every: int, trace: list
+):
     """``should_stop`` for the loop: every ``check_every`` iterations, the exact gap closed by the
     model so far (appended to ``trace`` as (iteration, gap)); stop once it reaches ``stop_at``.
 
@@ -189,27 +210,48 @@ def _stopping_fields(trace: list, stop_at: float | None, budget: int) -> dict:
     if stop_at is None:
         return {}
     stopped = bool(trace) and trace[-1][1] >= stop_at
-    return {"stop_at": stop_at, "iterations_run": trace[-1][0] if stopped else budget, "stopped_early": stopped,
-            "gap_trace": trace}
+    return {
+        "stop_at": stop_at,
+        "iterations_run": trace[-1][0] if stopped else budget,
+        "stopped_early": stopped,
+        "gap_trace": trace,
+    }
 
 
-def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
-                        beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None, stop_at: float | None = None,
-                        check_every: int = 10) -> dict:
+def run_policy_gradient(
+    instance: ToyInstance,
+    reference_model,
+    tokenizer,
+    settings: TrainerSettings,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+    output_dir=None,
+    stop_at: float | None = None,
+    check_every: int = 10,
+) -> dict:
     """Train a copy of π_ref with ``PolicyOptimization`` on R* and evaluate it exactly; with
     ``stop_at``, stop as soon as the exact gap closed (checked every ``check_every`` iterations)
     reaches it, ``num_iterations`` being the budget."""
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
-        cfg = RLConfig(algorithm=settings.algorithm, policy="<toy>", reward="<toy R*>", kl_coef=beta,
-                       prompts_per_iteration=instance.num_contexts, max_new_tokens=instance.horizon,
-                       use_chat_template=False, progress=False,
-                       generation_batch_size=instance.num_contexts,
-                       output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
+        cfg = RLConfig(
+            algorithm=settings.algorithm,
+            policy="<toy>",
+            reward="<toy R*>",
+            kl_coef=beta,
+            prompts_per_iteration=instance.num_contexts,
+            max_new_tokens=instance.horizon,
+            use_chat_template=False,
+            progress=False,
+            generation_batch_size=instance.num_contexts,
+            output_dir=str(output_dir or Path(tmp) / settings.name),
+            **overrides,
+        )
         cfg.validate()
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
-        algorithm = PolicyOptimization(cfg, policy, tokenizer, context_prompts(instance),
-                                       oracle_reward_source(instance), reference=reference_model)
+        algorithm = PolicyOptimization(
+            cfg, policy, tokenizer, context_prompts(instance), oracle_reward_source(instance), reference=reference_model
+        )
         trace: list = []
         should_stop = _stopping_rule(algorithm._policy, instance, beta, tokenizer, stop_at, check_every, trace)
         started = time.perf_counter()
@@ -217,12 +259,24 @@ def run_policy_gradient(instance: ToyInstance, reference_model, tokenizer, setti
         wall = time.perf_counter() - started
         trained = algorithm._policy()
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
-    return {"trainer": settings.name, "algorithm": settings.algorithm, "wall_time_s": round(wall, 2),
-            "config": settings.overrides, **_stopping_fields(trace, stop_at, cfg.num_iterations), **result}
+    return {
+        "trainer": settings.name,
+        "algorithm": settings.algorithm,
+        "wall_time_s": round(wall, 2),
+        "config": settings.overrides,
+        **_stopping_fields(trace, stop_at, cfg.num_iterations),
+        **result,
+    }
 
 
-def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected", temperature: float = 1.0,
-                     pairs_per_context: int = 0, seed: int = 0):
+def preference_pairs(
+    instance: ToyInstance,
+    tokenizer,
+    labels: str = "expected",
+    temperature: float = 1.0,
+    pairs_per_context: int = 0,
+    seed: int = 0,
+):
     """Bradley-Terry preferences labelled from R*, as ((prompt, chosen), (prompt, rejected)) token ids
     in the toy MDP's own output form (the end token only on outputs that have one, exactly as
     ``exact_policy`` scores them) and per-pair label smoothing ε (P(chosen ≻ rejected) = 1 − ε).
@@ -242,8 +296,12 @@ def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected",
             margin = oracle[i, a] - oracle[i, b]
             for x, y, m in zip(a.tolist(), b.tolist(), margin.tolist()):
                 chosen, rejected = (x, y) if m >= 0 else (y, x)
-                pairs.append(((prompt, _ids(tokenizer, instance.outputs[chosen])),
-                              (prompt, _ids(tokenizer, instance.outputs[rejected]))))
+                pairs.append(
+                    (
+                        (prompt, _ids(tokenizer, instance.outputs[chosen])),
+                        (prompt, _ids(tokenizer, instance.outputs[rejected])),
+                    )
+                )
                 smoothing.append(1.0 / (1.0 + math.exp(abs(m) / temperature)))
         return pairs, torch.tensor(smoothing, dtype=torch.float64)
     if labels != "sampled":
@@ -252,33 +310,55 @@ def preference_pairs(instance: ToyInstance, tokenizer, labels: str = "expected",
     for i in range(instance.num_contexts):
         draws = torch.multinomial(reference[i], 2 * pairs_per_context, replacement=True, generator=g).view(-1, 2)
         first_wins = torch.rand(pairs_per_context, generator=g, dtype=torch.float64) < torch.sigmoid(
-            (oracle[i, draws[:, 0]] - oracle[i, draws[:, 1]]) / temperature)
+            (oracle[i, draws[:, 0]] - oracle[i, draws[:, 1]]) / temperature
+        )
         prompt = _ids(tokenizer, instance.contexts[i])
         for (x, y), win in zip(draws.tolist(), first_wins.tolist()):
             chosen, rejected = (x, y) if win else (y, x)
-            pairs.append(((prompt, _ids(tokenizer, instance.outputs[chosen])),
-                          (prompt, _ids(tokenizer, instance.outputs[rejected]))))
+            pairs.append(
+                (
+                    (prompt, _ids(tokenizer, instance.outputs[chosen])),
+                    (prompt, _ids(tokenizer, instance.outputs[rejected])),
+                )
+            )
     return pairs, torch.zeros(len(pairs), dtype=torch.float64)
 
 
-def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: TrainerSettings,
-            beta: float = DEFAULT_BETA, seed: int = 0, output_dir=None, stop_at: float | None = None,
-            check_every: int = 50) -> dict:
+def run_dpo(
+    instance: ToyInstance,
+    reference_model,
+    tokenizer,
+    settings: TrainerSettings,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+    output_dir=None,
+    stop_at: float | None = None,
+    check_every: int = 50,
+) -> dict:
     """DPO (``PreferenceAlgorithm``, loss ``dpo``, its β = the KL coefficient) on BT preferences from
     R* with expected-count (soft) labels; see the module docstring for why its minimiser is π*_β.
     ``stop_at`` / ``check_every`` (in optimiser steps) as in :func:`run_policy_gradient`."""
-    pairs, smoothing = preference_pairs(instance, tokenizer, labels=settings.dpo_labels,
-                                        pairs_per_context=settings.pairs_per_context, seed=seed)
+    pairs, smoothing = preference_pairs(
+        instance, tokenizer, labels=settings.dpo_labels, pairs_per_context=settings.pairs_per_context, seed=seed
+    )
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"seed": seed, **settings.overrides}
         overrides["batch_size"] = min(len(pairs), overrides.get("batch_size", 512))
-        cfg = PreferenceConfig(loss="dpo", policy="<toy>", kl_coef=beta, use_chat_template=False,
-                               progress=False, reference_batch_size=4096,
-                               output_dir=str(output_dir or Path(tmp) / settings.name), **overrides)
+        cfg = PreferenceConfig(
+            loss="dpo",
+            policy="<toy>",
+            kl_coef=beta,
+            use_chat_template=False,
+            progress=False,
+            reference_batch_size=4096,
+            output_dir=str(output_dir or Path(tmp) / settings.name),
+            **overrides,
+        )
         cfg.validate()
         policy = copy.deepcopy(reference_model).train().requires_grad_(True)
-        algorithm = PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference=reference_model,
-                                        pair_label_smoothing=smoothing)
+        algorithm = PreferenceAlgorithm(
+            cfg, policy, tokenizer, pairs, reference=reference_model, pair_label_smoothing=smoothing
+        )
         trace: list = []
         model_of = lambda: algorithm.accelerator.unwrap_model(algorithm.model)  # noqa: E731
         should_stop = _stopping_rule(model_of, instance, beta, tokenizer, stop_at, check_every, trace)
@@ -287,16 +367,33 @@ def run_dpo(instance: ToyInstance, reference_model, tokenizer, settings: Trainer
         wall = time.perf_counter() - started
         trained = model_of()
         result = evaluate_model_against_optimum(trained, instance, beta, tokenizer)
-    label_model = ("Bradley-Terry soft labels P(o ≻ o') = sigmoid(R*(o) - R*(o')) (temperature 1) on every "
-                   "output pair per context" if settings.dpo_labels == "expected" else
-                   "Bradley-Terry sampled binary labels, pairs ~ π_ref")
-    return {"trainer": settings.name, "algorithm": "dpo", "wall_time_s": round(wall, 2), "num_pairs": len(pairs),
-            "label_model": label_model, "config": settings.overrides,
-            **_stopping_fields(trace, stop_at, algorithm.num_iterations()), **result}
+    label_model = (
+        "Bradley-Terry soft labels P(o ≻ o') = sigmoid(R*(o) - R*(o')) (temperature 1) on every output pair per context"
+        if settings.dpo_labels == "expected"
+        else "Bradley-Terry sampled binary labels, pairs ~ π_ref"
+    )
+    return {
+        "trainer": settings.name,
+        "algorithm": "dpo",
+        "wall_time_s": round(wall, 2),
+        "num_pairs": len(pairs),
+        "label_model": label_model,
+        "config": settings.overrides,
+        **_stopping_fields(trace, stop_at, algorithm.num_iterations()),
+        **result,
+    }
 
 
-def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings, beta: float = DEFAULT_BETA,
-                seed: int = 0, stop_at: float | None = None, check_every: int | None = None) -> dict:
+def run_trainer(
+    instance,
+    reference_model,
+    tokenizer,
+    settings: TrainerSettings,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+    stop_at: float | None = None,
+    check_every: int | None = None,
+) -> dict:
     """One trainer, its full budget (the report), or until the exact gap closed reaches ``stop_at``
     (the tests: the budget is then a ceiling, and a trainer that never gets there fails)."""
     runner = run_dpo if settings.algorithm == "dpo" else run_policy_gradient
@@ -306,6 +403,7 @@ def run_trainer(instance, reference_model, tokenizer, settings: TrainerSettings,
 
 # ---------------------------------------------------------------------------------------------
 # The report: every trainer on one instance, JSON + PNG + a table.
+
 
 def frontier(instance: ToyInstance, betas=None) -> list[dict]:
     """(KL, J) of π*_β' over a range of β': the best J reachable at each KL."""
@@ -318,24 +416,40 @@ def frontier(instance: ToyInstance, betas=None) -> list[dict]:
     return rows
 
 
-def run_all(instance: ToyInstance, reference_model, tokenizer, beta: float = DEFAULT_BETA, seed: int = 0,
-            settings: list[TrainerSettings] | None = None) -> dict:
+def run_all(
+    instance: ToyInstance,
+    reference_model,
+    tokenizer,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+    settings: list[TrainerSettings] | None = None,
+) -> dict:
     settings = settings if settings is not None else default_settings()
     rows = [run_trainer(instance, reference_model, tokenizer, s, beta=beta, seed=seed) for s in settings]
     optimum = kl_regularised_optimum(instance.require_reference(), instance.oracle_reward, beta)
     d = instance.context_dist
-    return {"kl_coef": beta, "J_opt": performance(optimum, instance.oracle_reward, d),
-            "KL_opt": kl_divergence(optimum, instance.require_reference(), d),
-            "J_ref": performance(instance.reference, instance.oracle_reward, d), "rows": rows,
-            "frontier": frontier(instance)}
+    return {
+        "kl_coef": beta,
+        "J_opt": performance(optimum, instance.oracle_reward, d),
+        "KL_opt": kl_divergence(optimum, instance.require_reference(), d),
+        "J_ref": performance(instance.reference, instance.oracle_reward, d),
+        "rows": rows,
+        "frontier": frontier(instance),
+    }
 
 
 def table_markdown(result: dict) -> str:
-    lines = [f"β = {result['kl_coef']}: π* has J = {result['J_opt']:.4f}, KL = {result['KL_opt']:.4f}", "",
-             "| trainer | gap closed | bar | J | KL | wall time (s) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"β = {result['kl_coef']}: π* has J = {result['J_opt']:.4f}, KL = {result['KL_opt']:.4f}",
+        "",
+        "| trainer | gap closed | bar | J | KL | wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         bar = {"dpo": "≥ 0.95"}.get(r["algorithm"], "≥ 0.98" if r["algorithm"] in POLICY_GRADIENT else "reported")
-        lines.append(f"| {r['trainer']} | {r['gap_closed']:.4f} | {bar} | {r['J']:.4f} | {r['KL']:.4f} | {r['wall_time_s']} |")
+        lines.append(
+            f"| {r['trainer']} | {r['gap_closed']:.4f} | {bar} | {r['J']:.4f} | {r['KL']:.4f} | {r['wall_time_s']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

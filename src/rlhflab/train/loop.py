@@ -86,8 +86,9 @@ def make_optimizer(config: TrainConfig, modules: dict[str, nn.Module], total_ste
     # path runs a dozen elementwise ops per parameter (4-5x slower on SmolLM2, and much slower
     # still when the second moments turn subnormal). Same update up to float rounding.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
+    )
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=max(1, total_steps)
     )
@@ -155,8 +156,13 @@ def _truncate_metrics(path: Path, last_iteration: int) -> None:
     path.write_text("".join(kept))
 
 
-def train(config: TrainConfig, algorithm: Algorithm, accelerator=None, config_to_save: Any = None,
-          should_stop: Callable[[int], bool] | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    algorithm: Algorithm,
+    accelerator=None,
+    config_to_save: Any = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> Path:
     """Run ``algorithm`` to completion (or resume it) and return the run directory.
 
     ``should_stop(iteration)``, if given, is asked after each iteration's updates; True ends training
@@ -296,9 +302,9 @@ def shard(items: list, accelerator) -> list:
     if len(items) % n:
         raise ConfigError(f"a batch of {len(items)} does not split evenly over {n} processes")
     size = len(items) // n
-    return items[k * size: (k + 1) * size]
+    return items[k * size : (k + 1) * size]
 
 
 def split(items: list, parts: int) -> list[list]:
     size = math.ceil(len(items) / parts)
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -40,11 +40,12 @@ class OfflineSchedule:
         epoch, position = divmod(iteration, self.steps_per_epoch)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "example order", epoch))
         order = torch.randperm(self.n, generator=generator)
-        return order[position * self.batch_size: (position + 1) * self.batch_size].tolist()
+        return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
 
 
-def tokenize_demonstrations(prompts, completions, tokenizer, config: TrainConfig, source: str = "<data>",
-                            use_chat_template: bool = True) -> list[tuple[list[int], list[int]]]:
+def tokenize_demonstrations(
+    prompts, completions, tokenizer, config: TrainConfig, source: str = "<data>", use_chat_template: bool = True
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + EOS) per example, with the length check of ``max_length``."""
     examples = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
@@ -52,10 +53,14 @@ def tokenize_demonstrations(prompts, completions, tokenizer, config: TrainConfig
         c = tokenizer(render_completion(completion), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         if len(p) + len(c) > config.max_length:
             if not config.truncate or len(c) >= config.max_length:
-                raise DataError(source, i + 1, "completion",
-                                f"prompt + completion is {len(p) + len(c)} tokens, over max_length {config.max_length} "
-                                "(raise --max_length or pass --truncate)")
-            p = p[len(p) + len(c) - config.max_length:]
+                raise DataError(
+                    source,
+                    i + 1,
+                    "completion",
+                    f"prompt + completion is {len(p) + len(c)} tokens, over max_length {config.max_length} "
+                    "(raise --max_length or pass --truncate)",
+                )
+            p = p[len(p) + len(c) - config.max_length :]
         if not p:
             raise DataError(source, i + 1, "prompt", "renders to no tokens")
         examples.append((p, c))
@@ -108,7 +113,9 @@ class OfflineAlgorithm:
 class SFTConfig(TrainConfig, PolicyOptions):
     """Supervised fine-tuning on demonstrations: completion-only loss (Section 7.4)."""
 
-    data: str | None = option(None, "Demonstrations (prompt, completion | messages): JSONL, JSON, Parquet or a saved dataset.")
+    data: str | None = option(
+        None, "Demonstrations (prompt, completion | messages): JSONL, JSON, Parquet or a saved dataset."
+    )
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW.")
 
@@ -130,8 +137,10 @@ class SFTAlgorithm(OfflineAlgorithm):
         mine = shard(chosen, self.accelerator)
         micro = split(mine, self.config.gradient_accumulation_steps)
         scale = self.accelerator.num_processes / total_tokens
-        yield [(join_prompt_completion([p for p, _ in m], [c for _, c in m], self.tokenizer.pad_token_id), scale)
-               for m in micro]
+        yield [
+            (join_prompt_completion([p for p, _ in m], [c for _, c in m], self.tokenizer.pad_token_id), scale)
+            for m in micro
+        ]
 
     def loss(self, micro):
         batch, scale = micro
@@ -150,7 +159,9 @@ class RewardConfig(TrainConfig):
     model: str = option("minilm-l6", "Reward-model backbone (encoder or decoder) or a saved reward model.")
     data: str | None = option(None, "Feedback file: preferences, rankings or ratings.")
     feedback: str = option("preference", "Kind of feedback in --data.", choices=["preference", "ranking", "rating"])
-    eval_data: str | None = option(None, "Held-out preferences for accuracy and calibration (default: a split of --data).")
+    eval_data: str | None = option(
+        None, "Held-out preferences for accuracy and calibration (default: a split of --data)."
+    )
     eval_fraction: float = option(0.1, "Fraction of --data held out when --eval_data is not given.")
     use_margin: bool = option(False, "Use the 'margin' column in the Bradley-Terry loss (Touvron et al. 2023).")
     learning_rate: float = option(5e-5, "Peak learning rate of AdamW.")
@@ -175,8 +186,9 @@ class RewardAlgorithm(OfflineAlgorithm):
         context k times in a row and a decoder reward model reads it once for all k outputs
         (:func:`shared_prompt_rewards`); otherwise every pair is one sequence."""
         if group_size > 1 and self.share_prompts:
-            encoded = shared_prompt_encoding(self.tokenizer, contexts[::group_size], outputs, group_size,
-                                             self.config.max_length)
+            encoded = shared_prompt_encoding(
+                self.tokenizer, contexts[::group_size], outputs, group_size, self.config.max_length
+            )
             if encoded is not None:
                 return shared_prompt_rewards(self.model, encoded, self.accelerator.device)
         encoded = encode_for_reward(self.tokenizer, contexts, outputs, self.config.max_length)
@@ -197,8 +209,10 @@ class RewardAlgorithm(OfflineAlgorithm):
             if self.config.use_margin:
                 margin = torch.tensor([r.margin or 0.0 for r in records], device=rewards.device)
             loss = bradley_terry_loss(chosen, rejected, margin)
-            stats = {"accuracy": pairwise_accuracy(chosen.detach(), rejected.detach()),
-                     "reward_gap": float((chosen - rejected).detach().mean())}
+            stats = {
+                "accuracy": pairwise_accuracy(chosen.detach(), rejected.detach()),
+                "reward_gap": float((chosen - rejected).detach().mean()),
+            }
         elif kind == "ranking":
             k = max(len(r.completions) for r in records)
             contexts, outputs, ranks, mask = [], [], [], []
@@ -254,13 +268,13 @@ def shared_prompt_encoding(tokenizer, contexts, outputs, group_size: int, max_le
         for j in range(group_size):
             row = i * group_size + j
             if len(prompts[i]) + len(completions[row]) > max_length or all(
-                    t == tokenizer.pad_token_id for t in completions[row]):
+                t == tokenizer.pad_token_id for t in completions[row]
+            ):
                 return None  # too long, or nothing but pad ids after the prompt to pool at
             joined = tokenizer(f"{c}\n{outputs[row]}{eos}", add_special_tokens=False).input_ids
             if joined != prompts[i] + completions[row]:
                 return None
-    return {"prompts": prompts, "completions": completions, "group_size": group_size,
-            "pad_id": tokenizer.pad_token_id}
+    return {"prompts": prompts, "completions": completions, "group_size": group_size, "pad_id": tokenizer.pad_token_id}
 
 
 def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
@@ -284,16 +298,31 @@ def shared_prompt_rewards(model, encoded: dict, device) -> torch.Tensor:
     prompt_mask = (torch.ones(P, P, dtype=torch.bool, device=device).tril() & prompt_real[:, None, :]) | eye_p
     positions = (prompt_real.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    trunk(input_ids=prompt_ids, attention_mask=prompt_mask[:, None], position_ids=positions, use_cache=True,
-          **{cache_arg: cache})
+    trunk(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask[:, None],
+        position_ids=positions,
+        use_cache=True,
+        **{cache_arg: cache},
+    )
     cache.batch_repeat_interleave(k)
     prompt_real_k = prompt_real.repeat_interleave(k, 0)
     causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
-    out_mask = torch.cat([prompt_real_k[:, None, :].expand(-1, C, -1),
-                          (causal & out_real[:, None, :]) | torch.eye(C, dtype=torch.bool, device=device)], dim=-1)
+    out_mask = torch.cat(
+        [
+            prompt_real_k[:, None, :].expand(-1, C, -1),
+            (causal & out_real[:, None, :]) | torch.eye(C, dtype=torch.bool, device=device),
+        ],
+        dim=-1,
+    )
     out_positions = prompt_real_k.long().sum(-1, keepdim=True) + torch.arange(C, device=device)
-    hidden = trunk(input_ids=out_ids, attention_mask=out_mask[:, None], position_ids=out_positions, use_cache=True,
-                   **{cache_arg: cache}).last_hidden_state
+    hidden = trunk(
+        input_ids=out_ids,
+        attention_mask=out_mask[:, None],
+        position_ids=out_positions,
+        use_cache=True,
+        **{cache_arg: cache},
+    ).last_hidden_state
     # The pooled position: the last token that is not the pad id (which may equal EOS).
     non_pad = (out_ids != model.config.pad_token_id) & out_real
     index = (torch.arange(C, device=device) * non_pad).argmax(-1)

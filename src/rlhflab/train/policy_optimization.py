@@ -76,17 +76,26 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
     """Online policy optimisation against a reward source, with a KL penalty to the reference."""
 
     algorithm: str = option("ppo", "Policy-gradient estimator.", choices=ESTIMATORS)
-    policy: str = option(DEFAULT_POLICY, "Initial policy (also the reference pi_ref): registry name, hub id or path.",
-                         aliases=["--model"])
-    reward: str = option("sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function.")
-    oracle: str | None = option(None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised).")
+    policy: str = option(
+        DEFAULT_POLICY,
+        "Initial policy (also the reference pi_ref): registry name, hub id or path.",
+        aliases=["--model"],
+    )
+    reward: str = option(
+        "sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function."
+    )
+    oracle: str | None = option(
+        None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised)."
+    )
     num_iterations: int = option(20, "Rollout-then-update iterations.")
     prompts_per_iteration: int = option(8, "Prompts sampled per iteration (across all processes).")
     samples_per_prompt: int = option(1, "Completions per prompt (>= 2 for RLOO and GRPO).")
     top_k: int = option(0, "Top-k sampling (0: off).")
     kl_coef: float = option(0.05, "beta: weight of the KL penalty to the reference policy (Section 6.2).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the penalty.", choices=["k1", "k2", "k3"])
-    kl_in_loss: bool = option(False, "Put beta*KL(k3) in the loss (GRPO style) instead of in the reward (default for grpo).")
+    kl_in_loss: bool = option(
+        False, "Put beta*KL(k3) in the loss (GRPO style) instead of in the reward (default for grpo)."
+    )
     adaptive_kl: bool = option(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
     target_kl: float = option(6.0, "Target sequence KL of the adaptive controller (nats).")
     kl_horizon: int = option(10000, "Horizon of the adaptive KL controller.")
@@ -98,8 +107,11 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
     vf_coef: float = option(0.1, "Weight of the value loss.")
     gamma: float = option(1.0, "Discount.")
     lam: float = option(0.95, "GAE lambda.")
-    critic: str = option("shared", "Critic for ppo/a2c: a value head on the policy's trunk, or a separate value model.",
-                         choices=["shared", "separate"])
+    critic: str = option(
+        "shared",
+        "Critic for ppo/a2c: a value head on the policy's trunk, or a separate value model.",
+        choices=["shared", "separate"],
+    )
     whiten_advantages: bool = option(True, "Normalise advantages per rollout (ppo, a2c).")
     baseline: str = option("batch_mean", "REINFORCE baseline.", choices=["none", "batch_mean"])
     scale_by_std: bool = option(True, "GRPO: divide group advantages by the group std (False: Dr. GRPO).")
@@ -158,9 +170,12 @@ class ValueModel(nn.Module):
 
     def forward(self, batch: SequenceBatch):
         T = batch.num_completion_tokens
-        hidden = self.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=position_ids_from_mask(batch.attention_mask)).last_hidden_state
-        return self.value_head(hidden[:, -(T + 1):-1]).squeeze(-1)
+        hidden = self.trunk(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_from_mask(batch.attention_mask),
+        ).last_hidden_state
+        return self.value_head(hidden[:, -(T + 1) : -1]).squeeze(-1)
 
 
 class _Clock:
@@ -228,8 +243,17 @@ class Experience:
 class PolicyOptimization:
     """PPO / A2C / REINFORCE / RLOO / GRPO on the shared loop (see the module docstring)."""
 
-    def __init__(self, config: RLConfig, policy, tokenizer, prompts: list, reward_source, oracle=None,
-                 ptx_examples=None, reference=None):
+    def __init__(
+        self,
+        config: RLConfig,
+        policy,
+        tokenizer,
+        prompts: list,
+        reward_source,
+        oracle=None,
+        ptx_examples=None,
+        reference=None,
+    ):
         self.config, self.tokenizer, self.prompts = config, tokenizer, prompts
         self.reward_source, self.oracle = reward_source, oracle
         self.ptx_examples = ptx_examples or []
@@ -245,11 +269,15 @@ class PolicyOptimization:
         else:
             self.model = policy
             self.critic = ValueModel(config.policy, policy.dtype) if config.uses_critic else None
-        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
-                              if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.kl_controller = (
+            AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_coef)
+        )
         self.reward_moments = RunningMoments()
-        self.prompt_ids = encode_prompts(tokenizer, prompts, config.use_chat_template, context_length(policy),
-                                         config.max_new_tokens, config.truncate)
+        self.prompt_ids = encode_prompts(
+            tokenizer, prompts, config.use_chat_template, context_length(policy), config.max_new_tokens, config.truncate
+        )
         self.contexts = [prompt_text(p.prompt) for p in prompts]
         if len(prompts) < config.prompts_per_iteration:
             raise ConfigError(f"prompts_per_iteration {config.prompts_per_iteration} > {len(prompts)} prompts")
@@ -318,7 +346,7 @@ class PolicyOptimization:
         epoch, position = divmod(iteration, per_epoch)
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "iteration prompts", epoch))
         order = torch.randperm(n, generator=generator)
-        return order[position * k: (position + 1) * k].tolist()
+        return order[position * k : (position + 1) * k].tolist()
 
     # ---- one iteration ------------------------------------------------------------------------
     @torch.no_grad()
@@ -328,10 +356,17 @@ class PolicyOptimization:
         mine = shard(self._iteration_prompts(iteration), self.accelerator)
         clock = _Clock()
         # 1. rollout
-        rollout = sample(self._policy(), self.tokenizer, [self.prompt_ids[i] for i in mine],
-                         num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                         batch_size=cfg.generation_batch_size)
+        rollout = sample(
+            self._policy(),
+            self.tokenizer,
+            [self.prompt_ids[i] for i in mine],
+            num_samples=cfg.samples_per_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            batch_size=cfg.generation_batch_size,
+        )
         batch = rollout.batch.to(device)
         clock.lap("generate")
         old_logprobs = values = None
@@ -361,10 +396,21 @@ class PolicyOptimization:
             rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
         if cfg.reward_clip > 0:
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
-        stats.update({"completion_length": float(batch.completion_mask.float().sum(-1).mean()),
-                      "truncated": float(rollout.truncated.float().mean()), **clock.seconds})
-        self.experience = Experience(batch=batch, ref_logprobs=ref_logprobs, rewards=rewards,
-                                     rows=len(mine) * cfg.samples_per_prompt, old_logprobs=old_logprobs, values=values)
+        stats.update(
+            {
+                "completion_length": float(batch.completion_mask.float().sum(-1).mean()),
+                "truncated": float(rollout.truncated.float().mean()),
+                **clock.seconds,
+            }
+        )
+        self.experience = Experience(
+            batch=batch,
+            ref_logprobs=ref_logprobs,
+            rewards=rewards,
+            rows=len(mine) * cfg.samples_per_prompt,
+            old_logprobs=old_logprobs,
+            values=values,
+        )
         # 4. advantages (single pass: on the first micro-batch of the update instead)
         if old_logprobs is not None:
             self.experience, kl_stats = self._advantages(self.experience)
@@ -492,6 +538,13 @@ class PolicyOptimization:
 def _to_cpu(exp: Experience) -> Experience:
     """The experience off the accelerator: the updates move each micro-batch back as they need it."""
     move = lambda t: None if t is None else t.cpu()  # noqa: E731
-    return replace(exp, batch=exp.batch.to("cpu"), ref_logprobs=move(exp.ref_logprobs), rewards=move(exp.rewards),
-                   old_logprobs=move(exp.old_logprobs), values=move(exp.values), advantages=move(exp.advantages),
-                   returns=move(exp.returns))
+    return replace(
+        exp,
+        batch=exp.batch.to("cpu"),
+        ref_logprobs=move(exp.ref_logprobs),
+        rewards=move(exp.rewards),
+        old_logprobs=move(exp.old_logprobs),
+        values=move(exp.values),
+        advantages=move(exp.advantages),
+        returns=move(exp.returns),
+    )

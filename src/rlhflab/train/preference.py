@@ -56,13 +56,24 @@ class PreferenceConfig(TrainConfig, PolicyOptions):
 
     loss: str = option("dpo", "Preference loss.", choices=PREFERENCE_LOSSES)
     data: str | None = option(None, "Preferences (prompt, chosen, rejected): JSONL, JSON, Parquet or a saved dataset.")
-    reference: str | None = option(None, "Reference policy pi_ref (default: --policy as loaded; with LoRA, the adapter-disabled model).")
-    kl_coef: float = option(0.1, "beta: the KL-constraint strength of Eq. 17 that the implicit reward beta*log(pi/pi_ref) carries; IPO's margin target is 1/(2 beta).", aliases=["--beta"])
+    reference: str | None = option(
+        None, "Reference policy pi_ref (default: --policy as loaded; with LoRA, the adapter-disabled model)."
+    )
+    kl_coef: float = option(
+        0.1,
+        "beta: the KL-constraint strength of Eq. 17 that the implicit reward beta*log(pi/pi_ref) carries; IPO's margin target is 1/(2 beta).",
+        aliases=["--beta"],
+    )
     label_smoothing: float = option(0.0, "epsilon: assumed probability that a label is flipped (cdpo, rdpo; < 0.5).")
     slic_delta: float = option(1.0, "delta: margin of the SLiC-HF rank-calibration hinge.")
-    slic_reg_weight: float = option(0.1, "lambda: weight of SLiC-HF's cross-entropy regulariser on the chosen responses.")
+    slic_reg_weight: float = option(
+        0.1, "lambda: weight of SLiC-HF's cross-entropy regulariser on the chosen responses."
+    )
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
-    precompute_reference: bool = option(True, "Compute pi_ref's log-probs of the whole dataset once before training (pi_ref is frozen) instead of at every step.")
+    precompute_reference: bool = option(
+        True,
+        "Compute pi_ref's log-probs of the whole dataset once before training (pi_ref is frozen) instead of at every step.",
+    )
     reference_batch_size: int = option(16, "Rows per no-grad reference forward pass when precomputing.")
     learning_rate: float = option(1e-6, "Peak learning rate of AdamW.")
 
@@ -76,14 +87,16 @@ class PreferenceConfig(TrainConfig, PolicyOptions):
             raise ConfigError(f"--loss {self.loss} needs --label_smoothing > 0 (with 0 it is plain dpo)")
 
 
-def tokenize_pairs(records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>",
-                   use_chat_template: bool = True) -> list[tuple[Example, Example]]:
+def tokenize_pairs(
+    records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>", use_chat_template: bool = True
+) -> list[tuple[Example, Example]]:
     """((prompt, chosen + EOS), (prompt, rejected + EOS)) token ids per Preference record, with the
     length checks of :func:`tokenize_demonstrations` (errors name the file, line and field)."""
     prompts = [r.prompt for r in records]
     chosen = tokenize_demonstrations(prompts, [r.chosen for r in records], tokenizer, config, source, use_chat_template)
-    rejected = tokenize_demonstrations(prompts, [r.rejected for r in records], tokenizer, config, source,
-                                       use_chat_template)
+    rejected = tokenize_demonstrations(
+        prompts, [r.rejected for r in records], tokenizer, config, source, use_chat_template
+    )
     return list(zip(chosen, rejected))
 
 
@@ -127,8 +140,15 @@ class _OfflineListAlgorithm(OfflineAlgorithm):
 class PreferenceAlgorithm(_OfflineListAlgorithm):
     """DPO / IPO / cDPO / rDPO / SLiC-HF on preference pairs (see the module docstring)."""
 
-    def __init__(self, config: PreferenceConfig, model, tokenizer, pairs: list[tuple[Example, Example]],
-                 reference=None, pair_label_smoothing=None):
+    def __init__(
+        self,
+        config: PreferenceConfig,
+        model,
+        tokenizer,
+        pairs: list[tuple[Example, Example]],
+        reference=None,
+        pair_label_smoothing=None,
+    ):
         """``pair_label_smoothing``: optional per-pair ε_i (dpo / cdpo only), replacing the config's ε —
         soft labels, pair i saying chosen ≻ rejected with probability 1 − ε_i."""
         self._init_common(config, model, tokenizer, len(pairs))
@@ -163,7 +183,7 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
         indices, parts = list(indices), []
         policy = self.accelerator.unwrap_model(self.model)
         for i in range(0, len(indices), batch_size):
-            chunk = [self.pairs[j] for j in indices[i: i + batch_size]]
+            chunk = [self.pairs[j] for j in indices[i : i + batch_size]]
             logps = self.reference.logps(policy, [c for c, _ in chunk] + [r for _, r in chunk], self.pad_id)
             parts.append(torch.stack(logps.split(len(chunk)), dim=-1).cpu())
         return torch.cat(parts)
@@ -193,20 +213,28 @@ class PreferenceAlgorithm(_OfflineListAlgorithm):
         if cfg.loss == "ipo":
             # IPO's analysis (and TRL) uses per-token mean log-probs, so long answers don't dominate.
             len_chosen, len_rejected = lengths.split(len(pairs))
-            args = (policy_chosen / len_chosen, policy_rejected / len_rejected,
-                    ref_chosen / len_chosen, ref_rejected / len_rejected)
+            args = (
+                policy_chosen / len_chosen,
+                policy_rejected / len_rejected,
+                ref_chosen / len_chosen,
+                ref_rejected / len_rejected,
+            )
             loss, chosen_rewards, rejected_rewards = ipo_loss(*args, beta=cfg.kl_coef)
         elif cfg.loss == "rdpo":
-            loss, chosen_rewards, rejected_rewards = robust_dpo_loss(*args, beta=cfg.kl_coef,
-                                                                     label_smoothing=cfg.label_smoothing)
+            loss, chosen_rewards, rejected_rewards = robust_dpo_loss(
+                *args, beta=cfg.kl_coef, label_smoothing=cfg.label_smoothing
+            )
         else:  # dpo, and cdpo = dpo with label smoothing
             smoothing = cfg.label_smoothing if cfg.loss == "cdpo" else 0.0
             if self.pair_label_smoothing is not None:
                 smoothing = self.pair_label_smoothing[torch.as_tensor(index, dtype=torch.long)].to(logps.device)
             loss, chosen_rewards, rejected_rewards = dpo_loss(*args, beta=cfg.kl_coef, label_smoothing=smoothing)
-        stats = {"accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
-                 "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
-                 "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean())}
+        stats = {
+            "accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
+            "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
+            "chosen_reward": float(chosen_rewards.mean()),
+            "rejected_reward": float(rejected_rewards.mean()),
+        }
         return loss * weight, stats
 
 
@@ -217,20 +245,24 @@ class RankingConfig(TrainConfig, PolicyOptions):
     length-normalised log-probs) or PRO (Plackett-Luce over them), each plus SFT on the best."""
 
     loss: str = option("rrhf", "Ranking loss.", choices=RANKING_LOSSES)
-    data: str | None = option(None, "Rankings (prompt, completions best first, optional ties): JSONL, JSON, Parquet or a saved dataset.")
+    data: str | None = option(
+        None, "Rankings (prompt, completions best first, optional ties): JSONL, JSON, Parquet or a saved dataset."
+    )
     sft_weight: float = option(1.0, "Weight of the SFT term -log pi(y_best | x) (RRHF's and PRO's own regulariser).")
     use_chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template.")
     learning_rate: float = option(1e-6, "Peak learning rate of AdamW.")
 
 
-def tokenize_rankings(records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>",
-                      use_chat_template: bool = True) -> list[tuple[list[Example], list[int]]]:
+def tokenize_rankings(
+    records: Sequence, tokenizer, config: TrainConfig, source: str = "<data>", use_chat_template: bool = True
+) -> list[tuple[list[Example], list[int]]]:
     """Per Ranking record: its k (prompt, completion + EOS) examples, best first, and rank groups
     (lower = better, equal = tied)."""
     out = []
     for r in records:
-        examples = tokenize_demonstrations([r.prompt] * len(r.completions), r.completions, tokenizer, config, source,
-                                           use_chat_template)
+        examples = tokenize_demonstrations(
+            [r.prompt] * len(r.completions), r.completions, tokenizer, config, source, use_chat_template
+        )
         out.append((examples, list(r.ties) if r.ties is not None else list(range(len(r.completions)))))
     return out
 
@@ -267,8 +299,9 @@ class RankingAlgorithm(_OfflineListAlgorithm):
 
 
 # ---- training on records ------------------------------------------------------------------------
-def train_preferences(cfg: PreferenceConfig, policy, tokenizer, records: Sequence, reference=None,
-                      source: str = "<preferences>") -> Path:
+def train_preferences(
+    cfg: PreferenceConfig, policy, tokenizer, records: Sequence, reference=None, source: str = "<preferences>"
+) -> Path:
     """Train ``policy`` (LoRA already applied, if any) with a direct preference loss on Preference
     records; returns the run directory."""
     pairs = tokenize_pairs(records, tokenizer, cfg, source, cfg.use_chat_template)

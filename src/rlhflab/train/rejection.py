@@ -72,13 +72,19 @@ class RAFTConfig(LoopOptions, DatasetOptions, SamplingOptions, PromptOptions, Po
     the current policy, keeping the best samples by the reward source, and SFT on them."""
 
     prompts_per_round: int = option(0, "Prompts sampled per round, a fresh seeded subset each round (0: all).")
-    reward: str = option("sentiment", "Reward source that ranks samples: a reward-model directory, an oracle name or package.module:function.")
+    reward: str = option(
+        "sentiment",
+        "Reward source that ranks samples: a reward-model directory, an oracle name or package.module:function.",
+    )
     oracle: str | None = option(None, "Oracle R* also scored on every round's samples (logged, never used to select).")
     num_rounds: int = option(3, "Sample-select-fine-tune rounds.")
     samples_per_prompt: int = option(4, "Samples drawn per prompt per round (n).")
     keep_fraction: float = option(0.25, "Fraction of samples kept (1/n with per_prompt selection = RAFT's best-of-n).")
-    selection: str = option("per_prompt", "per_prompt: the best of each prompt (RAFT); global: the best overall (ReST threshold).",
-                            choices=["per_prompt", "global"])
+    selection: str = option(
+        "per_prompt",
+        "per_prompt: the best of each prompt (RAFT); global: the best overall (ReST threshold).",
+        choices=["per_prompt", "global"],
+    )
     temperature: float = option(1.0, "Sampling temperature (RAFT suggests > 1 for diversity).")
     num_epochs: float = option(1.0, "SFT passes over each round's kept samples.")
     learning_rate: float = option(2e-5, "Peak learning rate of AdamW (the optimiser restarts every round).")
@@ -108,8 +114,9 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
     """Run the rounds on ``policy`` (LoRA already applied, if any); writes ``rounds.jsonl`` (samples
     drawn, kept, rewards, seconds per round) and the final ``policy`` into the run directory, and
     returns it."""
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
-                         cfg.truncate)
+    ids = encode_prompts(
+        tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens, cfg.truncate
+    )
     run_dir = Path(cfg.output_dir or default_run_dir("raft"))
     if (run_dir / "rounds.jsonl").exists():
         raise ConfigError(f"{run_dir}: holds a finished or partial RAFT run (rounds.jsonl); choose a new --output_dir")
@@ -120,25 +127,47 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
         prompt_order = torch.Generator().manual_seed(derive_seed(cfg.seed, "raft round prompts", r))
         chosen = torch.randperm(len(prompts), generator=prompt_order)[:per_round].tolist()
         torch.manual_seed(derive_seed(cfg.seed, "raft round samples", r))
-        rollout = sample(policy, tokenizer, [ids[i] for i in chosen], num_samples=n,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                         batch_size=cfg.generation_batch_size)
+        rollout = sample(
+            policy,
+            tokenizer,
+            [ids[i] for i in chosen],
+            num_samples=n,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=cfg.generation_batch_size,
+        )
         contexts = [prompt_text(prompts[chosen[i]].prompt) for i in rollout.prompt_index.tolist()]
         rewards = reward_source(contexts, rollout.completion_texts)
         keep = select_top(rewards.view(len(chosen), n), cfg.keep_fraction, cfg.selection == "per_prompt")
         mask = rollout.batch.completion_mask
-        examples = [(ids[chosen[int(rollout.prompt_index[i])]],
-                     rollout.batch.completion_ids[i][: int(mask[i].sum())].tolist()) for i in keep.tolist()]
+        examples = [
+            (ids[chosen[int(rollout.prompt_index[i])]], rollout.batch.completion_ids[i][: int(mask[i].sum())].tolist())
+            for i in keep.tolist()
+        ]
         examples = [e for e in examples if e[1]]  # an empty completion teaches nothing
         if not examples:
             raise ConfigError(f"round {r}: every kept sample is empty; raise --max_new_tokens or --keep_fraction")
-        sft_cfg = SFTConfig(**{**_train_fields(cfg), "output_dir": str(run_dir / f"round-{r}"), "resume": None,
-                               "batch_size": min(cfg.batch_size, len(examples)), "gradient_accumulation_steps": 1,
-                               "save_steps": 0},
-                            policy=cfg.policy, use_chat_template=cfg.use_chat_template)
+        sft_cfg = SFTConfig(
+            **{
+                **_train_fields(cfg),
+                "output_dir": str(run_dir / f"round-{r}"),
+                "resume": None,
+                "batch_size": min(cfg.batch_size, len(examples)),
+                "gradient_accumulation_steps": 1,
+                "save_steps": 0,
+            },
+            policy=cfg.policy,
+            use_chat_template=cfg.use_chat_template,
+        )
         train(sft_cfg, _RoundSFT(sft_cfg, policy, tokenizer, examples))
-        row = {"round": r, "samples_drawn": len(rollout.completion_texts), "kept": len(examples),
-               "reward": float(rewards.mean()), "reward_kept": float(rewards[keep].mean())}
+        row = {
+            "round": r,
+            "samples_drawn": len(rollout.completion_texts),
+            "kept": len(examples),
+            "reward": float(rewards.mean()),
+            "reward_kept": float(rewards[keep].mean()),
+        }
         if oracle_source is not None:
             oracle = oracle_source(contexts, rollout.completion_texts)
             row.update(oracle_reward=float(oracle.mean()), oracle_reward_kept=float(oracle[keep].mean()))
@@ -158,8 +187,9 @@ def rso_acceptance_probabilities(rewards: torch.Tensor, beta: float) -> torch.Te
     return torch.exp((rewards - rewards.max(dim=-1, keepdim=True).values) / beta)
 
 
-def statistical_rejection_sample(rewards: torch.Tensor, num_accepted: int, beta: float,
-                                 rng: np.random.Generator) -> list[int]:
+def statistical_rejection_sample(
+    rewards: torch.Tensor, num_accepted: int, beta: float, rng: np.random.Generator
+) -> list[int]:
     """Indices of up to ``num_accepted`` candidates drawn (without replacement) from π* by
     Algorithm 1 of Liu et al. (2023c): sweep the remaining candidates, accepting each with
     probability exp((R − max R_remaining)/β); accepted ones leave the pool, whose max then drops."""
@@ -194,11 +224,15 @@ class RSOConfig(PreferenceConfig, PromptOptions):
     """RSO: candidates from pi_ref, statistical rejection sampling toward pi* = pi_ref exp(R/beta)/Z
     with a reward model, pairs ranked by it, then the DPO (sigmoid) or SLiC (hinge) loss."""
 
-    reward: str = option("sentiment", "Reward source that scores candidates and labels pairs (a reward-model directory, oracle or module:function).")
+    reward: str = option(
+        "sentiment",
+        "Reward source that scores candidates and labels pairs (a reward-model directory, oracle or module:function).",
+    )
     num_candidates: int = option(8, "Candidates sampled from pi_ref per prompt.")
     num_accepted: int = option(4, "Samples accepted per prompt (consecutive ones are paired).")
-    sampling_kl_coef: float = option(0.0, "beta of the target pi* in the rejection sampler (0: the same as --kl_coef).",
-                                     aliases=["--sampling_beta"])
+    sampling_kl_coef: float = option(
+        0.0, "beta of the target pi* in the rejection sampler (0: the same as --kl_coef).", aliases=["--sampling_beta"]
+    )
     max_new_tokens: int = option(32, "Maximum completion length in tokens.")
     generation_batch_size: int = option(32, "Prompts per generate call.")
 
@@ -212,12 +246,20 @@ class RSOConfig(PreferenceConfig, PromptOptions):
 
 def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -> tuple[list[Preference], dict]:
     """The RSO preference pairs: sample from π_ref (the policy as given), accept toward π*, pair."""
-    ids = encode_prompts(tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens,
-                         cfg.truncate)
+    ids = encode_prompts(
+        tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens, cfg.truncate
+    )
     torch.manual_seed(cfg.seed)
     n = cfg.num_candidates
-    rollout = sample(policy, tokenizer, ids, num_samples=n, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                     batch_size=cfg.generation_batch_size)
+    rollout = sample(
+        policy,
+        tokenizer,
+        ids,
+        num_samples=n,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=1.0,
+        batch_size=cfg.generation_batch_size,
+    )
     contexts = [prompt_text(p.prompt) for p in prompts]
     texts = rollout.completion_texts
     rewards = reward_source([contexts[i] for i in rollout.prompt_index.tolist()], texts).view(len(prompts), n)
@@ -238,12 +280,21 @@ def rso_preferences(cfg: RSOConfig, policy, tokenizer, prompts, reward_source) -
                 blank += 1
             else:
                 records.append(Preference(prompt=p.prompt, chosen=chosen, rejected=rejected))
-    stats = {"samples_drawn": len(texts), "pairs": len(records), "identical_pairs_skipped": identical,
-             "blank_pairs_skipped": blank, "mean_reward_candidates": float(rewards.mean()),
-             "mean_reward_accepted": float(np.mean(accepted_rewards)), "sampling_beta": beta}
+    stats = {
+        "samples_drawn": len(texts),
+        "pairs": len(records),
+        "identical_pairs_skipped": identical,
+        "blank_pairs_skipped": blank,
+        "mean_reward_candidates": float(rewards.mean()),
+        "mean_reward_accepted": float(np.mean(accepted_rewards)),
+        "sampling_beta": beta,
+    }
     if identical or blank:
-        print(f"rso: skipped {identical} pair(s) of identical samples and {blank} with an empty sample "
-              "(no preference to label)", file=sys.stderr)
+        print(
+            f"rso: skipped {identical} pair(s) of identical samples and {blank} with an empty sample "
+            "(no preference to label)",
+            file=sys.stderr,
+        )
     if not records:
         raise ConfigError("RSO produced no pairs (all accepted pairs tied in reward)")
     return records, stats
@@ -280,6 +331,12 @@ def chosen_demonstrations(records: list[Preference]) -> list[Demonstration]:
 def train_positive_sft(cfg: PositiveSFTConfig, policy, tokenizer, records: list[Preference]) -> Path:
     """SFT of ``policy`` (LoRA already applied, if any) on the chosen side of the records."""
     demos = chosen_demonstrations(records)
-    examples = tokenize_demonstrations([d.prompt for d in demos], [d.completion for d in demos], tokenizer, cfg,
-                                       source=cfg.data or "<preferences>", use_chat_template=cfg.use_chat_template)
+    examples = tokenize_demonstrations(
+        [d.prompt for d in demos],
+        [d.completion for d in demos],
+        tokenizer,
+        cfg,
+        source=cfg.data or "<preferences>",
+        use_chat_template=cfg.use_chat_template,
+    )
     return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))
