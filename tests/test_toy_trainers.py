@@ -27,9 +27,10 @@ def lab():
 # chaotic: AVX2 vs AVX-512 kernels, thread counts), and a run that took a bad step late had no time
 # to recover (REINFORCE ended at 0.870 of the gap on one machine with the bar at 0.98). The
 # learning rate still decays linearly over the budget. A broken loss never reaches the bar and fails
-# after the budget. Budgets: 450 iterations (PPO and RLOO: 225 × 2 epochs; A2C 600), where the
-# trainers got there by iteration 90-200 over seeds, threads and CPU paths; DPO 2000 steps of 128
-# pairs. TEST_SEED (RLHFLAB_TEST_SEED) seeds the trainers.
+# after the budget. Budgets: 450 iterations (PPO and RLOO: 225 × 2 epochs; A2C 600); DPO 2000 steps
+# of 128 pairs. Over seeds 0-4 × {AVX-512 with 1 and 2 threads, ATEN_CPU_CAPABILITY=avx2, default}
+# the bar was reached at iteration PPO 70-170, A2C 110-230, REINFORCE 80-280, RLOO 50-140, DPO
+# 200-600. TEST_SEED (RLHFLAB_TEST_SEED) seeds the trainers.
 BARS = {"ppo": 0.98, "a2c": 0.98, "reinforce": 0.98, "rloo": 0.98, "dpo": 0.95}
 TEST_BUDGET = {"num_iterations": 450, "dpo_steps": 2000, "dpo_batch_size": 128}
 CHECK_EVERY, CHECK_EVERY_DPO = 10, 50
