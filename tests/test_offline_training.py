@@ -183,8 +183,11 @@ def test_plackett_luce_and_regression_reward_models_lower_their_loss(feedback, m
     )
     run_dir = train(config, RewardAlgorithm(config, model, tokenizer, records))
     trajectory = losses(run_dir)
-    record_margin("last 3 / first 3 losses", sum(trajectory[-3:]) / sum(trajectory[:3]), 0.7, above=False)
-    assert sum(trajectory[-3:]) / 3 < 0.7 * sum(trajectory[:3]) / 3, trajectory
+    # Whole epochs, not a few batches: one batch's loss swings by 5x with the records it draws.
+    per_epoch = len(trajectory) // config.num_epochs
+    first, last = sum(trajectory[:per_epoch]), sum(trajectory[-per_epoch:])
+    record_margin("last epoch / first epoch loss", last / first, 0.7, above=False)
+    assert last < 0.7 * first, trajectory
 
 
 # ---- one process vs two -------------------------------------------------------------------------
