@@ -121,12 +121,14 @@ def a_rankings(n: int, seed: int = 0):
     return [Ranking(prompt="pick", completions=[p.chosen, p.rejected, "xyz" * 2 + "y"]) for p in prefs]
 
 
-# Held-out top-1 accuracy starts near 0.55. Over seeds 0-4 the gain on 48 held-out lists was
-# 0.25-0.40 (rrhf) and 0.33-0.40 (pro), so the bar is a gain of 0.15 (7 lists); the old bar (0.25
-# on 24 lists) was met with 0-1 lists to spare. The training-side check averages the last epoch's
-# 4 batches (one batch of 8 lists moves in steps of 0.125 and sat exactly on its 0.75 bar on seed 1).
-# Training on 64 lists instead of 32 did not help: the gains fell to 0.06-0.31.
-TRAIN_LISTS, HELD_OUT_LISTS, MIN_GAIN = 32, 48, 0.15
+# Held-out top-1 accuracy starts near 0.55. One training run's gain on 48 held-out lists was
+# 0.125-0.40 (rrhf) and 0.25-0.40 (pro) over seeds 0-4; the mean of three runs, which the test
+# asserts, 0.18-0.33 (rrhf) and 0.25-0.40 (pro), with a spread of about 0.05 between seeds. The bar,
+# a mean gain of 0.10 (5 lists), is 3 spreads under the lowest mean seen, and a loss that does not
+# learn gains about 0. The training-side check averages the last epoch's 4 batches (one batch of 8
+# lists moves in steps of 0.125). Training on 64 lists instead of 32, or for 8 epochs instead of 5,
+# did not raise the gains.
+TRAIN_LISTS, HELD_OUT_LISTS, MIN_GAIN = 32, 48, 0.10
 
 
 @torch.no_grad()
@@ -140,27 +142,32 @@ def top1_accuracy(model, tokenizer, config):
 
 @pytest.mark.parametrize("loss", ["rrhf", "pro"])
 def test_ranking_losses_learn_to_score_the_best_response_highest(model_cache, tmp_path, loss, record_margin):
-    model, tokenizer = load_policy("tiny-policy")
-    config = RankingConfig(
-        loss=loss,
-        output_dir=str(tmp_path / "run"),
-        batch_size=8,
-        num_epochs=5,
-        learning_rate=3e-3,
-        progress=False,
-        use_chat_template=False,
-        seed=TEST_SEED,
-    )
-    before = top1_accuracy(model, tokenizer, config)
-    rankings = tokenize_rankings(a_rankings(TRAIN_LISTS), tokenizer, config, use_chat_template=False)
-    run_dir = train(config, RankingAlgorithm(config, model, tokenizer, rankings))
-    after = top1_accuracy(model, tokenizer, config)
-    last_epoch = read_metrics(run_dir)[-TRAIN_LISTS // 8 :]
-    last_epoch_top1 = sum(r["top1_accuracy"] for r in last_epoch) / len(last_epoch)
-    record_margin("held-out top-1 gain", after - before, MIN_GAIN)
-    record_margin("last epoch's top-1 accuracy", last_epoch_top1, 0.75)
-    assert after >= before + MIN_GAIN, (before, after)
-    assert last_epoch_top1 >= 0.75
+    # Judged over three training seeds: one run's held-out gain moves by ±0.1 with the batch order
+    # the seed draws (rrhf 0.125-0.40 over seeds 0-4), the mean over three much less.
+    gains, last_epoch_top1 = [], []
+    for run in range(3):
+        model, tokenizer = load_policy("tiny-policy")
+        config = RankingConfig(
+            loss=loss,
+            output_dir=str(tmp_path / f"run{run}"),
+            batch_size=8,
+            num_epochs=5,
+            learning_rate=3e-3,
+            progress=False,
+            use_chat_template=False,
+            seed=TEST_SEED + 100 * run,
+        )
+        before = top1_accuracy(model, tokenizer, config)
+        rankings = tokenize_rankings(a_rankings(TRAIN_LISTS), tokenizer, config, use_chat_template=False)
+        run_dir = train(config, RankingAlgorithm(config, model, tokenizer, rankings))
+        gains.append(top1_accuracy(model, tokenizer, config) - before)
+        last_epoch = read_metrics(run_dir)[-TRAIN_LISTS // 8 :]
+        last_epoch_top1.append(sum(r["top1_accuracy"] for r in last_epoch) / len(last_epoch))
+    mean_gain, mean_top1 = sum(gains) / 3, sum(last_epoch_top1) / 3
+    record_margin("held-out top-1 gain, mean of 3 runs", mean_gain, MIN_GAIN)
+    record_margin("last epoch's top-1 accuracy, mean of 3 runs", mean_top1, 0.75)
+    assert mean_gain >= MIN_GAIN, gains
+    assert mean_top1 >= 0.75, last_epoch_top1
 
 
 def test_rlhflab_dpo_command_trains_from_a_jsonl_file(model_cache, tmp_path, capsys):
