@@ -18,7 +18,7 @@ import torch
 from rlhflab import workflow
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import evaluate_on_sets, paired_difference
+from rlhflab.evaluate import evaluate_on_sets, paired_difference, standard_error
 from rlhflab.files import write_json, write_text
 from rlhflab.hardware import matmul_peak
 from rlhflab.models import load_policy
@@ -162,9 +162,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     )
     reward_dir, reward_report, reward_model = pool.reward_dir, pool.reward_report, pool.reward_model
     for ev in before.values():  # Ĵ of pi_0 on the very samples J was measured on
-        ev.proxy_rewards = reward_model(ev.contexts, ev.texts).tolist()
-        ev.J_hat = sum(ev.proxy_rewards) / len(ev.proxy_rewards)
-        ev.J_hat_se = float(torch.tensor(ev.proxy_rewards).std() / len(ev.proxy_rewards) ** 0.5)
+        proxy = reward_model(ev.contexts, ev.texts)
+        ev.proxy_rewards, ev.J_hat = proxy.tolist(), float(proxy.mean())
+        # the same per-prompt standard error as every other J and Ĵ (evaluate_policy)
+        ev.J_hat_se = standard_error(proxy, torch.tensor(ev.prompt_index), cfg.eval_samples)
 
     # 5. PPO against R_phi with a KL penalty to pi_0; R* is only watched, never optimised
     reference = load_policy(cfg.policy)[0]
