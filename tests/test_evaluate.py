@@ -83,11 +83,13 @@ def test_standard_error_is_zero_for_a_constant_reward(tiny_policy, num_samples):
     assert ev.J == 1.0 and ev.J_se == 0.0 and ev.J_hat_se == 0.0
 
 
-def test_kl_is_exactly_zero_against_a_copy_and_positive_after_perturbing(tiny_policy):
+def test_kl_is_zero_against_a_copy_and_positive_after_perturbing(tiny_policy):
     policy, tokenizer = tiny_policy
     reference = copy.deepcopy(policy)
     ev = evaluate_policy(policy, tokenizer, PROMPTS, None, None, reference=reference, num_samples=4, **FAST)
-    assert ev.kl == 0.0 and ev.kl_se == 0.0
+    # the policy's log-probs come from the sampler, the reference's from a forward pass: equal up to
+    # float rounding, far below the k1 estimate's sampling noise
+    assert abs(ev.kl) < 1e-4 and ev.kl_se < 1e-4
     torch.manual_seed(1)
     with torch.no_grad():
         for p in policy.parameters():

@@ -144,6 +144,44 @@ def test_bradley_terry_reward_model_ranks_held_out_pairs_and_round_trips(model_c
     )
 
 
+def test_prompt_grouped_schedule_keeps_a_prompts_pairs_together_and_covers_each_once_per_epoch():
+    from rlhflab.train.offline import OfflineSchedule
+
+    groups = [f"prompt {i // 6}" for i in range(60)]  # 10 prompts x 6 pairs, as 4 samples give
+    config = RewardConfig(batch_size=12, num_epochs=2, seed=TEST_SEED)
+    schedule = OfflineSchedule(60, config, groups)
+    for epoch in range(2):
+        order = [i for step in range(5) for i in schedule.indices(epoch * 5 + step)]
+        assert sorted(order) == list(range(60))
+        runs = [groups[i] for k, i in enumerate(order) if k == 0 or groups[i] != groups[order[k - 1]]]
+        assert len(runs) == 10, "a prompt's pairs were split apart"
+    assert schedule.indices(0) != schedule.indices(5)  # a fresh order each epoch
+
+
+def test_reward_model_scores_each_distinct_completion_once_per_batch(model_cache, monkeypatch):
+    """Six pairs over four completions of one prompt: four sequences are scored, and each pair's
+    rewards are the ones a separate forward gives (dropout is off, so the gradient is unchanged)."""
+    from types import SimpleNamespace
+
+    import rlhflab.train.offline as offline
+
+    model, tokenizer = load_reward_model("tiny-reward")
+    algorithm = RewardAlgorithm(RewardConfig(batch_size=1), model, tokenizer, a_preferences(4))
+    algorithm.accelerator = SimpleNamespace(device=torch.device("cpu"))
+    encoded_rows = []
+    encode = offline.encode_for_reward
+    monkeypatch.setattr(
+        offline, "encode_for_reward", lambda tok, c, o, m: encoded_rows.append(len(o)) or encode(tok, c, o, m)
+    )
+    completions = ["aaa", "axa", "xyz", "zz"]
+    pairs = [(a, b) for i, a in enumerate(completions) for b in completions[i + 1 :]]
+    outputs = [o for pair in pairs for o in pair]
+    rewards = algorithm._rewards(["pick"] * len(outputs), outputs)
+    assert encoded_rows == [4]
+    alone = score(model, tokenizer, ["pick"] * len(outputs), outputs)
+    torch.testing.assert_close(rewards.detach(), alone, atol=1e-5, rtol=1e-5)
+
+
 def _ranked(seed: int, n: int):
     """Lists of completions best first, by the number of 'a's."""
     import random

@@ -76,6 +76,21 @@ def test_engine_logprobs_equal_a_full_forward_pass(policy, monkeypatch, samples,
         torch.testing.assert_close(full[i, : len(row)], torch.tensor(logprobs[i]), atol=2e-4, rtol=1e-4)
 
 
+def test_sampled_logprobs_match_a_forward_pass_of_the_padded_rollout(policy):
+    """``sample(return_logprobs=True)`` lines the engine's numbers up with the rollout's padded
+    completion positions, so evaluation can use them in place of a forward pass."""
+    model, tokenizer = policy
+    prompts = _prompts(tokenizer)
+    torch.manual_seed(0)
+    rollout = sample(model, tokenizer, prompts, 3, 10, temperature=0.7, return_logprobs=True)
+    with torch.no_grad():
+        full = completion_logprobs(model, rollout.batch, temperature=0.7)
+    mask = rollout.batch.completion_mask.bool()
+    engine = rollout.extras["logprobs"]
+    torch.testing.assert_close(engine[mask], full[mask], atol=2e-4, rtol=1e-4)
+    assert (engine[~mask] == 0).all()
+
+
 def test_lean_stepper_leaves_lora_models_to_their_own_forward(policy):
     """Adapter-wrapped projections are not plain nn.Linear: the lean step would skip the adapter."""
     import copy

@@ -100,7 +100,15 @@ def evaluate_policy(
     prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     torch.manual_seed(seed)
     rollout = sample(
-        policy, tokenizer, prompt_ids, num_samples, max_new_tokens, temperature, top_p=top_p, batch_size=batch_size
+        policy,
+        tokenizer,
+        prompt_ids,
+        num_samples,
+        max_new_tokens,
+        temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        return_logprobs=reference is not None and temperature > 0,
     )
     idx = rollout.prompt_index
     contexts = [prompt_text(prompts[i].prompt) for i in idx.tolist()]
@@ -118,7 +126,9 @@ def evaluate_policy(
     kl = kl_se = None
     if reference is not None:
         batch, t = rollout.batch.to(policy.device), (temperature if temperature > 0 else 1.0)
-        logp = batched_completion_logprobs(policy, batch, batch_size, t)
+        # the sampler's own log-probs where it gives them: the policy's side needs no second pass
+        logp = rollout.extras.get("logprobs")
+        logp = batched_completion_logprobs(policy, batch, batch_size, t) if logp is None else logp.to(policy.device)
         if isinstance(reference, str):
             if reference != ADAPTERS_DISABLED or not hasattr(policy, "disable_adapter"):
                 raise ConfigError(f"reference {reference!r}: only {ADAPTERS_DISABLED!r} with a LoRA policy is allowed")

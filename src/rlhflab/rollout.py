@@ -250,23 +250,41 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     batch_size: int = 64,
+    return_logprobs: bool = False,
 ) -> Rollout:
     """Sample ``num_samples`` completions per prompt (pure ancestral sampling by default, which the
-    KL-regularised objective assumes)."""
+    KL-regularised objective assumes).
+
+    With ``return_logprobs``, where the lean engine samples, ``extras["logprobs"]`` holds log
+    softmax(logits / temperature) of each sampled token, (B, T) aligned with
+    ``batch.completion_mask`` (0 at padding): the numbers a forward pass of the same model would
+    give, to within float rounding, without a second pass. Absent where ``model.generate`` samples."""
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     rows: list[list[int]] = []
+    picked: list[list[float]] | None = [] if return_logprobs and generation.supports(model) else None
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
         if generation.supports(model):
             # The lean engine: same sampling distribution, shared prefill, static cache.
-            rows.extend(
-                generation.generate(
-                    model, chunk, num_samples, max_new_tokens, eos_ids, pad_id, temperature, top_k, top_p
-                )
+            out = generation.generate(
+                model,
+                chunk,
+                num_samples,
+                max_new_tokens,
+                eos_ids,
+                pad_id,
+                temperature,
+                top_k,
+                top_p,
+                return_logprobs=picked is not None,
             )
+            if picked is not None:
+                out, chunk_logprobs = out
+                picked.extend(chunk_logprobs)
+            rows.extend(out)
             continue
         ids, mask = pad_left(chunk, pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
@@ -292,4 +310,10 @@ def sample(
     truncated = truncated | (batch.completion_mask.sum(-1) == 0)
     texts = tokenizer.batch_decode([r for r in rows], skip_special_tokens=True)
     index = torch.arange(len(prompt_ids)).repeat_interleave(num_samples)
-    return Rollout(batch, index, texts, truncated)
+    rollout = Rollout(batch, index, texts, truncated)
+    if picked is not None:
+        logprobs = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+        for i, row in enumerate(picked):
+            logprobs[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+        rollout.extras["logprobs"] = logprobs
+    return rollout

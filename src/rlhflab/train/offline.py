@@ -5,6 +5,7 @@ direct preference methods (``train/preference.py``) build on :class:`OfflineAlgo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,21 +27,36 @@ from rlhflab.train.loop import shard, split
 
 class OfflineSchedule:
     """Which examples each iteration uses: a fresh permutation per epoch, seeded, so that any
-    iteration's batch is known without replaying the ones before it (exact resume for free)."""
+    iteration's batch is known without replaying the ones before it (exact resume for free).
 
-    def __init__(self, num_examples: int, config: TrainConfig):
+    With ``groups`` (a group key per example, e.g. its prompt) the groups come in a random order and
+    a group's examples, shuffled, stay next to each other, so a batch holds whole groups (one may
+    straddle two batches)."""
+
+    def __init__(self, num_examples: int, config: TrainConfig, groups: Sequence | None = None):
         if num_examples < config.batch_size:
             raise ConfigError(f"batch_size {config.batch_size} is larger than the dataset ({num_examples} examples)")
         self.n, self.batch_size, self.seed = num_examples, config.batch_size, config.seed
         self.steps_per_epoch = num_examples // config.batch_size
         epochs_steps = math.ceil(config.num_epochs * self.steps_per_epoch)
         self.total = config.max_steps if config.max_steps > 0 else max(1, epochs_steps)
+        self.group_of: torch.Tensor | None = None
+        if groups is not None:
+            if len(groups) != num_examples:
+                raise ValueError(f"{len(groups)} group keys for {num_examples} examples")
+            ids: dict = {}
+            self.group_of = torch.tensor([ids.setdefault(key, len(ids)) for key in groups])
 
     def indices(self, iteration: int) -> list[int]:
         epoch, position = divmod(iteration, self.steps_per_epoch)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "example order", epoch))
         order = torch.randperm(self.n, generator=generator)
-        return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+        if self.group_of is not None:
+            # groups in a random order, each group's examples in the random order drawn above
+            group_position = torch.randperm(int(self.group_of.max()) + 1, generator=generator)
+            order = order[torch.sort(group_position[self.group_of[order]], stable=True).indices]
+        order = order.tolist()
+        return order[position * self.batch_size : (position + 1) * self.batch_size]
 
 
 def tokenize_demonstrations(
@@ -74,9 +90,9 @@ class OfflineAlgorithm:
 
     module_name = "policy"  # key in trainable_modules, and the output directory's name
 
-    def __init__(self, config: TrainConfig, model, tokenizer, num_examples: int):
+    def __init__(self, config: TrainConfig, model, tokenizer, num_examples: int, groups: Sequence | None = None):
         self.config, self.model, self.tokenizer = config, model, tokenizer
-        self.schedule = OfflineSchedule(num_examples, config)
+        self.schedule = OfflineSchedule(num_examples, config, groups)
 
     def trainable_modules(self):
         return {self.module_name: self.model}
@@ -167,33 +183,50 @@ class RewardConfig(TrainConfig):
     learning_rate: float = option(5e-5, "Peak learning rate of AdamW.")
     num_epochs: float = option(2.0, "Passes over the training data.")
     batch_size: int = option(16, "Feedback records per optimiser step across all processes.")
+    batch_by_prompt: bool = option(
+        True,
+        "Keep a prompt's preference pairs in one batch, so each completion is scored once for all "
+        "its pairs (Ouyang et al. 2022: k completions cost k forwards, not k(k-1)); False: pairs shuffled alone.",
+    )
 
 
 class RewardAlgorithm(OfflineAlgorithm):
     """R_phi trained by maximum likelihood of the feedback (Eq. 5-6), one forward per step over all
-    completions of the batch (chosen and rejected together)."""
+    distinct completions of the batch (chosen and rejected together)."""
 
     name = "reward"
     module_name = "reward_model"
 
     def __init__(self, config: RewardConfig, model, tokenizer, records: Sequence):
-        super().__init__(config, model, tokenizer, len(records))
+        groups = None
+        if config.feedback == "preference" and config.batch_by_prompt:
+            groups = [
+                json.dumps(r.prompt, sort_keys=True) if not isinstance(r.prompt, str) else r.prompt for r in records
+            ]
+        super().__init__(config, model, tokenizer, len(records), groups)
         self.records = list(records)
         self.share_prompts = supports_shared_prompt(model, tokenizer)
 
     def _rewards(self, contexts, outputs, group_size: int = 1):
         """R_phi of each (context, output). With ``group_size`` k > 1, ``contexts`` holds each
         context k times in a row and a decoder reward model reads it once for all k outputs
-        (:func:`shared_prompt_rewards`); otherwise every pair is one sequence."""
+        (:func:`shared_prompt_rewards`); otherwise each distinct (context, output) is one sequence,
+        scored once however often the batch repeats it (the gradient is the same)."""
         if group_size > 1 and self.share_prompts:
             encoded = shared_prompt_encoding(
                 self.tokenizer, contexts[::group_size], outputs, group_size, self.config.max_length
             )
             if encoded is not None:
                 return shared_prompt_rewards(self.model, encoded, self.accelerator.device)
-        encoded = encode_for_reward(self.tokenizer, contexts, outputs, self.config.max_length)
+        position = {}
+        index = [position.setdefault(pair, len(position)) for pair in zip(contexts, outputs)]
+        distinct_contexts, distinct_outputs = zip(*position) if position else ((), ())
+        encoded = encode_for_reward(
+            self.tokenizer, list(distinct_contexts), list(distinct_outputs), self.config.max_length
+        )
         encoded = {k: v.to(self.accelerator.device) for k, v in encoded.items()}
-        return self.model(**encoded).logits.squeeze(-1).float()
+        rewards = self.model(**encoded).logits.squeeze(-1).float()
+        return rewards[torch.tensor(index, device=rewards.device)]
 
     def loss(self, micro):
         indices, weight = micro
