@@ -14,10 +14,10 @@ from rlhflab.evaluate import (
     evaluate_policy,
     evaluate_seen_unseen,
     expected_calibration_error,
-    format_table,
     reward_model_report,
 )
 from rlhflab.rewards import RewardSource
+from rlhflab.tables import format_table
 
 
 def fraction_of_a(contexts, outputs):

@@ -38,7 +38,6 @@ from rlhflab.evaluate import (
     PolicyEvaluation,
     distinct_n,
     evaluate_on_sets,
-    format_table,
     paired_difference,
     standard_error,
 )
@@ -47,6 +46,7 @@ from rlhflab.models import load_policy
 from rlhflab.pool import Pool, build_feedback_pool
 from rlhflab.report import plot_comparison
 from rlhflab.rewards import load_reward_source
+from rlhflab.tables import format_table
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig, RankingConfig
 from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig

@@ -282,18 +282,6 @@ def reward_model_report(
     return report
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """A Markdown table: one row per dict, columns as (key, header, format spec); None shows as "–"."""
-
-    def cell(value, fmt):
-        text = "–" if value is None else format(value, fmt) if fmt else str(value)
-        return text.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def evaluate_on_sets(policy, tokenizer, prompt_sets: dict[str, list[Prompt]], **kwargs) -> dict[str, PolicyEvaluation]:
     """:func:`evaluate_policy` on each named prompt set (e.g. seen and unseen contexts), same settings."""
     return {name: evaluate_policy(policy, tokenizer, prompts, **kwargs) for name, prompts in prompt_sets.items()}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhflab.evaluate import PolicyEvaluation, format_table
+from rlhflab.evaluate import PolicyEvaluation
+from rlhflab.tables import format_table
 
 EVAL_COLUMNS = [
     ("policy", "policy", ""),
