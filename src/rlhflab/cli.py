@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhflab import workflow
+from rlhflab.app.commands import ServeConfig, feedback_main, serve
 from rlhflab.compare import CompareConfig, run_compare
 from rlhflab.config import parse_config
 from rlhflab.demo import DemoConfig, run_demo
@@ -159,6 +160,10 @@ COMMANDS: dict[str, Command] = {
         lambda cfg, results: format_evaluations({cfg.policy: results}),
     ),
     "toy": Command(None, toy_main, "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)"),
+    "feedback": Command(
+        None, feedback_main, "feedback from people: create projects, add users, invite, stats, export labels"
+    ),
+    "serve": Command(ServeConfig, serve, "serve the feedback web app (labelling, review, dashboard)"),
 }
 
 

@@ -1,7 +1,7 @@
 """Feedback data: record types, strict readers and writers, chat rendering, shipped prompt sets."""
 
 from rlhflab.data.prompts import PROMPT_SETS, load_prompt_set, load_prompts
-from rlhflab.data.readers import read_records, records_to_dataset, write_records
+from rlhflab.data.readers import read_records, read_rows, records_to_dataset, write_records
 from rlhflab.data.records import (
     RECORD_TYPES,
     Demonstration,
@@ -34,6 +34,7 @@ __all__ = [
     "prompt_text",
     "ranking_to_preferences",
     "read_records",
+    "read_rows",
     "record_type",
     "records_to_dataset",
     "render_completion",

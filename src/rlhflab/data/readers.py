@@ -90,6 +90,13 @@ def _rows(source) -> tuple[str, Iterator[tuple[int, Any]]]:
     )
 
 
+def read_rows(source) -> tuple[str, list[tuple[int, Any]]]:
+    """The raw rows of ``source`` (any format :func:`read_records` reads) with their 1-based line or
+    row numbers, and the name to report errors under: for readers of columns no record type has."""
+    name, rows = _rows(source)
+    return name, list(rows)
+
+
 def read_records(source, kind: str) -> list:
     """Read and validate every record of ``kind`` (a key of ``RECORD_TYPES``) from ``source``.
 

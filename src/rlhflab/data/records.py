@@ -336,12 +336,14 @@ class Rating(_Record):
 
 @dataclass(frozen=True)
 class LanguageFeedback(_Record):
-    """A free-text critique of one completion (Section 7.3.2, language feedback)."""
+    """A free-text critique of one completion (Section 7.3.2, language feedback), optionally with the
+    annotator's ``correction``: the completion rewritten as it should have been (a demonstration)."""
 
     prompt: Text
     completion: Text
     feedback: str
     annotator: str | None = None
+    correction: Text | None = None
     kind: ClassVar[str] = "language_feedback"
 
     def _validate(self):
@@ -352,6 +354,8 @@ class LanguageFeedback(_Record):
         if not self.feedback.strip():
             raise _Invalid("feedback", "is empty")
         self._set("annotator", _check_optional_str(self.annotator, "annotator"))
+        if self.correction is not None:
+            self._set("correction", _check_completion(self.correction, "correction"))
 
 
 RECORD_TYPES: dict[str, type] = {

@@ -1,0 +1,297 @@
+"""``rlhflab feedback create|assign|users|invite|stats|export`` and ``rlhflab serve``: the feedback app
+from the command line, over the same store the web app uses (no HTTP involved).
+
+Each subcommand is a config dataclass (``--config FILE.yaml`` and flags, as every rlhflab command)
+and an entry function taking it. Bad input is a one-line error and exit status 2, with nothing
+half-made left behind: a project is created in one transaction, an export written atomically.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rlhflab.app.export import FORMATS, KINDS
+from rlhflab.app.quality import agreement, annotator_quality, format_quality
+from rlhflab.app.store import ProjectInfo, Store, UserInfo
+from rlhflab.app.tasks import ROLES, TASKS
+from rlhflab.app.web import create_app
+from rlhflab.config import option, parse_config
+from rlhflab.errors import ConfigError, DataError
+
+# Where `feedback users --add` reads a password when there is no --password_file and no terminal
+# to prompt on (scripts, tests).
+PASSWORD_ENV = "RLHFLAB_FEEDBACK_PASSWORD"
+
+
+def _names(text: str) -> list[str]:
+    """``"a, b,c"`` → ``["a", "b", "c"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@dataclass
+class DatabaseOptions:
+    """Which database the feedback app keeps its projects, people and labels in."""
+
+    db: str | None = option(
+        None,
+        "Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (default: $RLHFLAB_DB or sqlite:///rlhflab-feedback.db).",
+    )
+
+
+@dataclass
+class FeedbackCreateConfig(DatabaseOptions):
+    """Create a labelling project from sampled completions (`rlhflab sample`)."""
+
+    name: str | None = option(None, "Project name (unique).")
+    samples: str | None = option(None, "Samples file: one {prompt, completions} row per prompt.")
+    task: str = option("pairwise", "What annotators do with each item.", choices=list(TASKS))
+    attributes: str = option("", "Comma-separated attributes rated 1-7 (rating projects; default: overall).")
+    overlap: int = option(3, "Distinct annotators per item (agreement needs at least 2).")
+    gold: str | None = option(None, "Gold items with known answers: {prompt, completions, answer} rows.")
+    instructions: str | None = option(None, "Markdown or text file of instructions, shown before the first task.")
+    gold_rate: float = option(0.1, "Share of each annotator's tasks that are gold items (every round(1/rate)-th).")
+    qualification_items: int = option(0, "Gold items every annotator labels first, to qualify for the rest.")
+    qualification_threshold: float = option(0.7, "Share of qualification items an annotator must get right.")
+    seed: int = option(0, "Seeds the order each annotator sees an item's completions in.")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("--name is required")
+        if not self.samples:
+            raise ConfigError("--samples is required (a file written by `rlhflab sample`)")
+
+
+@dataclass
+class FeedbackUsersConfig(DatabaseOptions):
+    """Add a user (--add NAME), or list every user."""
+
+    add: str | None = option(None, "Username to add; without it, list the users.")
+    role: str = option("annotator", "Role of the added user.", choices=list(ROLES))
+    password_file: str | None = option(
+        None, f"File whose first line is the new user's password (default: ${PASSWORD_ENV}, else a prompt)."
+    )
+
+
+@dataclass
+class FeedbackInviteConfig(DatabaseOptions):
+    """Make a single-use invitation link; whoever opens it picks a username and password."""
+
+    role: str = option("annotator", "Role of the invited user.", choices=list(ROLES))
+    projects: str = option("", "Comma-separated projects the invited user joins.")
+    ttl_hours: float = option(72.0, "Hours until the invitation expires.")
+    base_url: str = option(
+        "", "Prefix for the printed link, e.g. https://feedback.example.org (default: the path only)."
+    )
+
+
+@dataclass
+class FeedbackAssignConfig(DatabaseOptions):
+    """Make users members of a project, as annotators or reviewers."""
+
+    project: str | None = option(None, "Project name.")
+    users: str = option("", "Comma-separated usernames.")
+    role: str = option("annotator", "Their role in the project.", choices=["annotator", "reviewer"])
+
+    def validate(self) -> None:
+        if not self.project or not _names(self.users):
+            raise ConfigError("--project and --users are required")
+
+
+@dataclass
+class FeedbackStatsConfig(DatabaseOptions):
+    """Agreement and per-annotator quality of a project's labels (Section 7.3.3), as Markdown tables."""
+
+    project: str | None = option(None, "Project name.")
+
+    def validate(self) -> None:
+        if not self.project:
+            raise ConfigError("--project is required")
+
+
+@dataclass
+class FeedbackExportConfig(DatabaseOptions):
+    """Export a project's labels as rlhflab feedback records (the input of `rlhflab reward`, `dpo`, ...)."""
+
+    project: str | None = option(None, "Project name.")
+    kind: str = option("preferences", "Records to write.", choices=list(KINDS))
+    output: str | None = option(None, "Output: FILE.jsonl, FILE.parquet, or a folder (datasets save_to_disk).")
+    format: str | None = option(None, "Output format (default: from the output's suffix).", choices=list(FORMATS))
+    include_excluded: bool = option(False, "Keep the labels of annotators an admin excluded.")
+
+    def validate(self) -> None:
+        if not self.project or not self.output:
+            raise ConfigError("--project and --output are required")
+
+
+@dataclass
+class ServeConfig(DatabaseOptions):
+    """Serve the feedback web app (labelling, review, dashboard, export) with uvicorn."""
+
+    host: str = option("127.0.0.1", "Interface to listen on (127.0.0.1: this machine only).")
+    port: int = option(8000, "Port to listen on.")
+    secure_cookies: bool = option(False, "Mark session cookies Secure (serve behind HTTPS).")
+
+
+# ---- entry functions ------------------------------------------------------------------------------
+def create(cfg: FeedbackCreateConfig) -> ProjectInfo:
+    instructions = ""
+    if cfg.instructions:
+        path = Path(cfg.instructions)
+        if not path.is_file():
+            raise ConfigError(f"{path}: instructions file not found")
+        try:
+            instructions = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(str(path), None, None, f"not UTF-8 text ({e.reason})") from None
+    with Store(cfg.db) as store:
+        return store.create_project(
+            cfg.name,
+            cfg.task,
+            cfg.samples,
+            attributes=_names(cfg.attributes),
+            overlap=cfg.overlap,
+            gold=cfg.gold,
+            instructions=instructions,
+            gold_rate=cfg.gold_rate,
+            qualification_items=cfg.qualification_items,
+            qualification_threshold=cfg.qualification_threshold,
+            seed=cfg.seed,
+        )
+
+
+def _new_password(cfg: FeedbackUsersConfig) -> str:
+    if cfg.password_file:
+        path = Path(cfg.password_file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: password file not found")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return lines[0] if lines else ""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise ConfigError(f"no password: give --password_file FILE or set {PASSWORD_ENV}")
+    password = getpass.getpass(f"password for {cfg.add}: ")
+    if getpass.getpass("again: ") != password:
+        raise ConfigError("the two passwords differ")
+    return password
+
+
+def users(cfg: FeedbackUsersConfig) -> UserInfo | list[UserInfo]:
+    with Store(cfg.db) as store:
+        if cfg.add:
+            return store.create_user(cfg.add, _new_password(cfg), cfg.role)
+        return store.users()
+
+
+def invite(cfg: FeedbackInviteConfig) -> str:
+    """The invitation's link (its path, after ``base_url``)."""
+    with Store(cfg.db) as store:
+        token = store.create_invitation(cfg.role, None, _names(cfg.projects), cfg.ttl_hours)
+    return f"{cfg.base_url.rstrip('/')}/invite/{token}"
+
+
+def assign(cfg: FeedbackAssignConfig) -> list[str]:
+    names = _names(cfg.users)
+    with Store(cfg.db) as store:
+        store.add_members(cfg.project, names, cfg.role)
+    return names
+
+
+def stats(cfg: FeedbackStatsConfig) -> str:
+    """The quality report of ``rlhflab.app.quality`` over every label of the project (each row says
+    whether its annotator is excluded; the report decides what to count)."""
+    with Store(cfg.db) as store:
+        rows = store.label_rows(cfg.project)
+    return format_quality(annotator_quality(rows), agreement(rows))
+
+
+def export(cfg: FeedbackExportConfig) -> dict:
+    with Store(cfg.db) as store:
+        return store.export(cfg.project, cfg.kind, cfg.output, cfg.include_excluded, format=cfg.format)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the web app until interrupted (the store migrates the database on start)."""
+    import uvicorn
+
+    uvicorn.run(create_app(cfg.db, secure_cookies=cfg.secure_cookies), host=cfg.host, port=cfg.port)
+
+
+# ---- `rlhflab feedback SUBCOMMAND` ---------------------------------------------------------------
+def _users_done(cfg: FeedbackUsersConfig, result) -> str:
+    if isinstance(result, UserInfo):
+        return f"added {result.role} '{result.username}'"
+    if not result:
+        return "no users yet; add one with: rlhflab feedback users --add NAME --role admin"
+    width = max(len(u.username) for u in result)
+    return "\n".join(f"{u.username:<{width}}  {u.role}" for u in result)
+
+
+def _export_done(cfg: FeedbackExportConfig, counts: dict) -> str:
+    skipped = [
+        f"{counts[key]} {what} skipped"
+        for key, what in (("tie_skipped", "ties"), ("both_bad_skipped", "both-bad"), ("excluded_labels", "labels of excluded annotators"))
+        if counts.get(key)
+    ]  # fmt: skip
+    extra = f"; {', '.join(skipped)}" if skipped else ""
+    return f"wrote {counts['records']} {cfg.kind} from {counts['labels']} labels to {counts['output']}{extra}"
+
+
+class Subcommand(NamedTuple):
+    config: type
+    entry: Callable[[Any], Any]
+    help: str
+    done: Callable[[Any, Any], str]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "create": Subcommand(
+        FeedbackCreateConfig,
+        create,
+        "create a labelling project from samples",
+        lambda cfg, p: f"created {p.task} project '{p.name}' (id {p.id}) with {p.num_items} items",
+    ),
+    "assign": Subcommand(
+        FeedbackAssignConfig,
+        assign,
+        "add users to a project as annotators or reviewers",
+        lambda cfg, names: f"{', '.join(names)} now {cfg.role}(s) of project '{cfg.project}'",
+    ),
+    "users": Subcommand(FeedbackUsersConfig, users, "add a user, or list them", _users_done),
+    "invite": Subcommand(FeedbackInviteConfig, invite, "make a single-use invitation link", lambda cfg, link: link),
+    "stats": Subcommand(FeedbackStatsConfig, stats, "agreement and annotator quality", lambda cfg, text: text),
+    "export": Subcommand(FeedbackExportConfig, export, "export labels as feedback records", _export_done),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [f"  {name:<{width}}  {sub.help}" for name, sub in SUBCOMMANDS.items()]
+    return (
+        "usage: rlhflab feedback SUBCOMMAND [--db URL] [--option value ...]\n\nsubcommands:\n"
+        + "\n".join(lines)
+        + "\n\nrlhflab feedback SUBCOMMAND --help lists its options."
+    )
+
+
+def feedback_main(argv: Sequence[str]) -> int:
+    """``rlhflab feedback SUBCOMMAND ...``: parse the subcommand's config, run it, print what it made."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        raise ConfigError(f"unknown feedback subcommand '{name}'; choose from {', '.join(SUBCOMMANDS)}")
+    sub = SUBCOMMANDS[name]
+    cfg = parse_config(sub.config, rest, f"rlhflab feedback {name}", sub.config.__doc__)
+    message = sub.done(cfg, sub.entry(cfg))
+    if message:
+        print(message)
+    return 0
