@@ -131,3 +131,17 @@ def test_bad_input_is_a_one_line_error_with_status_2_and_nothing_made(sqlite_url
     assert "unknown feedback subcommand 'frobnicate'" in one_line_error(capsys)
     assert feedback("users", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none") == 2
     assert "cannot open database" in one_line_error(capsys)
+
+
+def test_serve_says_where_it_listens_and_how_to_add_the_first_admin(sqlite_url, capsys, monkeypatch):
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, host=host, port=port))
+    assert main(["serve", "--db", sqlite_url, "--port", "8123"]) == 0
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:8123/" in out and "rlhflab feedback users --add NAME --role admin" in out
+    assert served["host"] == "127.0.0.1" and served["port"] == 8123 and served["app"].state.store.url == sqlite_url
+    Store(sqlite_url, password_hasher=FAST_HASHER).create_user("boss", PASSWORD, "admin")
+    assert main(["serve", "--db", sqlite_url]) == 0
+    assert "no admin yet" not in capsys.readouterr().out

@@ -217,10 +217,16 @@ def export(cfg: FeedbackExportConfig) -> dict:
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Run the web app until interrupted (the store migrates the database on start)."""
+    """Run the web app until interrupted (the store migrates the database on start), after saying
+    where it listens and, on a database without an admin, how to add one."""
     import uvicorn
 
-    uvicorn.run(create_app(cfg.db, secure_cookies=cfg.secure_cookies), host=cfg.host, port=cfg.port)
+    store = Store(cfg.db)
+    where = store.engine.url.render_as_string(hide_password=True)
+    print(f"rlhflab serve: database {where}; open http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
+    if not any(user.role == "admin" for user in store.users()):
+        print("no admin yet: add one with `rlhflab feedback users --add NAME --role admin`", flush=True)
+    uvicorn.run(create_app(store=store, secure_cookies=cfg.secure_cookies), host=cfg.host, port=cfg.port)
 
 
 # ---- `rlhflab feedback SUBCOMMAND` ---------------------------------------------------------------
