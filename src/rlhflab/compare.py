@@ -43,7 +43,7 @@ from rlhflab.evaluate import (
 )
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
-from rlhflab.pool import Pool, build_feedback_pool
+from rlhflab.pool import Pool, build_feedback_pool, pool_options
 from rlhflab.report import plot_comparison
 from rlhflab.rewards import load_reward_source
 from rlhflab.tables import format_table
@@ -94,29 +94,11 @@ PRESETS = {
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(pool_options(PRESETS, "compare")):
     """Run several alignment methods from one shared pool of simulated feedback with matched budgets,
     and tabulate J (oracle), Ĵ (reward model) and KL to the initial policy on seen and unseen prompts."""
 
     methods: str | None = preset_option(PRESETS, "methods", "Comma-separated methods from: " + ", ".join(METHODS) + ".")
-    preset: str = option(
-        "full", "Named budgets: full (the offline default models) or quick (tiny models).", choices=list(PRESETS)
-    )
-    quick: bool = option(
-        False,
-        "Shorthand for --preset quick: tiny random models and the keyword:e oracle, every method end to end in a few minutes.",
-    )
-    output_dir: str | None = option(None, "Run directory (default runs/compare-TIMESTAMP).")
-    seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = preset_option(PRESETS, "policy", "Initial policy pi_0, also the reference.")
-    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
-    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R* of the simulated annotators and of J.")
-    feedback_prompts: int | None = preset_option(
-        PRESETS, "feedback_prompts", "Training prompts sampled and annotated for the shared pool."
-    )
-    samples_per_prompt: int = option(4, "Samples per feedback prompt in the pool.")
-    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
-    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
     kl_coef: float = option(0.1, "beta, shared: PPO's KL coefficient, DPO/IPO/RSO's beta.", aliases=["--beta"])
     online_samples: int | None = preset_option(
         PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw."
@@ -132,13 +114,6 @@ class CompareConfig:
         PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft."
     )
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
-    eval_samples: int | None = preset_option(
-        PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt."
-    )
-    reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
-    reward_epochs: float | None = preset_option(
-        PRESETS, "reward_epochs", "Reward-model passes over the preference pairs."
-    )
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")

@@ -22,7 +22,7 @@ from rlhflab.evaluate import evaluate_on_sets, paired_difference, standard_error
 from rlhflab.files import write_json, write_text
 from rlhflab.hardware import matmul_peak
 from rlhflab.models import load_policy
-from rlhflab.pool import build_feedback_pool
+from rlhflab.pool import build_feedback_pool, pool_options
 from rlhflab.report import evaluation_rows, format_evaluations, plot_before_after, plot_training_curves, read_metrics
 from rlhflab.rewards import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
@@ -63,37 +63,12 @@ PRESETS = {
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(pool_options(PRESETS, "demo")):
     """The whole RLHF workflow on the offline defaults (SmolLM2-135M-Instruct, MiniLM reward model,
     the sentiment oracle as R*). --quick runs it on tiny in-process models for a first look."""
 
-    preset: str = option(
-        "full", "Named sizes: full (the offline default models) or quick (tiny models).", choices=list(PRESETS)
-    )
-    quick: bool = option(
-        False,
-        "Shorthand for --preset quick: tiny random models and a character-level oracle (keyword:e), the pipeline end to end in about a minute.",
-    )
-    output_dir: str | None = option(None, "Run directory (default runs/demo-TIMESTAMP).")
-    seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
-    policy: str | None = preset_option(PRESETS, "policy", "Initial policy.")
-    reward_backbone: str | None = preset_option(PRESETS, "reward_backbone", "Reward-model backbone.")
-    oracle: str | None = preset_option(PRESETS, "oracle", "Oracle R*.")
-    feedback_prompts: int | None = preset_option(
-        PRESETS, "feedback_prompts", "Training prompts that get sampled and annotated."
-    )
-    samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
-    eval_prompts: int | None = preset_option(PRESETS, "eval_prompts", "Prompts per evaluation set, seen and unseen.")
-    eval_samples: int | None = preset_option(
-        PRESETS, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt."
-    )
     ppo_iterations: int | None = preset_option(PRESETS, "ppo_iterations", "PPO iterations.")
     prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per PPO iteration.")
-    max_new_tokens: int | None = preset_option(PRESETS, "max_new_tokens", "Completion length in tokens.")
-    reward_learning_rate: float | None = preset_option(PRESETS, "reward_learning_rate", "Reward-model learning rate.")
-    reward_epochs: float | None = preset_option(
-        PRESETS, "reward_epochs", "Reward-model passes over the preference pairs."
-    )
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
     ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
     ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")

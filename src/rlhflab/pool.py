@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhflab import workflow
+from rlhflab.config import option, preset_option
 from rlhflab.data import Prompt, Samples
 from rlhflab.rewards import RewardSource, load_reward_source
 from rlhflab.train.offline import RewardConfig
@@ -39,6 +40,45 @@ class Pool:
     @property
     def num_samples(self) -> int:
         return sum(len(s.completions) for s in self.samples)
+
+
+def pool_options(presets: dict[str, dict], command: str) -> type:
+    """The options :func:`build_feedback_pool` reads, declared once for every command that builds a
+    pool (``demo``, ``compare``); each passes its own named ``presets``, whose values ``--help`` shows."""
+
+    @dataclass
+    class PoolOptions:
+        preset: str = option(
+            "full", "Named sizes: full (the offline default models) or quick (tiny models).", choices=list(presets)
+        )
+        quick: bool = option(
+            False,
+            "Shorthand for --preset quick: tiny random in-process models and a character-level oracle (keyword:e).",
+        )
+        output_dir: str | None = option(None, f"Run directory (default runs/{command}-TIMESTAMP).")
+        seed: int = option(0, "Seed for sampling, annotation, training and evaluation.")
+        policy: str | None = preset_option(presets, "policy", "Initial policy pi_0, also the reference.")
+        reward_backbone: str | None = preset_option(presets, "reward_backbone", "Reward-model backbone.")
+        oracle: str | None = preset_option(presets, "oracle", "Oracle R* of the simulated annotators and of J.")
+        feedback_prompts: int | None = preset_option(
+            presets, "feedback_prompts", "Training prompts sampled and annotated for the feedback pool."
+        )
+        samples_per_prompt: int = option(4, "Samples per feedback prompt; every pair of them is annotated.")
+        eval_prompts: int | None = preset_option(
+            presets, "eval_prompts", "Prompts per evaluation set, seen and unseen."
+        )
+        eval_samples: int | None = preset_option(
+            presets, "eval_samples", "Samples per evaluation prompt; J is averaged per prompt."
+        )
+        max_new_tokens: int | None = preset_option(presets, "max_new_tokens", "Completion length in tokens.")
+        reward_learning_rate: float | None = preset_option(
+            presets, "reward_learning_rate", "Reward-model learning rate."
+        )
+        reward_epochs: float | None = preset_option(
+            presets, "reward_epochs", "Reward-model passes over the preference pairs."
+        )
+
+    return PoolOptions
 
 
 def _call(name: str, fn, *args, **kwargs):
