@@ -19,6 +19,7 @@ from rlhflab.compare import CompareConfig, run_compare
 from rlhflab.config import parse_config
 from rlhflab.demo import DemoConfig, run_demo
 from rlhflab.errors import RlhflabError
+from rlhflab.loop import loop_main
 from rlhflab.report import format_evaluations
 from rlhflab.toy.cli import main as toy_main
 from rlhflab.train.offline import RewardConfig, SFTConfig
@@ -152,6 +153,9 @@ COMMANDS: dict[str, Command] = {
         run_compare,
         "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot",
         lambda cfg, d: f"table in {d / 'comparison.md'} and {d / 'comparison.json'}; plot {d / 'comparison.png'}",
+    ),
+    "loop": Command(
+        None, loop_main, "iterated RLHF: rounds of fresh feedback on the current policy (simulated, people, or a file)"
     ),
     "eval": Command(
         workflow.EvalConfig,

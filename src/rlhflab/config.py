@@ -76,6 +76,22 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     return cfg
 
 
+def explicit_options(cls: type, argv: Sequence[str]) -> set[str]:
+    """The fields of ``cls`` that ``argv`` sets, by a flag (``--name`` or one of its aliases, also
+    as ``--name=value``) or through its ``--config`` file; the rest kept their defaults."""
+    by_flag = {}
+    for f in dataclasses.fields(cls):
+        for flag in [f"--{f.name}", *f.metadata.get("aliases", [])]:
+            by_flag[flag] = f.name
+            if f.type in (bool, "bool"):
+                by_flag[f"--no_{f.name}"] = f.name
+    given = {by_flag[arg.split("=", 1)[0]] for arg in argv if arg.split("=", 1)[0] in by_flag}
+    if "--config" in argv[:-1]:
+        values = load_yaml(argv[list(argv).index("--config") + 1])
+        given |= {by_flag.get(f"--{key}", key) for key in values}
+    return given
+
+
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -50,6 +50,8 @@ class PolicyEvaluation:
     texts: list[str]
     oracle_rewards: list[float] | None
     proxy_rewards: list[float] | None
+    kl_previous: float | None = None  # KL(π || π_previous) when evaluate_policy got ``previous``
+    kl_previous_se: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +90,7 @@ def evaluate_policy(
     batch_size: int = 32,
     top_p: float = 1.0,
     truncate: bool = False,
+    previous=None,
 ) -> PolicyEvaluation:
     """Sample ``num_samples`` completions per prompt and measure J (Eq. 12), Ĵ (Eq. 14) and KL(π||π_ref).
 
@@ -96,6 +99,8 @@ def evaluate_policy(
     samples come from (greedy decoding, temperature 0, gives no unbiased estimate; T=1 is used).
     ``reference``: a model, ``"adapters-disabled"`` for a LoRA policy, or None (no KL). Prompts too
     long for the policy's context are an error, or with ``truncate`` keep their last tokens.
+    ``previous``: a second model the same KL is measured to (``kl_previous``), e.g. the policy of
+    the last round of iterated RLHF.
     """
     prompt_ids = encode_prompts(tokenizer, prompts, use_chat_template, context_length(policy), max_new_tokens, truncate)
     torch.manual_seed(seed)
@@ -123,21 +128,28 @@ def evaluate_policy(
     J, J_se, oracle_rewards = mean_and_se(oracle)
     J_hat, J_hat_se, proxy_rewards = mean_and_se(reward_model)
 
-    kl = kl_se = None
-    if reference is not None:
+    kl = kl_se = kl_previous = kl_previous_se = None
+    if reference is not None or previous is not None:
         batch, t = rollout.batch.to(policy.device), (temperature if temperature > 0 else 1.0)
         # the sampler's own log-probs where it gives them: the policy's side needs no second pass
         logp = rollout.extras.get("logprobs")
         logp = batched_completion_logprobs(policy, batch, batch_size, t) if logp is None else logp.to(policy.device)
-        if isinstance(reference, str):
-            if reference != ADAPTERS_DISABLED or not hasattr(policy, "disable_adapter"):
-                raise ConfigError(f"reference {reference!r}: only {ADAPTERS_DISABLED!r} with a LoRA policy is allowed")
-            with policy.disable_adapter():
-                ref_logp = batched_completion_logprobs(policy, batch, batch_size, t)
-        else:
-            ref_logp = batched_completion_logprobs(reference, batch.to(reference.device), batch_size, t)
-        kl_per_sequence = masked_sum(logp - ref_logp.to(logp.device), batch.completion_mask, dim=-1).cpu()
-        kl, kl_se = float(kl_per_sequence.mean()), standard_error(kl_per_sequence, idx, num_samples)
+
+        def sequence_kl(other) -> tuple[float, float | None]:
+            if isinstance(other, str):
+                if other != ADAPTERS_DISABLED or not hasattr(policy, "disable_adapter"):
+                    raise ConfigError(f"reference {other!r}: only {ADAPTERS_DISABLED!r} with a LoRA policy is allowed")
+                with policy.disable_adapter():
+                    other_logp = batched_completion_logprobs(policy, batch, batch_size, t)
+            else:
+                other_logp = batched_completion_logprobs(other, batch.to(other.device), batch_size, t)
+            per_sequence = masked_sum(logp - other_logp.to(logp.device), batch.completion_mask, dim=-1).cpu()
+            return float(per_sequence.mean()), standard_error(per_sequence, idx, num_samples)
+
+        if reference is not None:
+            kl, kl_se = sequence_kl(reference)
+        if previous is not None:
+            kl_previous, kl_previous_se = sequence_kl(previous)
 
     return PolicyEvaluation(
         J=J,
@@ -157,6 +169,8 @@ def evaluate_policy(
         texts=texts,
         oracle_rewards=oracle_rewards,
         proxy_rewards=proxy_rewards,
+        kl_previous=kl_previous,
+        kl_previous_se=kl_previous_se,
     )
 
 
@@ -189,6 +203,25 @@ def paired_difference(
     return float(diff.mean()), se
 
 
+def pairwise_order_agreement(ev: PolicyEvaluation) -> float | None:
+    """How often R_phi orders two samples of one prompt as R* does, over every such pair of ``ev``'s
+    samples (pairs R* ties are left out): the reward model's accuracy where this policy puts its
+    mass, which drifts from where its training pairs were (Sections 7.5, 7.6.4). None without both
+    rewards or without an untied pair."""
+    if ev.oracle_rewards is None or ev.proxy_rewards is None:
+        return None
+    index = torch.tensor(ev.prompt_index)
+    oracle, proxy = torch.tensor(ev.oracle_rewards), torch.tensor(ev.proxy_rewards)
+    same_prompt = index[:, None] == index[None, :]
+    upper = torch.ones_like(same_prompt).triu(diagonal=1)
+    oracle_order = (oracle[:, None] - oracle[None, :]).sign()
+    proxy_order = (proxy[:, None] - proxy[None, :]).sign()
+    pairs = same_prompt & upper & (oracle_order != 0)
+    if not pairs.any():
+        return None
+    return float((proxy_order[pairs] == oracle_order[pairs]).double().mean())
+
+
 def evaluate_seen_unseen(
     policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt], **kw
 ) -> dict[str, PolicyEvaluation]:
@@ -200,20 +233,33 @@ def evaluate_seen_unseen(
     }
 
 
-def expected_calibration_error(probabilities, outcomes, num_bins: int = 10) -> float:
-    """ECE = Σ_b (n_b / N) |mean(p_b) − mean(y_b)| over ``num_bins`` equal-width bins of p in [0, 1]
-    (the last bin includes p = 1). probabilities: predicted P(y = 1); outcomes: observed 0/1."""
+def reliability_diagram(probabilities, outcomes, num_bins: int = 10) -> list[dict]:
+    """The points of a reliability diagram: for each non-empty one of ``num_bins`` equal-width bins of
+    p in [0, 1] (the last includes p = 1), the mean predicted probability, the observed frequency of
+    outcome 1 and the count. A calibrated model's points lie on the diagonal (Section 7.5).
+    probabilities: predicted P(y = 1); outcomes: observed 0/1."""
     p, y = np.asarray(probabilities, dtype=float), np.asarray(outcomes, dtype=float)
     if p.shape != y.shape or p.size == 0:
         raise ValueError(f"need equal, non-empty shapes, got {p.shape} and {y.shape}")
     bins = np.minimum((p * num_bins).astype(int), num_bins - 1)
-    return float(
-        sum(
-            (bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean())
-            for b in range(num_bins)
-            if (bins == b).any()
-        )
-    )
+    return [
+        {
+            "low": b / num_bins,
+            "high": (b + 1) / num_bins,
+            "predicted": float(p[bins == b].mean()),
+            "observed": float(y[bins == b].mean()),
+            "count": int((bins == b).sum()),
+        }
+        for b in range(num_bins)
+        if (bins == b).any()
+    ]
+
+
+def expected_calibration_error(probabilities, outcomes, num_bins: int = 10) -> float:
+    """ECE = Σ_b (n_b / N) |mean(p_b) − mean(y_b)| over the bins of :func:`reliability_diagram`."""
+    points = reliability_diagram(probabilities, outcomes, num_bins)
+    total = sum(b["count"] for b in points)
+    return float(sum(b["count"] / total * abs(b["predicted"] - b["observed"]) for b in points))
 
 
 def _correlations(reward_source, oracle, samples) -> dict:
@@ -254,26 +300,35 @@ def reward_model_report(
     ``accuracy``: fraction of pairs with R(chosen) > R(rejected), ties 0.5. ``log_likelihood``: mean
     Bradley-Terry log σ(R(chosen) − R(rejected)) (Eq. 11). ``ece``: calibration of p = σ(Δ) against
     the observed labels; each pair is counted both ways (p with outcome 1 and 1 − p with outcome 0)
-    so the score does not depend on which side a dataset calls "chosen". ``oracle_accuracy``: the
-    oracle's own agreement with the labels, a ceiling when the labels are noisy. ``seen``/``unseen``:
+    so the score does not depend on which side a dataset calls "chosen"; ``reliability``: the points
+    of its reliability diagram. ``oracle_accuracy``: the oracle's own agreement with the labels, a
+    ceiling when the labels are noisy; ``oracle_order_accuracy``: R_phi's agreement with R*'s order of
+    each pair (no label noise). ``seen``/``unseen``:
     correlation of R_phi with R* on policy samples from in-distribution / unseen contexts.
     """
     contexts = [prompt_text(p.prompt) for p in heldout]
     chosen, rejected = [render_completion(p.chosen) for p in heldout], [render_completion(p.rejected) for p in heldout]
     r_chosen, r_rejected = reward_source(contexts, chosen), reward_source(contexts, rejected)
     p = torch.sigmoid(r_chosen - r_rejected).numpy()
+    both_ways, outcomes = np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
     report = {
         "reward_source": reward_source.name,
         "num_pairs": len(heldout),
         "accuracy": pairwise_accuracy(r_chosen, r_rejected),
         "log_likelihood": float(F.logsigmoid(r_chosen - r_rejected).mean()),
-        "ece": expected_calibration_error(
-            np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), num_bins
-        ),
+        "ece": expected_calibration_error(both_ways, outcomes, num_bins),
+        "reliability": reliability_diagram(both_ways, outcomes, num_bins),
         "oracle_accuracy": None,
+        "oracle_order_accuracy": None,
     }
     if oracle is not None:
-        report["oracle_accuracy"] = pairwise_accuracy(oracle(contexts, chosen), oracle(contexts, rejected))
+        o_chosen, o_rejected = oracle(contexts, chosen), oracle(contexts, rejected)
+        report["oracle_accuracy"] = pairwise_accuracy(o_chosen, o_rejected)
+        # R_phi against R*'s own order of the two outputs (noise-free; pairs R* ties are left out)
+        untied = o_chosen != o_rejected
+        if untied.any():
+            agree = (r_chosen - r_rejected)[untied].sign() == (o_chosen - o_rejected)[untied].sign()
+            report["oracle_order_accuracy"] = float(agree.double().mean())
     for name, samples in (("seen", seen_samples), ("unseen", unseen_samples)):
         if samples is not None:
             if oracle is None:

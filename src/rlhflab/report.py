@@ -138,3 +138,80 @@ def plot_comparison(rows: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _save(fig, path: str | Path) -> None:
+    from rlhflab.files import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    pyplot().close(fig)
+
+
+def plot_rounds(initial: dict, rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Iterated RLHF by round (Section 7.6.4): J of π_r on seen and unseen contexts (round 0 is π_0),
+    Ĵ of π_r and of π_0 under round r's reward model, and the reward model's accuracy — on the new
+    policy's pairs before retraining, after retraining on held-out pairs, and against R* on π_r's
+    own samples. Error bars: ±1 standard error."""
+    plt = pyplot()
+    rounds = [r["round"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for contexts, marker in (("seen", "o-"), ("unseen", "s--")):
+        J = [initial[contexts]["J"]] + [r[contexts]["J"] for r in rows]
+        se = [initial[contexts]["J_se"] or 0] + [r[contexts]["J_se"] or 0 for r in rows]
+        axes[0].errorbar([0, *rounds], J, yerr=se, fmt=marker, capsize=3, label=f"J, {contexts} contexts")
+        axes[1].errorbar(
+            rounds, [r[contexts]["J_hat"] for r in rows], yerr=[r[contexts]["J_hat_se"] or 0 for r in rows],
+            fmt=marker, capsize=3, label=f"Ĵ(π_r), {contexts}",
+        )  # fmt: skip
+        axes[1].plot(rounds, [r[contexts]["J_hat_initial"] for r in rows], marker[0] + ":", label=f"Ĵ(π_0), {contexts}")
+        axes[2].plot(
+            rounds, [r[contexts]["reward_model_order_accuracy"] for r in rows], marker,
+            label=f"vs R* on π_r's samples, {contexts}",
+        )  # fmt: skip
+    shift = [(r["round"], r["shift"]) for r in rows if r.get("shift")]
+    if shift:
+        axes[2].plot(
+            [k for k, _ in shift], [s["accuracy"] for _, s in shift], "D-", label="R_φ,r−1 on π_r−1's new labels"
+        )
+    axes[2].plot(rounds, [r["reward_model"]["accuracy"] for r in rows], "^:", label="held-out labels, after training")
+    axes[0].set_title("true reward J (oracle R*)")
+    axes[1].set_title("proxy Ĵ under round r's reward model")
+    axes[2].set_title("reward-model pairwise accuracy")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks([0, *rounds] if ax is axes[0] else rounds)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_reliability(rows: list[dict], path: str | Path) -> None:
+    """One reliability diagram per round: the reward model's predicted preference probability
+    σ(Δ R_phi) against how often annotators agreed, on the round's new pairs before retraining
+    (the last round's model meeting the new policy's samples) and on held-out pairs after."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls=":")
+        for report, label in (
+            (row.get("shift"), "before retraining (new samples)"),
+            (row["reward_model"], "after (held out)"),
+        ):
+            points = (report or {}).get("reliability") or []
+            if points:
+                ax.plot(
+                    [p["predicted"] for p in points],
+                    [p["observed"] for p in points],
+                    "o-",
+                    label=f"{label}, ECE {report['ece']:.3f}",
+                )
+        ax.set_title(f"round {row['round']}")
+        ax.set_xlabel("predicted P(chosen ≻ rejected)")
+        ax.set_ylabel("observed frequency")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    _save(fig, path)

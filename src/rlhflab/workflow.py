@@ -187,7 +187,10 @@ def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samp
     return run_dir, report
 
 
-def policy_optimization(cfg: RLConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
+def policy_optimization(
+    cfg: RLConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None, reference=None
+) -> Path:
+    """RL against ``cfg.reward``; the KL anchor is ``reference`` if given, else the initial policy."""
     if policy is None:
         policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     policy = apply_lora(policy, cfg)
@@ -206,7 +209,7 @@ def policy_optimization(cfg: RLConfig, policy=None, tokenizer=None, reward_sourc
             source=cfg.ptx_data,
             use_chat_template=cfg.use_chat_template,
         )
-    algorithm = PolicyOptimization(cfg, policy, tokenizer, prompts, reward_source, oracle_source, ptx)
+    algorithm = PolicyOptimization(cfg, policy, tokenizer, prompts, reward_source, oracle_source, ptx, reference)
     return train(cfg, algorithm)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from rlhflab.toy import experiments
 
-CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "trainers", "report")
+CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "iterated", "trainers", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,114 @@
+"""What iterated RLHF buys (Section 7.6.4), measured: ``rlhflab loop`` with 1 round against N rounds at
+one total label budget (the same feedback prompts, split over the rounds) and one total RL budget,
+over several seeds, on the offline default models with simulated feedback.
+
+    python benchmarks/loop_rounds.py --rounds 1 3 --seeds 0 1 2 --root runs/loop-rounds   # runs and tabulates
+    python benchmarks/loop_rounds.py --tabulate --root runs/loop-rounds                   # tabulates finished runs
+
+A run that was interrupted is resumed (``--resume``), a finished one is read, not rerun. Per run: the
+final policy's J and Ĵ − J on seen and unseen contexts, ΔJ against π_0, KL to π_0 and the final
+reward model's agreement with R* on the final policy's own samples; then mean ± std over seeds per
+number of rounds. The table goes to stdout and to benchmarks/results/loop_rounds.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "loop_rounds.md"
+METRICS = [
+    ("J_seen", "final J seen"),
+    ("J_unseen", "final J unseen"),
+    ("dJ_seen", "ΔJ seen"),
+    ("dJ_unseen", "ΔJ unseen"),
+    ("gap_seen", "Ĵ − J seen"),
+    ("gap_unseen", "Ĵ − J unseen"),
+    ("order_seen", "RM vs R* on final samples, seen"),
+    ("order_unseen", "RM vs R* on final samples, unseen"),
+    ("kl", "KL to π_0 (seen)"),
+    ("labels", "labels"),
+    ("seconds", "wall s"),
+]
+
+
+def run_row(run_dir: Path) -> dict:
+    rows = json.loads((run_dir / "rounds.json").read_text())
+    last = rows[-1]
+    row = {
+        "labels": sum(r["labels"] for r in rows),
+        "kl": last["seen"]["kl_initial"],
+        "seconds": sum(sum(r["seconds"].values()) for r in rows),
+    }
+    for contexts in ("seen", "unseen"):
+        ev = last[contexts]
+        row[f"J_{contexts}"] = ev["J"]
+        row[f"dJ_{contexts}"] = ev["delta_J"]
+        row[f"gap_{contexts}"] = ev["J_hat"] - ev["J"]
+        row[f"order_{contexts}"] = ev["reward_model_order_accuracy"]
+    return row
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "–"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(root: Path) -> str:
+    by_rounds: dict[int, dict[int, dict]] = {}
+    for rounds_dir in sorted(root.glob("rounds-*")):
+        for seed_dir in sorted(rounds_dir.glob("seed-*")):
+            if (seed_dir / "rounds.json").is_file():
+                rounds, seed = int(rounds_dir.name.split("-")[1]), int(seed_dir.name.split("-")[1])
+                by_rounds.setdefault(rounds, {})[seed] = run_row(seed_dir)
+    lines = ["| rounds | seeds | " + " | ".join(h for _, h in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for rounds, seeds in sorted(by_rounds.items()):
+        cells = [_cell([r[k] for r in seeds.values() if r[k] is not None]) for k, _ in METRICS]
+        lines.append(f"| {rounds} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    per_seed = ["", "Per seed (final J seen / unseen, RM vs R* seen):", ""]
+    for rounds, seeds in sorted(by_rounds.items()):
+        per_seed.append(
+            f"- {rounds} round(s): "
+            + "; ".join(
+                f"seed {s}: {r['J_seen']:.3f} / {r['J_unseen']:.3f}, {r['order_seen']:.3f}"
+                for s, r in sorted(seeds.items())
+            )
+        )
+    return "\n".join(lines + per_seed) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", type=Path, default=Path("runs/loop-rounds"))
+    parser.add_argument("--tabulate", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("args", nargs="*", help="extra `rlhflab loop` options, after --")
+    args = parser.parse_args()
+    if not args.tabulate:
+        for seed in args.seeds:
+            for rounds in args.rounds:
+                run_dir = args.root / f"rounds-{rounds}" / f"seed-{seed}"
+                if (run_dir / "rounds.json").is_file():
+                    continue
+                where = (
+                    ["--resume", str(run_dir)]
+                    if (run_dir / "loop_config.yaml").is_file()
+                    else ["--output_dir", str(run_dir)]
+                )
+                command = [sys.executable, "-m", "rlhflab.cli", "loop", "--rounds", str(rounds), "--seed", str(seed)]
+                subprocess.run([*command, *where, *args.args], check=True)
+    text = table(args.root)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(f"# rlhflab loop: rounds at one label budget (`python benchmarks/loop_rounds.py`)\n\n{text}")
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
