@@ -190,3 +190,54 @@ def test_file_feedback_waits_then_names_the_bad_line(tmp_path, tiny_run):
     run_loop(LoopConfig(resume=str(run_dir)))
     rows = json.loads((run_dir / "rounds.json").read_text())
     assert rows[0]["labels"] == len(read_records(feedback, "preference"))
+
+
+def _first_metrics(run_dir: Path, round_number: int) -> dict:
+    return json.loads(
+        (run_dir / f"round-{round_number:02d}" / "policy_run" / "metrics.jsonl").read_text().splitlines()[0]
+    )
+
+
+def _config_of(run_dir: Path, round_number: int, what: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((run_dir / f"round-{round_number:02d}" / what / "config.yaml").read_text())
+
+
+def test_a_fixed_reference_keeps_round_twos_kl_to_pi0(tiny_run):
+    # round 2 starts from π_1 ≠ π_0: its first rollout is already away from the fixed anchor
+    assert _first_metrics(tiny_run, 2)["kl"] > 1e-3
+    assert _config_of(tiny_run, 2, "reward")["model"] == "tiny-reward"  # retrained from the backbone
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(algorithm="ppo", reference="moved", reward_init="warm_start"),
+        dict(algorithm="dpo", reference="moved"),
+        dict(algorithm="grpo", rl_samples_per_prompt=2),
+    ],
+    ids=["ppo-moved-warm", "dpo-moved", "grpo"],
+)
+def test_loop_options(tmp_path, options):
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = tmp_path / "run"
+    run_loop(LoopConfig(**TINY, **options, output_dir=str(run_dir)))
+    rows = json.loads((run_dir / "rounds.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    first = _first_metrics(run_dir, 2)
+    if options.get("reference") == "moved" and options["algorithm"] == "ppo":
+        # anchored to π_1, which round 2 starts from: the first rollout has no KL to its reference
+        assert abs(first["kl"]) < 1e-4
+    if options["algorithm"] == "dpo":
+        # DPO's implicit rewards β·log(π/π_ref) start at zero when π_ref is the policy it starts from
+        assert abs(first["chosen_reward"]) < 1e-4 and abs(first["rejected_reward"]) < 1e-4
+        assert rows[1]["policy_iterations"] == 0
+    if options.get("reward_init") == "warm_start":
+        reward_config = _config_of(run_dir, 2, "reward")
+        assert reward_config["model"] == str(run_dir / "round-01" / "reward" / "reward_model")
+        assert reward_config["data"] == str(run_dir / "round-02" / "preferences.jsonl")  # the round's labels only
+    if options["algorithm"] == "grpo":
+        assert _config_of(run_dir, 1, "policy_run")["samples_per_prompt"] == 2

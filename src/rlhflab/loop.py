@@ -542,7 +542,7 @@ def _train_reward(run: _Run, r: int) -> None:
         seed=_round_seed(cfg.seed, "reward", r),
         learning_rate=cfg.reward_learning_rate,
         num_epochs=cfg.reward_epochs,
-        progress=False,
+        progress=True,
     )
     workflow.reward(reward_cfg, cfg.oracle)
 
@@ -564,7 +564,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
             use_chat_template=run.use_chat,
             seed=seed,
             output_dir=str(folder / "policy_run"),
-            progress=False,
+            progress=True,
         )
         workflow.preference_optimization(pcfg, policy, tokenizer, read_records(pcfg.data, "preference"), reference)
         return
@@ -583,7 +583,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         use_chat_template=run.use_chat,
         seed=seed,
         output_dir=str(folder / "policy_run"),
-        progress=False,
+        progress=True,
     )
     workflow.policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
 
@@ -729,7 +729,10 @@ def loop_summary(cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path
 def loop_main(argv: Sequence[str]) -> int:
     """``rlhflab loop``: parses its options itself, to know which were given (a resumed run checks
     those against its saved config)."""
+    from transformers.utils import logging as hf_logging
+
     cfg = parse_config(LoopConfig, list(argv), "rlhflab loop", LoopConfig.__doc__)
+    hf_logging.disable_progress_bar()  # a bar per model load would bury the loop's own status lines
     run_dir = run_loop(cfg, explicit_options(LoopConfig, list(argv)))
     print(
         f"report in {run_dir / 'report.md'}; per-round rows in {run_dir / 'rounds.json'}; plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
