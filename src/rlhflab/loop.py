@@ -50,6 +50,7 @@ from rlhflab.config import (
     save_config,
 )
 from rlhflab.data import Samples, read_records, write_records
+from rlhflab.demo import PRESETS as DEMO_PRESETS
 from rlhflab.errors import ConfigError
 from rlhflab.evaluate import evaluate_on_sets, paired_difference, pairwise_order_agreement, reward_model_report
 from rlhflab.files import write_json, write_text
@@ -68,22 +69,12 @@ ROUND_FILE = "round.json"  # written last: a round whose file exists is finished
 FEEDBACK_MODES = ["simulated", "app", "file"]
 ALGORITHMS = ["ppo", "rloo", "grpo", "dpo"]
 
-# Sizes on the offline defaults (full: the demo's, split over rounds) and on tiny models (quick).
+# The demo's options under the loop's names (its PPO is the loop's policy update).
+_DEMO_NAMES = {"ppo_iterations": "policy_iterations", "ppo_learning_rate": "policy_learning_rate"}
+# Sizes on the offline defaults (full: exactly the demo's, split over the rounds; the demo's
+# ppo_epochs is the loop's --ppo_epochs default) and on tiny models (quick).
 PRESETS = {
-    "full": dict(
-        policy="smollm2-135m-instruct",
-        reward_backbone="minilm-l6",
-        oracle="sentiment",
-        feedback_prompts=160,
-        eval_prompts=64,
-        eval_samples=4,
-        max_new_tokens=24,
-        policy_iterations=12,
-        prompts_per_iteration=16,
-        policy_learning_rate=5e-5,
-        reward_learning_rate=5e-5,
-        reward_epochs=2.0,
-    ),
+    "full": {_DEMO_NAMES.get(k, k): v for k, v in DEMO_PRESETS["full"].items() if k != "ppo_epochs"},
     "quick": dict(
         policy="tiny-policy",
         reward_backbone="tiny-reward",

@@ -21,26 +21,20 @@ from rlhflab.data import read_records
 from rlhflab.errors import ConfigError
 from rlhflab.loop import LoopConfig, run_loop
 from tests.app.web_fixtures import PASSWORD, World, hidden_fields, start_labelling
+from tests.test_loop import TINY
 
 ANNOTATORS = ("ann1", "ann2")
 TIMEOUT = 120.0  # seconds any one wait may take before the test fails (the loop's own wait_timeout too)
-# The loop on tiny models, as small as it goes; round r's project is "run-round-0r". Each round's 10
-# feedback prompts make ~20 pairs (4 samples a prompt, in disjoint pairs): the reward model's
-# batch of 16 has to fit in a round's labels less the held-out tenth.
-LOOP = dict(
-    quick=True,
-    feedback="app",
-    annotators=",".join(ANNOTATORS),
-    overlap=1,
-    policy_iterations=2,
-    prompts_per_iteration=4,
-    eval_prompts=4,
-    eval_samples=2,
-    max_new_tokens=8,
-    reward_epochs=1.0,
-    poll_seconds=0.1,
-    seed=0,
-)
+# test_loop's tiny loop, its labels from people: round r's project is "run-round-0r"; 8 feedback
+# prompts a round make 8 pairs (4 samples a prompt, in disjoint pairs).
+LOOP = {
+    **{k: v for k, v in TINY.items() if k not in ("rounds", "feedback_prompts")},
+    "feedback": "app",
+    "annotators": ",".join(ANNOTATORS),
+    "overlap": 1,
+    "poll_seconds": 0.1,
+    "seed": 0,
+}
 SIDES = re.compile(r'data-side="(left|right)".*?<div class="text">(.*?)</div>', re.S)
 ITEM_ID = re.compile(r'data-item-id="(\d+)"')
 
@@ -155,7 +149,7 @@ def check_export(run_dir: Path, round_number: int, given: list[dict]) -> None:
 def test_people_label_each_round_in_the_app_and_the_loop_trains_on_it(db_url, store, tmp_path):
     run_dir = tmp_path / "run"
     world = annotators_world(store, tmp_path)
-    cfg = LoopConfig(**LOOP, rounds=2, feedback_prompts=20, db=db_url, wait_timeout=TIMEOUT, output_dir=str(run_dir))
+    cfg = LoopConfig(**LOOP, rounds=2, feedback_prompts=16, db=db_url, wait_timeout=TIMEOUT, output_dir=str(run_dir))
     loop = LoopThread(cfg)
 
     given = {}
@@ -193,7 +187,7 @@ def test_people_label_each_round_in_the_app_and_the_loop_trains_on_it(db_url, st
 def test_a_round_that_timed_out_resumes_on_its_project(db_url, store, tmp_path):
     run_dir = tmp_path / "run"
     world = annotators_world(store, tmp_path)
-    cfg = LoopConfig(**LOOP, rounds=1, feedback_prompts=10, db=db_url, wait_timeout=1.0, output_dir=str(run_dir))
+    cfg = LoopConfig(**LOOP, rounds=1, feedback_prompts=8, db=db_url, wait_timeout=1.0, output_dir=str(run_dir))
     with pytest.raises(ConfigError, match=re.escape(f"--resume {run_dir}")):
         run_loop(cfg)
     assert not (run_dir / "round-01" / "preferences.jsonl").exists()
