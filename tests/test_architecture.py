@@ -85,7 +85,7 @@ def test_rlhflab_modules_are_imported_at_module_level():
     assert not late, late
 
 
-ENTRY_LAYER = ("rlhflab.cli", "rlhflab.workflow", "rlhflab.demo", "rlhflab.compare", "rlhflab.pool")
+ENTRY_LAYER = ("rlhflab.cli", "rlhflab.workflow", "rlhflab.demo", "rlhflab.compare", "rlhflab.pool", "rlhflab.loop")
 
 
 def test_dependencies_point_down_from_the_entry_layer():

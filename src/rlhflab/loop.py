@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from rlhflab import workflow
+from rlhflab.app.store import Store, StoreError
 from rlhflab.config import (
     apply_preset,
     default_run_dir,
@@ -52,7 +53,13 @@ from rlhflab.config import (
 from rlhflab.data import Samples, read_records, write_records
 from rlhflab.demo import PRESETS as DEMO_PRESETS
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import evaluate_on_sets, paired_difference, pairwise_order_agreement, reward_model_report
+from rlhflab.evaluate import (
+    PolicyEvaluation,
+    evaluate_on_sets,
+    paired_difference,
+    pairwise_order_agreement,
+    reward_model_report,
+)
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.pool import pool_options
@@ -268,8 +275,6 @@ def app_project_name(run_dir: Path, round_number: int) -> str:
 
 def _check_annotators(cfg: LoopConfig) -> None:
     """The usernames of --annotators exist in the app's database (checked before any work)."""
-    from rlhflab.app.store import Store
-
     names = [n.strip() for n in cfg.annotators.split(",") if n.strip()]
     if names:
         with Store(cfg.db) as store:
@@ -285,8 +290,6 @@ def _app_feedback(cfg: LoopConfig, run_dir: Path, round_number: int, samples_pat
     """The round's pairwise project in the feedback app, waited on until its labels are in, then
     exported as preference records. The project's id is kept in the round's folder: a resumed
     run finds its own project again, and a new run never takes over another run's project."""
-    from rlhflab.app.store import Store, StoreError
-
     marker = output.parent / "app_project.json"
     name = app_project_name(run_dir, round_number)
     with Store(cfg.db) as store:
@@ -597,8 +600,6 @@ def _evaluate(run: _Run, r: int, reward_model, output: Path) -> None:
 def _round_row(run: _Run, r: int, initial: dict, reward_model, evaluation: dict, seconds: dict) -> dict:
     """Round r's line of the report: labels, the reward model before and after, and π_r's J and Ĵ
     beside π_0's (Ĵ of both under this round's R_phi, on the same prompts and sample seeds)."""
-    from rlhflab.evaluate import PolicyEvaluation
-
     folder = run.round_dir(r)
     labels = len(read_records(folder / "preferences.jsonl", "preference"))
     reward_report = json.loads((folder / "reward" / "reward_report.json").read_text())

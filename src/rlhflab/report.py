@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhflab.evaluate import PolicyEvaluation
+from rlhflab.files import atomic_path
 from rlhflab.tables import format_table
 
 EVAL_COLUMNS = [
@@ -141,8 +142,6 @@ def plot_comparison(rows: list[dict], path) -> None:
 
 
 def _save(fig, path: str | Path) -> None:
-    from rlhflab.files import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
