@@ -325,3 +325,98 @@ def test_iterated_experiment_writes_json_and_png_and_headline(lab, tmp_path):
     line = headline("iterated", res)
     assert "single" in line and "iterated(fixed ref)" in line and "iterated(moved ref)" in line
     assert f"{res['J_opt']:.3f}" in line and f"{finals['single']:.3f}" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward-model ensembles (Coste et al. 2023).
+
+
+def test_ensemble_experiment_writes_json_and_png_and_headline(lab, tmp_path):
+    import json
+
+    from rlhflab.toy.experiments import ensemble, headline
+
+    res = ensemble(
+        tmp_path, seed=0, members=2, pairs_per_context=16, repeats=2, max_n=8, kl_coefs=[10.0, 0.1], matched_kls=(0.5,)
+    )
+    assert (tmp_path / "ensemble.png").stat().st_size > 0
+    assert json.loads((tmp_path / "ensemble.json").read_text())["summary"] == res["summary"]
+    variants = ["single"] + [f"{d}/{o}" for d in ("seeds", "bootstrap") for o in ("mean", "wco", "uwo")]
+    assert list(res["curves"]) == variants
+    for variant in variants:
+        bon, path = res["curves"][variant]["best_of_n"], res["curves"][variant]["kl_path"]
+        assert [p["n"] for p in bon] == [1, 2, 4, 8] and [p["kl_coef"] for p in path] == [10.0, 0.1]
+        # best-of-1 is π_ref, whatever reward selects: J = J(π_ref) and KL = 0 exactly
+        assert bon[0]["J_mean"] == pytest.approx(res["J_ref"], abs=1e-12) and bon[0]["KL_mean"] == pytest.approx(0.0)
+        assert path[0]["KL_mean"] < path[1]["KL_mean"]  # a smaller β moves further from π_ref
+        for curve in ("best_of_n", "kl_path"):
+            matched = res["summary"][variant][curve]["J_at_KL"][0]
+            assert matched["KL"] == 0.5 and math.isfinite(matched["J_mean"]) and matched["vs_single_std"] >= 0
+    assert res["summary"]["single"]["kl_path"]["J_at_KL"][0]["vs_single_mean"] == 0.0
+    for data in ("seeds", "bootstrap"):
+        assert all(res["disagreement_under_ref"][data][w]["mean"] > 0 for w in ("seen", "unseen"))
+    line = headline("ensemble", res)
+    assert line.startswith("J at KL=0.5 (K=2, ρ=0.1, 2 repeats, paired): BoN: single ")
+    assert "ensemble − single: seeds mean " in line and "; bootstrap mean " in line and " uwo " in line
+    assert "| Eq.17: single " in line and "nan" not in line
+    assert f"(J_ref {res['J_ref']:.3f})" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense rewards by potential-based shaping (Section 5.1; Ng et al. 1999).
+
+
+def test_dense_shaped_returns_are_r_minus_the_empty_prefix_and_leave_the_optimum_exactly(lab):
+    from types import SimpleNamespace
+
+    from rlhflab.toy import build_toy_tokenizer
+    from rlhflab.toy.dense import exactness, shaped_return_table
+    from rlhflab.toy.mdp import END_TOKEN, enumeration_batch
+    from rlhflab.toy.trainers import oracle_reward_source
+    from rlhflab.train.policy_optimization import PolicyOptimization
+
+    tokenizer = build_toy_tokenizer(lab.tokens)
+    shaped = shaped_return_table(lab, tokenizer)
+    # Φ_k of a cut output is R* of the output that stops after its first k tokens
+    j = lab.outputs.index(("a", "b", "c"))
+    stopped = [lab.outputs.index(o) for o in ((END_TOKEN,), ("a", END_TOKEN), ("a", "b", END_TOKEN))]
+    row = 5 * lab.num_outputs + j
+    assert shaped["potentials"][row].tolist() == lab.oracle_reward[5, stopped].tolist()
+    # PPO's own prefix scoring (decode the first k tokens, ask the reward source) sees the same Φ
+    batch = enumeration_batch(lab, tokenizer)
+    contexts = [lab.context_text(i) for i in range(lab.num_contexts) for _ in lab.outputs]
+    ppo = SimpleNamespace(tokenizer=tokenizer, reward_source=oracle_reward_source(lab))
+    from_ppo = PolicyOptimization._prefix_potentials(ppo, contexts, batch)
+    assert torch.equal(from_ppo, shaped["potentials"].float() * batch.completion_mask)
+
+    random_table = torch.randn(lab.num_contexts, lab.num_outputs, generator=torch.Generator().manual_seed(0))
+    for reward in (None, random_table.double()):
+        check = exactness(lab, tokenizer, kl_coefs=(0.1, 0.25, 1.0), reward=reward)
+        assert check["return_error"] < 1e-12
+        assert all(err < 1e-12 for err in check["optimum_error"].values())
+    assert exactness(lab, tokenizer, reward=random_table.double())["potential_of_empty_max"] != 0.0
+
+
+def test_dense_experiment_writes_json_and_png_and_headline(tmp_path):
+    import json
+
+    from rlhflab.toy.dense import dense
+    from rlhflab.toy.experiments import EXPERIMENTS, headline
+    from rlhflab.toy.trainers import reduced_lab
+
+    torch.set_num_threads(1)
+    assert EXPERIMENTS["dense"] is dense
+    res = dense(tmp_path, seed=0, repeats=2, budgets=(1, 2), lab=reduced_lab(seed=0, steps=30))
+    assert (tmp_path / "dense.png").stat().st_size > 0
+    assert json.loads((tmp_path / "dense.json").read_text())["rows"] == res["rows"]
+    assert [r["iterations"] for r in res["rows"]] == [1, 2] and len(res["train_seeds"]) == 2
+    for name in ("sparse", "dense"):
+        assert len(res["traces"][name]) == 2 and all(len(t) == 3 and t[0] == 0.0 for t in res["traces"][name])
+        assert res["settings"][name]["dense_rewards"] is (name == "dense")
+    for check in res["exactness"].values():
+        assert check["return_error"] < 1e-12 and max(check["optimum_error"].values()) < 1e-12
+    line = headline("dense", res)
+    r = res["rows"][-1]
+    assert line.startswith("PPO gap closed sparse/dense (2 seeds, paired dense − sparse): 1 it ")
+    assert f"2 it {r['sparse_mean']:.3f}±{r['sparse_std']:.3f}/{r['dense_mean']:.3f}±" in line
+    assert "max |π*_β(R') − π*_β(R)| " in line and "nan" not in line

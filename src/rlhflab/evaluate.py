@@ -52,6 +52,7 @@ class PolicyEvaluation:
     proxy_rewards: list[float] | None
     kl_previous: float | None = None  # KL(π || π_previous) when evaluate_policy got ``previous``
     kl_previous_se: float | None = None
+    uncertainty: dict | None = None  # with a reward ensemble: ensemble_uncertainty_report's entry for this set
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -334,6 +335,55 @@ def reward_model_report(
             if oracle is None:
                 raise ConfigError(f"{name}_samples need an oracle to correlate R_phi with")
             report[name] = _correlations(reward_source, oracle, samples)
+    return report
+
+
+def ensemble_uncertainty_report(
+    ensemble, oracle: RewardSource, samples: dict[str, tuple[list[str], list[str]]]
+) -> dict:
+    """Does the members' disagreement flag where the ensemble is wrong (Section 8, Coste et al. 2023)?
+
+    For each named set of (contexts, outputs) samples (e.g. ``seen`` and ``unseen`` contexts): the
+    Spearman correlation between the disagreement s(c, o) = std_k R_k(c, o) (over the centred
+    members, :func:`rlhflab.ensemble.member_disagreement`) and the error |z(R̄)(c, o) − z(R*)(c, o)|
+    of the members' mean R̄. R_phi (centred log-odds) and R* (the oracle's own units) share no scale,
+    so each is standardised, z(x) = (x − mean) / std, over the samples of *all* sets pooled: one
+    affine map per reward, so that an error R̄ makes on a whole set (higher on unseen contexts, say)
+    still counts as error, which standardising each set alone would remove. A useful uncertainty
+    gives a positive correlation, and more disagreement on unseen contexts than on seen ones.
+    ``ensemble``: a :class:`rlhflab.ensemble.RewardEnsemble` (``load_reward_source(DIR).ensemble``).
+    Returns ``{set: {"n", "mean_disagreement", "mean_error", "spearman", "note"}}``."""
+    from scipy.stats import spearmanr
+
+    members = {name: ensemble.member_rewards(c, o).double() for name, (c, o) in samples.items()}
+    stars = {name: oracle(c, o).double() for name, (c, o) in samples.items()}
+    pooled_mean = torch.cat([m.mean(0) for m in members.values()])
+    pooled_star = torch.cat(list(stars.values()))
+    scales = [(x.mean(), x.std(unbiased=False)) for x in (pooled_mean, pooled_star)]
+    report = {}
+    for name, rewards in members.items():
+        disagreement = rewards.std(0, unbiased=False)
+        out = {
+            "n": int(rewards.shape[1]),
+            "mean_disagreement": float(disagreement.mean()),
+            "mean_error": None,
+            "spearman": None,
+            "note": None,
+        }
+        if any(scale == 0 for _, scale in scales):
+            out["note"] = "undefined: R_mean or the oracle is constant over the samples, nothing to standardise"
+            report[name] = out
+            continue
+        (mu, sd), (mu_star, sd_star) = scales
+        error = ((rewards.mean(0) - mu) / sd - (stars[name] - mu_star) / sd_star).abs()
+        out["mean_error"] = float(error.mean())
+        if len(error) < 3 or np.ptp(disagreement.numpy()) == 0 or np.ptp(error.numpy()) == 0:
+            out["note"] = "undefined: fewer than 3 samples, or the disagreement or the error is constant on them"
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out["spearman"] = float(spearmanr(disagreement.numpy(), error.numpy()).statistic)
+        report[name] = out
     return report
 
 

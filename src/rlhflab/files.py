@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlhflab.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -51,3 +53,16 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one metrics row (a log is append-only by nature; a torn last line is tolerated)."""
     with open(path, "a") as f:
         f.write(json.dumps(row, default=str) + "\n")
+
+
+def read_json_manifest(path: str | os.PathLike, expected_format: str) -> dict:
+    """A JSON object whose ``format`` field is ``expected_format`` (an ensemble's or a multi-head
+    reward model's description); anything else is a one-line ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        raise ConfigError(f"{path}: field 'format': expected '{expected_format}'")
+    return data

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import torch
 
+from rlhflab.composite import composite_reward, is_composite_spec
+from rlhflab.ensemble import is_ensemble, load_ensemble
 from rlhflab.errors import TrainingError
 from rlhflab.feedback.oracles import load_oracle, score_batch
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.scoring import score
+from rlhflab.reward_heads import is_reward_heads, load_reward_heads
 
 
 class RewardSource:
@@ -36,8 +39,25 @@ class RewardSource:
 
 def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size: int = 32) -> RewardSource:
     """``spec`` is a saved reward-model directory (or a registry name / hub id of one), an oracle
-    name (``sentiment``, ``brevity``) or ``package.module:function``."""
-    if Path(spec).is_dir():
+    name (``sentiment``, ``brevity``) or ``package.module:function``, or a composite of these
+    (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.composite`)."""
+    if is_composite_spec(spec):
+        return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size))
+    if Path(spec.partition("::")[0]).is_dir():
+        # An ensemble folder (ensemble.json), optionally DIR::OBJECTIVE: see rlhflab.ensemble.
+        path, sep, objective = spec.partition("::")
+        if is_reward_heads(path):  # DIR[::annotator=NAME], a head per annotator or (mu, sigma): rlhflab.reward_heads
+            heads = load_reward_heads(path, objective if sep else None, device, batch_size)
+            source = RewardSource(f"reward model {spec}", heads, is_model=True)
+            source.heads = heads  # for mean-variance heads, sigma of the last batch: source.heads.uncertainty_last
+            return source
+        if sep or is_ensemble(path):
+            ensemble = load_ensemble(
+                path, objective if sep else None, lambda p: load_reward_source(p, device, batch_size)
+            )
+            source = RewardSource(f"reward ensemble {path} ({ensemble.objective})", ensemble, is_model=True)
+            source.ensemble = ensemble  # its members' rewards, and their disagreement on the last batch
+            return source
         model, tokenizer = load_reward_model(spec)
         model.to(device).eval().requires_grad_(False)
         return RewardSource(

@@ -9,25 +9,27 @@ directly, optionally with an already loaded policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, option
+from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, default_run_dir, option, save_config
 from rlhflab.data import Demonstration, Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
 from rlhflab.decoding import best_of_n, rad_decode
+from rlhflab.ensemble import bootstrap_indices, centring_offset, feedback_completions, member_seed, write_manifest
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import evaluate_policy, reward_model_report
+from rlhflab.evaluate import ensemble_uncertainty_report, evaluate_policy, reward_model_report
 from rlhflab.feedback import annotators as ann
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_json
 from rlhflab.models import apply_lora, load_policy, load_reward_model
 from rlhflab.models.decoder_parts import context_length
+from rlhflab.reward_heads import annotator_names, num_outputs, training_manifest
 from rlhflab.rewards import load_reward_source
 from rlhflab.rollout import sample as sample_rollout
-from rlhflab.train.loop import train
+from rlhflab.train.loop import latest_checkpoint, train
 from rlhflab.train.offline import RewardAlgorithm, RewardConfig, SFTAlgorithm, SFTConfig, tokenize_demonstrations
 from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 from rlhflab.train.preference import PreferenceConfig, RankingConfig, train_preferences, train_rankings
@@ -89,6 +91,11 @@ class AnnotateConfig:
 
     samples: str | None = option(None, "Samples JSONL from `rlhflab sample` (prompt, completions).")
     oracle: str = option("sentiment", "Oracle R*: 'sentiment', 'brevity' or package.module:function.")
+    annotator_oracles: str | None = option(
+        None,
+        "An R* per pool member, comma-separated (e.g. sentiment,sentiment,brevity), as many as --annotators: "
+        "member i labels by oracle i, so the pool disagrees on what it wants (Section 5.1). Default: --oracle for all.",
+    )
     feedback: str = option("preference", "Feedback type to produce.", choices=FEEDBACK_KINDS)
     annotators: int = option(3, "Annotators in the pool (members differ in noise and position bias).")
     temperature: float = option(
@@ -104,13 +111,26 @@ class AnnotateConfig:
     def validate(self):
         if not self.samples:
             raise ConfigError("--samples is required (a file written by `rlhflab sample`)")
+        if self.annotator_oracles and len(self.annotator_oracles.split(",")) != self.annotators:
+            raise ConfigError(
+                f"--annotator_oracles names {len(self.annotator_oracles.split(','))} oracles for "
+                f"--annotators {self.annotators}; give one per annotator"
+            )
 
 
 def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
     samples = samples if samples is not None else read_records(cfg.samples, "samples")
     oracle = load_oracle(cfg.oracle)
+    member_oracles = None
+    if cfg.annotator_oracles:
+        member_oracles = [load_oracle(spec.strip()) for spec in cfg.annotator_oracles.split(",")]
     pool = ann.make_pool(
-        oracle, n=cfg.annotators, base_temperature=cfg.temperature, max_bias=cfg.bias, rating_noise=cfg.rating_noise
+        oracle,
+        n=cfg.annotators,
+        base_temperature=cfg.temperature,
+        max_bias=cfg.bias,
+        rating_noise=cfg.rating_noise,
+        member_oracles=member_oracles,
     )
     rng = np.random.default_rng(cfg.seed)
     prompts = [s.prompt for s in samples]
@@ -164,19 +184,21 @@ def split_heldout(records: list, fraction: float, seed: int) -> tuple[list, list
 
 
 def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samples_unseen=None) -> tuple[Path, dict]:
-    """Train a reward model and write ``reward_report.json`` (accuracy, calibration, oracle
-    correlation on seen/unseen contexts when ``oracle`` and samples are given)."""
+    """Train a reward model (``cfg.ensemble`` > 1: an ensemble of them, see :func:`reward_ensemble`)
+    and write ``reward_report.json`` (accuracy, calibration, oracle correlation on seen/unseen
+    contexts when ``oracle`` and samples are given; for an ensemble, of its default objective)."""
     if not cfg.data:
         raise ConfigError("--data is required (preferences, rankings or ratings)")
     records = read_records(cfg.data, cfg.feedback)
+    if cfg.per_annotator:
+        annotator_names(records)  # every record names its annotator, held-out ones too, before any training
     if cfg.feedback == "preference" and cfg.eval_data:
         train_records, heldout = records, read_records(cfg.eval_data, "preference")
     elif cfg.feedback == "preference":
         train_records, heldout = split_heldout(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, heldout = records, (read_records(cfg.eval_data, "preference") if cfg.eval_data else [])
-    model, tokenizer = load_reward_model(cfg.model, cfg.dtype)
-    run_dir = train(cfg, RewardAlgorithm(cfg, model, tokenizer, train_records))
+    run_dir = reward_ensemble(cfg, train_records) if cfg.ensemble > 1 else _train_reward_model(cfg, train_records)
     source = load_reward_source(str(run_dir / "reward_model"))
     report = {}
     if heldout or samples_seen is not None:
@@ -185,6 +207,47 @@ def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samp
         report["train_records"], report["heldout_records"] = len(train_records), len(heldout)
         write_json(run_dir / "reward_report.json", report)
     return run_dir, report
+
+
+def _train_reward_model(cfg: RewardConfig, records: list) -> Path:
+    # One output per annotator, or (mu, log sigma^2), else one; a record without an annotator fails here.
+    heads = training_manifest(cfg.per_annotator, cfg.distributional, records)
+    model, tokenizer = load_reward_model(cfg.model, cfg.dtype, num_labels=num_outputs(heads))
+    return train(cfg, RewardAlgorithm(cfg, model, tokenizer, records))
+
+
+def reward_ensemble(cfg: RewardConfig, records: list) -> Path:
+    """K = ``cfg.ensemble`` reward models on ``records``, each a run of the one loop in
+    ``OUT/member-KK`` with seed ``member_seed(cfg.seed, k)`` (and, with ``ensemble_data=bootstrap``,
+    on its own resample of the records); then each member's centring offset and the manifests
+    ``OUT/reward_model/ensemble.json`` and, last, ``OUT/ensemble.json`` (layout and centring:
+    :mod:`rlhflab.ensemble`). ``--resume OUT`` keeps finished members and resumes the others from
+    their checkpoints. Returns OUT."""
+    out = Path(cfg.resume or cfg.output_dir or default_run_dir("reward"))
+    if not cfg.resume:
+        save_config(cfg, out / "config.yaml")
+    contexts, outputs = feedback_completions(records, cfg.feedback)
+    members = []
+    for k in range(cfg.ensemble):
+        seed, member_dir = member_seed(cfg.seed, k), out / f"member-{k:02d}"
+        data = records
+        if cfg.ensemble_data == "bootstrap":
+            data = [records[i] for i in bootstrap_indices(len(records), seed)]
+        if not (member_dir / "reward_model").is_dir():  # a finished member is kept as it is
+            resume = str(member_dir) if latest_checkpoint(member_dir) else None
+            member_cfg = replace(cfg, ensemble=1, seed=seed, output_dir=str(member_dir), resume=resume)
+            torch.manual_seed(seed)  # the backbone's fresh scalar head is drawn from the global RNG
+            _train_reward_model(member_cfg, data)
+        # Regression on ratings fixes R_phi's level itself; preferences and rankings leave it free.
+        member_source = load_reward_source(str(member_dir / "reward_model"))
+        offset = 0.0 if cfg.feedback == "rating" else centring_offset(member_source, contexts, outputs)
+        members.append(
+            {"path": member_dir / "reward_model", "seed": seed, "offset": offset, "train_records": len(data)}
+        )
+    info = {"feedback": cfg.feedback, "ensemble_data": cfg.ensemble_data, "centred_on": len(outputs)}
+    for directory in (out / "reward_model", out):  # OUT/ensemble.json last: its presence means finished
+        write_manifest(directory, members, cfg.ensemble_objective, **info)
+    return out
 
 
 def policy_optimization(
@@ -224,7 +287,11 @@ class EvalConfig(SamplingOptions, PromptOptions, PolicyOptions):
     unseen_prompts: str | None = option("unseen", "Unseen (out-of-distribution) prompts: 'unseen', a file, or none.")
     reference: str | None = option(None, "Reference policy for KL(pi || pi_ref) (none: KL not reported).")
     oracle: str | None = option("sentiment", "Oracle R* for J.")
-    reward_model: str | None = option(None, "Reward model directory (or reward source) for J_hat.")
+    reward_model: str | None = option(
+        None,
+        "Reward model directory (or reward source) for J_hat. An ensemble (DIR[::objective]) also reports, "
+        "per context set, how well its members' disagreement tracks its error against the oracle (uncertainty).",
+    )
     num_samples: int = option(1, "Completions per prompt.")
     seed: int = option(0, "Random seed.")
     output: str | None = option(None, "Write the evaluation JSON here.")
@@ -260,6 +327,11 @@ def evaluate(
             batch_size=cfg.generation_batch_size,
             truncate=cfg.truncate,
         )
+    ensemble = getattr(reward_source, "ensemble", None)
+    if ensemble is not None and oracle_source is not None and results:
+        samples = {name: (ev.contexts, ev.texts) for name, ev in results.items()}
+        for name, entry in ensemble_uncertainty_report(ensemble, oracle_source, samples).items():
+            results[name].uncertainty = entry
     if cfg.output:
         write_json(cfg.output, {k: v.to_dict() for k, v in results.items()})
     return results

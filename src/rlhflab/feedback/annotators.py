@@ -188,6 +188,7 @@ def make_pool(
     max_bias: float = 0.1,
     rating_noise: float = 0.1,
     reward_scale: tuple[float, float] = (-1.0, 1.0),
+    member_oracles: Sequence[Callable[[str, str], float]] | None = None,
 ) -> AnnotatorPool:
     """A pool of ``n`` equally weighted annotators sharing R* but not their behaviour.
 
@@ -195,14 +196,20 @@ def make_pool(
     and a position bias spread evenly over [−max_bias, +max_bias] (0 for a single member), so the
     pool disagrees with itself the way real annotators do. The defaults suit rewards in [−1, 1]
     such as the sentiment oracle, whose typical gaps are 0.1–1.
+
+    ``member_oracles``: member i's own R* (``n`` of them) in place of the shared ``oracle``, so the
+    members want different things, not only label with different noise: the pool whose preferences
+    one scalar reward model cannot represent (Section 5.1).
     """
     if n < 1:
         raise ConfigError(f"a pool needs n >= 1 annotators, got {n}")
+    if member_oracles is not None and len(member_oracles) != n:
+        raise ConfigError(f"{len(member_oracles)} member oracles for a pool of {n} annotators; give one per member")
     biases = np.linspace(-max_bias, max_bias, n) if n > 1 else [0.0]
     members = [
         SimulatedAnnotator(
             name=f"annotator-{i}",
-            oracle=oracle,
+            oracle=oracle if member_oracles is None else member_oracles[i],
             temperature=base_temperature * 2**i,
             bias=float(biases[i]),
             rating_noise=rating_noise,

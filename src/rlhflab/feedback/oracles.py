@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Callable, Sequence
 
 from rlhflab.errors import ConfigError, TrainingError
@@ -48,25 +49,67 @@ def keyword_oracle(word: str) -> Oracle:
     return oracle
 
 
-BUILTIN_ORACLES: dict[str, Oracle] = {"sentiment": sentiment_oracle, "brevity": brevity_oracle}
+# ---- rule rewards: cheap programmatic objectives to weigh against a learned reward (rlhflab.composite)
+def length_oracle(context: str, output: str) -> float:
+    """Minus the output's length in words: a rule reward that favours shorter outputs."""
+    return -float(len(output.split()))
+
+
+def length_target_oracle(target: str) -> Oracle:
+    """Minus the distance in words to a target length N: -|n_words - N| (``length:N``)."""
+    if not target.isdigit():
+        raise ConfigError(f"oracle 'length:{target}': the target must be a whole number of words")
+    n_target = int(target)
+
+    def oracle(context: str, output: str) -> float:
+        return -float(abs(len(output.split()) - n_target))
+
+    oracle.__name__ = f"length_oracle[{n_target}]"
+    return oracle
+
+
+def regex_oracle(pattern: str) -> Oracle:
+    """An R* in {0, 1}: 1 when the regular expression matches anywhere in the output (``re.search``;
+    anchor it with ``^...$`` to require a whole-output match)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"oracle 'regex:{pattern}': invalid regular expression ({e})") from None
+
+    def oracle(context: str, output: str) -> float:
+        return 1.0 if compiled.search(output) else 0.0
+
+    oracle.__name__ = f"regex_oracle[{pattern}]"
+    return oracle
+
+
+BUILTIN_ORACLES: dict[str, Oracle] = {"sentiment": sentiment_oracle, "brevity": brevity_oracle, "length": length_oracle}
+# ``NAME:ARGUMENT`` oracles, each built from its argument.
+PARAMETRISED_ORACLES: dict[str, Callable[[str], Oracle]] = {
+    "keyword": keyword_oracle,
+    "length": length_target_oracle,
+    "regex": regex_oracle,
+}
 
 
 def load_oracle(spec) -> Oracle:
-    """Resolve an oracle: ``"sentiment"``, ``"brevity"``, ``"keyword:WORD"``, ``"package.module:function"``,
-    or a callable (returned as it is)."""
+    """Resolve an oracle: ``"sentiment"``, ``"brevity"``, ``"length"``, ``"length:N"``, ``"keyword:WORD"``,
+    ``"regex:PATTERN"``, ``"package.module:function"``, or a callable (returned as it is)."""
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"oracle must be a name or 'package.module:function', got {spec!r}")
     if spec in BUILTIN_ORACLES:
         return BUILTIN_ORACLES[spec]
-    if spec.startswith("keyword:") and spec[len("keyword:") :]:
-        return keyword_oracle(spec[len("keyword:") :])
     module_name, sep, attr = spec.partition(":")
+    if module_name in PARAMETRISED_ORACLES:
+        if not attr:
+            raise ConfigError(f"oracle {spec!r}: nothing after '{module_name}:'")
+        return PARAMETRISED_ORACLES[module_name](attr)
     if not sep or not module_name or not attr:
         raise ConfigError(
-            f"unknown oracle {spec!r}; use one of {', '.join(BUILTIN_ORACLES)}, 'keyword:WORD' "
-            "or 'package.module:function'"
+            f"unknown oracle {spec!r}; use one of {', '.join(BUILTIN_ORACLES)}, 'length:N', 'keyword:WORD', "
+            "'regex:PATTERN', 'package.module:function' or a composite such as '0.7*sentiment + 0.3*brevity'"
         )
     try:
         module = importlib.import_module(module_name)

@@ -1,12 +1,13 @@
 """Losses as pure functions of tensors; each docstring cites its equation."""
 
-from rlhflab.losses.common import masked_mean, masked_sum, masked_whiten
+from rlhflab.losses.common import RunningMoments, masked_mean, masked_sum, masked_whiten
 from rlhflab.losses.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhflab.losses.policy_gradient import (
     entropy_from_logits,
     gae_advantages,
     grpo_advantages,
     policy_gradient_loss,
+    potential_shaped_rewards,
     ppo_clip_loss,
     reinforce_advantages,
     rloo_advantages,
@@ -14,12 +15,19 @@ from rlhflab.losses.policy_gradient import (
     value_loss,
 )
 from rlhflab.losses.preference import dpo_loss, ipo_loss, pro_loss, robust_dpo_loss, rrhf_loss, slic_loss
-from rlhflab.losses.reward import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss, regression_loss
+from rlhflab.losses.reward import (
+    bradley_terry_loss,
+    mean_variance_bradley_terry_loss,
+    pairwise_accuracy,
+    plackett_luce_loss,
+    regression_loss,
+)
 from rlhflab.losses.sft import sft_loss
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "RunningMoments",
     "bradley_terry_loss",
     "dpo_loss",
     "entropy_from_logits",
@@ -30,9 +38,11 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "mean_variance_bradley_terry_loss",
     "pairwise_accuracy",
     "plackett_luce_loss",
     "policy_gradient_loss",
+    "potential_shaped_rewards",
     "ppo_clip_loss",
     "pro_loss",
     "regression_loss",

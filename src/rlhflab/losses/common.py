@@ -1,4 +1,7 @@
-"""Masked reductions shared by the losses. Masks are bool or 0/1 float, right-padded."""
+"""Masked reductions shared by the losses (masks are bool or 0/1 float, right-padded), and running
+moments for standardising a stream of values."""
+
+import math
 
 import torch
 from torch import Tensor
@@ -39,3 +42,33 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.to(torch.bool), whitened, torch.zeros_like(whitened))
+
+
+class RunningMoments:
+    """Mean and population std of every value seen so far, updated one batch at a time: Welford's
+    update in the parallel form of Chan et al. (1979), merging a batch of n values with mean m_b and
+    variance v_b into (count N, mean mu, sum of squared deviations M2) as
+
+        delta = m_b - mu,  mu += delta * n / (N + n),  M2 += n * v_b + delta^2 * N * n / (N + n).
+
+    ``std`` is sqrt(M2 / N), or 1 until two values are seen. Checkpointable (``state_dict``)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += var * n + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state_dict(self):
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, s):
+        self.count, self.mean, self.m2 = s["count"], s["mean"], s["m2"]

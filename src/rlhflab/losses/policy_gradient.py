@@ -156,3 +156,30 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     logp = torch.log_softmax(logits, dim=-1)
     logp = logp.masked_fill(torch.isneginf(logp), 0.0)
     return -(torch.exp(logp) * logp).sum(-1)
+
+
+def potential_shaped_rewards(potentials: Tensor, final_rewards: Tensor, lengths: Tensor) -> Tensor:
+    """Dense per-token rewards by potential-based shaping (Ng et al. 1999), for the sparse-reward
+    problem of Section 5.1 ("Delayed feedback and reward sparsity"): the base reward is R(c, o) at
+    the last token and 0 elsewhere; the shaping term F(s_k, s_{k+1}) = Φ(s_{k+1}) − Φ(s_k) (γ = 1),
+    with Φ(s_k) the potential of the state after k tokens and Φ = 0 at the terminal state, gives
+
+        r'_k = Φ_{k+1} − Φ_k   (k < n − 1),        r'_{n−1} = R(c, o) − Φ_{n−1},
+
+    whose sum over the n tokens is R(c, o) − Φ_0: the return moves by a per-context constant, so the
+    KL-regularised optimum π* ∝ π_ref·exp(R/β) (Eq. 17) is unchanged while each token is credited
+    with the change in potential it caused.
+
+    potentials: (B, T) Φ_k for k = 0 … T − 1 (entries past a row's length are ignored);
+    final_rewards: (B,) R(c, o); lengths: (B,) tokens n ≥ 1 of each completion. Returns (B, T),
+    zero past each row's length."""
+    B, T = potentials.shape
+    if final_rewards.shape != (B,) or lengths.shape != (B,):
+        raise ValueError(f"shapes {tuple(potentials.shape)}, {tuple(final_rewards.shape)}, {tuple(lengths.shape)}")
+    positions = torch.arange(T, device=potentials.device)
+    next_potential = torch.cat([potentials[:, 1:], potentials.new_zeros(B, 1)], dim=1)
+    last = positions[None, :] == (lengths[:, None] - 1)
+    # the terminal state's potential is 0 and the base reward arrives with the last token
+    next_potential = torch.where(last, final_rewards[:, None].to(potentials.dtype), next_potential)
+    inside = positions[None, :] < lengths[:, None]
+    return torch.where(inside, next_potential - potentials, torch.zeros_like(potentials))

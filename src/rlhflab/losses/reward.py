@@ -1,4 +1,7 @@
-"""Reward-model losses: regression (Eq. 7), Bradley-Terry (Eq. 8-11), Plackett-Luce rankings."""
+"""Reward-model losses: regression (Eq. 7), Bradley-Terry (Eq. 8-11), mean-variance Bradley-Terry
+(a distribution of rewards per output, Section 5.1), Plackett-Luce rankings."""
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,33 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin:
     if margin is not None:
         check_same_shape(chosen_rewards=chosen_rewards, margin=margin)
         logits = logits - margin
+    return -F.logsigmoid(logits).mean()
+
+
+def mean_variance_bradley_terry_loss(
+    chosen_mean: Tensor, chosen_log_variance: Tensor, rejected_mean: Tensor, rejected_log_variance: Tensor
+) -> Tensor:
+    """Negative log-likelihood of preferences when each output's reward is a distribution,
+    R(c, o) ~ N(μ, σ²), compared by Bradley-Terry (Eq. 10) on the drawn rewards:
+
+        P(o ≻ o' | c) = E[σ(R − R')] ≈ σ((μ − μ') / sqrt(1 + (π/8)(σ² + σ'²)))
+
+    since R − R' ~ N(μ − μ', σ² + σ'²) and ∫ σ(a) N(a | m, s²) da ≈ σ(m / sqrt(1 + π s²/8)), the
+    probit approximation of Bishop (2006), Eqs. 4.153-4.154. Where annotators disagree about a pair,
+    the likelihood favours a larger σ² over a smaller gap of μ, so σ carries the spread of
+    preferences that one scalar reward marginalises away (Section 5.1). With σ² = σ'² = 0 this is
+    Eq. 11; the loss is the mean over pairs of −log P.
+
+    All four: (B,); variances as log σ² (any real number, so a network's raw output can be used).
+    """
+    check_same_shape(
+        chosen_mean=chosen_mean,
+        chosen_log_variance=chosen_log_variance,
+        rejected_mean=rejected_mean,
+        rejected_log_variance=rejected_log_variance,
+    )
+    variance = chosen_log_variance.exp() + rejected_log_variance.exp()
+    logits = (chosen_mean - rejected_mean) / torch.sqrt(1 + (math.pi / 8) * variance)
     return -F.logsigmoid(logits).mean()
 
 

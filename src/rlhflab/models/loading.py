@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rlhflab.errors import ConfigError
-from rlhflab.files import atomic_path
+from rlhflab.files import atomic_path, write_json
 from rlhflab.models.registry import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,8 +68,10 @@ def load_policy(name_or_path: str, dtype: str | torch.dtype = "float32"):
     return disable_dropout(model), tokenizer
 
 
-def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32"):
-    """Load a reward model R_phi: any transformer backbone with a scalar head (one label).
+def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32", num_labels: int = 1):
+    """Load a reward model R_phi: any transformer backbone with a scalar head (one label), or with
+    ``num_labels`` outputs on the one backbone (per-annotator or mean-variance heads, see
+    :mod:`rlhflab.reward_heads`).
 
     A plain backbone (e.g. ``minilm-l6``) gets a freshly initialised head; a saved reward model
     loads whole.
@@ -77,7 +79,9 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32"):
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(name_or_path, padding_side="right")
-    model = _from_pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=1, dtype=_dtype(dtype))
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, name_or_path, num_labels=num_labels, dtype=_dtype(dtype)
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return disable_dropout(model), tokenizer
@@ -102,9 +106,10 @@ def apply_lora(model, config):
     return get_peft_model(model, lora)
 
 
-def save_model(model, tokenizer, path: str, merge_lora: bool = True) -> None:
+def save_model(model, tokenizer, path: str, merge_lora: bool = True, extra_json: dict | None = None) -> None:
     """``save_pretrained`` model and tokenizer atomically. LoRA adapters are merged so the result
-    loads with plain ``from_pretrained``."""
+    loads with plain ``from_pretrained``. ``extra_json``: {file name: object} written into the
+    folder before it is renamed into place, so a reader never sees the weights without them."""
     if merge_lora and hasattr(model, "merge_and_unload"):
         import copy
 
@@ -112,3 +117,5 @@ def save_model(model, tokenizer, path: str, merge_lora: bool = True) -> None:
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            write_json(tmp / name, obj)

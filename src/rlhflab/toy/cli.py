@@ -9,7 +9,19 @@ import torch
 
 from rlhflab.toy import experiments
 
-CHOICES = ("export", "coverage", "beta", "overopt", "sft-vs-pg", "annotators", "iterated", "trainers", "report")
+CHOICES = (
+    "export",
+    "coverage",
+    "beta",
+    "overopt",
+    "sft-vs-pg",
+    "annotators",
+    "iterated",
+    "trainers",
+    "ensemble",
+    "dense",
+    "report",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from rlhflab.ensemble import Objective, bootstrap_indices, ensemble_reward, member_disagreement, member_seed
 from rlhflab.files import write_text
 from rlhflab.losses import bradley_terry_loss, policy_gradient_loss, reinforce_advantages, sft_loss
+from rlhflab.toy.dense import dense
 from rlhflab.toy.exact import (
     best_of_n,
     export_instance,
@@ -893,6 +895,203 @@ def iterated(
     return finish(run_dir, "iterated", payload, fig, started)
 
 
+# ---------------------------------------------------------------------------------------------
+# Reward-model ensembles against over-optimisation (Sections 7.5, 7.7; Coste et al. 2023).
+
+ENSEMBLE_DATA = ("seeds", "bootstrap")
+
+
+def _bootstrap_preferences(prefs: Preferences, seed: int) -> Preferences:
+    index = torch.tensor(bootstrap_indices(len(prefs.context), seed))
+    return Preferences(prefs.context[index], prefs.chosen[index], prefs.rejected[index])
+
+
+def _centred_per_context(instance: ToyInstance, table: torch.Tensor) -> torch.Tensor:
+    """R(c, o) − E_{o'~π_ref(·|c)} R(c, o'). Eq. 11 compares outputs of one context, so each member is
+    free up to a shift per context; here π_ref is known on every context, so that shift is removed
+    exactly (the product, which cannot sample every context it will score, removes a global one)."""
+    return table - (instance.require_reference() * table).sum(-1, keepdim=True)
+
+
+def _optimisation_curves(instance: ToyInstance, reward: torch.Tensor, ns, kl_coefs) -> dict:
+    """J under R*, Ĵ under ``reward`` and KL to π_ref, of best-of-n selecting by ``reward`` (exact) for
+    each n, and of π ∝ π_ref·exp(reward/β) (Eq. 17) for each β."""
+    reference, oracle, d = instance.require_reference(), instance.oracle_reward, instance.context_dist
+    bon = [best_of_n(instance, n, reward=reward) for n in ns]
+    paths = [kl_regularised_optimum(reference, reward, beta) for beta in kl_coefs]
+    return {
+        "best_of_n": [{"J": b["J"], "J_hat": b["J_hat"], "KL": b["KL"]} for b in bon],
+        "kl_path": [
+            {"J": performance(p, oracle, d), "J_hat": performance(p, reward, d), "KL": kl_divergence(p, reference, d)}
+            for p in paths
+        ],
+    }
+
+
+def ensemble(
+    run_dir,
+    seed: int = 0,
+    members: int = 4,
+    output_coverage: float = 0.1,
+    pairs_per_context: int = 128,
+    uncertainty_coef: float = 1.0,
+    repeats: int = 3,
+    max_n: int = 256,
+    kl_coefs=None,
+    matched_kls=(1.0, 2.0, 3.0),
+) -> dict:
+    """Does a reward-model ensemble delay over-optimisation (Coste et al. 2023)?
+
+    Per repeat: one feedback set on the seen contexts (κ = 1/2, a fraction ρ of π_ref's outputs,
+    ``pairs_per_context`` pairs labelled from R*, Eq. 8); a single R_phi fitted to it (Eq. 11), and K =
+    ``members`` more fitted to the same pairs with their own seeds ("seeds") or each to its own
+    bootstrap resample of them ("bootstrap"); every member centred per context under π_ref. Each
+    ensemble is combined by mean, WCO (min over members) and UWO (mean − λ·variance, λ =
+    ``uncertainty_coef``; :func:`rlhflab.ensemble.ensemble_reward`). Every reward is then optimised two
+    exact ways: best-of-n from π_ref selecting by it (n = 1, 2, 4, …, ``max_n``) and the KL-regularised
+    optimum π ∝ π_ref·exp(R/β) (Eq. 17) along ``kl_coefs``; J under R*, Ĵ under the reward optimised,
+    KL to π_ref. A rising J that falls again as KL grows is over-optimisation; a conservative ensemble
+    should flatten or delay the fall. Mean ± std over ``repeats`` feedback draws; all variants of a
+    repeat share its feedback (common random numbers), so each is also compared with the single model
+    paired, at the same KL (``matched_kls``, within reach of every curve: best-of-256 reaches KL ≈ 3.8).
+    Also: the members' disagreement (std over members) under π_ref on seen and unseen contexts.
+
+    Defaults: ρ = 0.1 and 128 pairs per seen context, as in the iterated experiment: a single R_phi
+    there gains on R* at first and loses it again along the Eq. 17 path. K = 4 (Coste et al. find
+    4–5 members enough); λ = 1 as in the product, so large-magnitude members are penalised hard.
+    """
+    import numpy as np
+
+    started = time.perf_counter()
+    instance = lab_instance(seed)
+    reference, oracle, d = instance.require_reference(), instance.oracle_reward, instance.context_dist
+    ns = [2**i for i in range(int(math.log2(max_n)) + 1)]
+    kl_coefs = kl_coefs or torch.logspace(1, -2.5, 15).tolist()
+    objectives = {"mean": Objective("mean"), "wco": Objective("wco"), "uwo": Objective("uwo", uncertainty_coef)}
+    runs: dict[str, list[dict]] = {}  # variant → one curves dict per repeat
+    disagreement = {data: {"seen": [], "unseen": []} for data in ENSEMBLE_DATA}
+    for rep in range(repeats):
+        rep_seed = 1000 * seed + 17 * rep + 7
+        prefs = _seen_context_preferences(
+            instance, output_coverage, pairs_per_context, torch.Generator().manual_seed(rep_seed)
+        )
+        single = _centred_per_context(instance, fit_reward_model(instance, prefs, rep_seed))
+        rewards = {"single": single}
+        for data in ENSEMBLE_DATA:
+            tables = []
+            for k in range(members):
+                k_seed = member_seed(rep_seed, k)
+                k_prefs = _bootstrap_preferences(prefs, k_seed) if data == "bootstrap" else prefs
+                tables.append(_centred_per_context(instance, fit_reward_model(instance, k_prefs, k_seed)))
+            stacked = torch.stack(tables)  # (K, C, O)
+            spread = (reference * member_disagreement(stacked)).sum(-1)  # E_{π_ref} of the members' std, (C,)
+            for where, mask in (("seen", instance.seen), ("unseen", ~instance.seen)):
+                disagreement[data][where].append(float((d[mask] * spread[mask]).sum() / d[mask].sum()))
+            for name, objective in objectives.items():
+                rewards[f"{data}/{name}"] = ensemble_reward(stacked, objective)
+        for variant, reward in rewards.items():
+            runs.setdefault(variant, []).append(_optimisation_curves(instance, reward, ns, kl_coefs))
+
+    def band(variant: str, curve: str, key: str) -> list[tuple[float, float]]:
+        return [_mean_std([rep[curve][i][key] for rep in runs[variant]]) for i in range(len(runs[variant][0][curve]))]
+
+    def J_at(rep_curve: list[dict], kl: float) -> float:
+        """J where the curve's KL is ``kl`` (linear between its points; KL grows along both curves),
+        so that rewards are compared at the same distance from π_ref; NaN beyond the curve's reach."""
+        kls, js = [p["KL"] for p in rep_curve], [p["J"] for p in rep_curve]
+        return float(np.interp(kl, kls, js)) if kls[0] <= kl <= kls[-1] else math.nan
+
+    def peak(variant: str, curve: str) -> dict:
+        """Per repeat: the highest J along the curve, the KL where it is reached, J at the curve's end,
+        and J at each KL of ``matched_kls`` beside its paired difference to the single model's."""
+        reps = runs[variant]
+        best = [max(rep[curve], key=lambda p: p["J"]) for rep in reps]
+        matched = []
+        for kl in matched_kls:
+            js = [J_at(rep[curve], kl) for rep in reps]
+            diffs = [j - J_at(one[curve], kl) for j, one in zip(js, runs["single"])]
+            row = {"KL": kl}
+            row["J_mean"], row["J_std"] = _mean_std(js)
+            row["vs_single_mean"], row["vs_single_std"] = _mean_std(diffs)
+            matched.append(row)
+        out = {"J_at_KL": matched}
+        for key, values in (
+            ("J_peak", [b["J"] for b in best]),
+            ("KL_at_peak", [b["KL"] for b in best]),
+            ("J_end", [rep[curve][-1]["J"] for rep in reps]),
+            ("KL_end", [rep[curve][-1]["KL"] for rep in reps]),
+            ("J_drop", [b["J"] - rep[curve][-1]["J"] for b, rep in zip(best, reps)]),
+        ):
+            out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
+        return out
+
+    curves, summary = {}, {}
+    for variant in runs:
+        curves[variant] = {}
+        for curve, xs in (("best_of_n", [{"n": n} for n in ns]), ("kl_path", [{"kl_coef": b} for b in kl_coefs])):
+            points = [dict(x) for x in xs]
+            for key in ("J", "J_hat", "KL"):
+                for point, (m, sd) in zip(points, band(variant, curve, key)):
+                    point[f"{key}_mean"], point[f"{key}_std"] = m, sd
+            curves[variant][curve] = points
+        summary[variant] = {curve: peak(variant, curve) for curve in ("best_of_n", "kl_path")}
+    J_ref = performance(reference, oracle, d)
+    J_opt = performance(kl_regularised_optimum(reference, oracle, kl_coefs[-1]), oracle, d)
+
+    plt = pyplot()
+    fig, axes = plt.subplots(len(ENSEMBLE_DATA), 2, figsize=(12, 4.2 * len(ENSEMBLE_DATA)), squeeze=False)
+    for row, data in zip(axes, ENSEMBLE_DATA):
+        for ax, curve, title in (
+            (row[0], "best_of_n", f"best-of-n (exact), n = 1 … {max_n}"),
+            (row[1], "kl_path", f"π ∝ π_ref·exp(R/β) (Eq. 17), β = {kl_coefs[0]:.3g} … {kl_coefs[-1]:.3g}"),
+        ):
+            for variant in ("single", *(f"{data}/{name}" for name in objectives)):
+                pts = curves[variant][curve]
+                kl = [p["KL_mean"] for p in pts]
+                bars = ax.errorbar(
+                    kl,
+                    [p["J_mean"] for p in pts],
+                    yerr=[p["J_std"] for p in pts],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=f"J (R*), {variant}",
+                )
+                ax.plot(kl, [p["J_hat_mean"] for p in pts], ls=":", color=bars[0].get_color(), lw=1)
+            ax.axhline(J_ref, color="gray", ls=":", lw=0.8, label=f"J(π_ref) = {J_ref:.3f}")
+            ax.set_xlabel("KL(π‖π_ref)")
+            ax.set_title(f"{title}; members: {data}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        f"reward-model ensembles, K={members}, ρ={output_coverage}, {pairs_per_context} pairs/seen context, "
+        f"UWO λ={uncertainty_coef}, {repeats} repeats; solid: J under R* (mean ± std), dotted: Ĵ under the reward optimised",
+        fontsize=10,
+    )
+    payload = {
+        "experiment": "ensemble",
+        "seed": seed,
+        "members": members,
+        "output_coverage": output_coverage,
+        "context_coverage": float(instance.seen.double().mean()),
+        "pairs_per_context": pairs_per_context,
+        "uncertainty_coef": uncertainty_coef,
+        "repeats": repeats,
+        "ns": ns,
+        "kl_coefs": kl_coefs,
+        "J_ref": J_ref,
+        "J_opt_at_min_kl_coef": J_opt,
+        "curves": curves,
+        "summary": summary,
+        "disagreement_under_ref": {
+            data: {where: dict(zip(("mean", "std"), _mean_std(v))) for where, v in by.items()}
+            for data, by in disagreement.items()
+        },
+        "note": "members centred per context under π_ref; 'single' is one model on the full feedback; J_drop is "
+        "the peak J minus J at the end of the curve (largest n / smallest β), per repeat.",
+    }
+    return finish(run_dir, "ensemble", payload, fig, started)
+
+
 def trainers(run_dir, seed: int = 0) -> dict:
     """Every trainer of rlhflab.train against the closed-form optimum (see rlhflab.toy.trainers)."""
     return trainers_experiment(run_dir, seed=seed)
@@ -906,6 +1105,8 @@ EXPERIMENTS = {
     "annotators": annotators,
     "iterated": iterated,
     "trainers": trainers,
+    "ensemble": ensemble,
+    "dense": dense,
 }
 
 
@@ -978,6 +1179,45 @@ def headline(name: str, res: dict) -> str:
             + ", ".join(f"{short[v]} {r['J_mean']:.3f}±{r['J_std']:.3f}" for v, r in finals.items())
             + f" (moved ref KL to π_ref {finals['iterated_moved_ref']['KL_ref_mean']:.2f} vs "
             f"{finals['iterated_fixed_ref']['KL_ref_mean']:.2f} fixed); J(π*) {res['J_opt']:.3f}, J(π_ref) {res['J_ref']:.3f}"
+        )
+    if name == "ensemble":
+        kl = res["summary"]["single"]["best_of_n"]["J_at_KL"][-1]["KL"]
+
+        def at(variant: str, curve: str) -> dict:
+            return res["summary"][variant][curve]["J_at_KL"][-1]
+
+        parts = []
+        for curve, label in (("best_of_n", "BoN"), ("kl_path", "Eq.17")):
+            diffs = "; ".join(
+                f"{data} "
+                + " ".join(
+                    f"{name} {at(f'{data}/{name}', curve)['vs_single_mean']:+.3f}±{at(f'{data}/{name}', curve)['vs_single_std']:.3f}"
+                    for name in ("mean", "wco", "uwo")
+                )
+                for data in ENSEMBLE_DATA
+            )
+            parts.append(f"{label}: single {at('single', curve)['J_mean']:.3f}, ensemble − single: {diffs}")
+        spread = res["disagreement_under_ref"]
+        return (
+            f"J at KL={kl:g} (K={res['members']}, ρ={res['output_coverage']}, {res['repeats']} repeats, paired): "
+            + " | ".join(parts)
+            + " | member std unseen/seen: "
+            + ", ".join(
+                f"{data} {spread[data]['unseen']['mean']:.3f}/{spread[data]['seen']['mean']:.3f}" for data in spread
+            )
+            + f" (J_ref {res['J_ref']:.3f})"
+        )
+    if name == "dense":
+        checks = res["exactness"].values()
+        return (
+            f"PPO gap closed sparse/dense ({res['repeats']} seeds, paired dense − sparse): "
+            + ", ".join(
+                f"{r['iterations']} it {r['sparse_mean']:.3f}±{r['sparse_std']:.3f}/{r['dense_mean']:.3f}±"
+                f"{r['dense_std']:.3f} ({r['dense_minus_sparse_mean']:+.3f}±{r['dense_minus_sparse_std']:.3f})"
+                for r in res["rows"]
+            )
+            + f"; exact: max |R' − (R − Φ(c,∅))| {max(c['return_error'] for c in checks):.0e}, "
+            f"max |π*_β(R') − π*_β(R)| {max(max(c['optimum_error'].values()) for c in checks):.0e}"
         )
     if name == "trainers":
         return "gap closed: " + ", ".join(

@@ -15,11 +15,20 @@ import torch
 
 from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
+from rlhflab.ensemble import parse_objective
 from rlhflab.errors import ConfigError, DataError
-from rlhflab.losses import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss, regression_loss, sft_loss
+from rlhflab.losses import (
+    bradley_terry_loss,
+    mean_variance_bradley_terry_loss,
+    pairwise_accuracy,
+    plackett_luce_loss,
+    regression_loss,
+    sft_loss,
+)
 from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
+from rlhflab.reward_heads import MANIFEST, num_outputs, training_manifest
 from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
 from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
@@ -180,6 +189,17 @@ class RewardConfig(TrainConfig):
     )
     eval_fraction: float = option(0.1, "Fraction of --data held out when --eval_data is not given.")
     use_margin: bool = option(False, "Use the 'margin' column in the Bradley-Terry loss (Touvron et al. 2023).")
+    per_annotator: bool = option(
+        False,
+        "One scalar head per annotator on the shared backbone, each pair's Bradley-Terry logit from its "
+        "annotator's head (records need 'annotator'); --reward DIR is the heads' mean, DIR::annotator=NAME "
+        "one head (see rlhflab.reward_heads).",
+    )
+    distributional: bool = option(
+        False,
+        "Mean-variance Bradley-Terry: each output's reward is N(mu, sigma^2), both predicted "
+        "(losses.mean_variance_bradley_terry_loss); --reward DIR gives mu.",
+    )
     learning_rate: float = option(5e-5, "Peak learning rate of AdamW.")
     num_epochs: float = option(2.0, "Passes over the training data.")
     batch_size: int = option(16, "Feedback records per optimiser step across all processes.")
@@ -188,6 +208,36 @@ class RewardConfig(TrainConfig):
         "Keep a prompt's preference pairs in one batch, so each completion is scored once for all "
         "its pairs (Ouyang et al. 2022: k completions cost k forwards, not k(k-1)); False: pairs shuffled alone.",
     )
+    ensemble: int = option(
+        1,
+        "Reward models to train: K > 1 trains an ensemble (Coste et al. 2023) into OUT/member-00 ... and "
+        "writes OUT/ensemble.json; --reward OUT[::mean|wco|uwo[:LAMBDA]] loads it (see rlhflab.ensemble).",
+    )
+    ensemble_data: str = option(
+        "seeds",
+        "What ensemble members differ in: 'seeds' (same records, own seed: head initialisation and order) or "
+        "'bootstrap' (each also on its own seeded resample of the records, with replacement).",
+        choices=["seeds", "bootstrap"],
+    )
+    ensemble_objective: str = option(
+        "mean", "The ensemble's default objective when a spec names none: mean, wco, uwo or uwo:LAMBDA."
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble must be at least 1, got {self.ensemble}")
+        if self.ensemble_data not in ("seeds", "bootstrap"):
+            raise ConfigError(f"ensemble_data must be 'seeds' or 'bootstrap', got '{self.ensemble_data}'")
+        parse_objective(self.ensemble_objective, "--ensemble_objective")
+        if self.per_annotator and self.distributional:
+            raise ConfigError("per_annotator and distributional cannot be combined; choose one")
+        if (self.per_annotator or self.distributional) and self.feedback != "preference":
+            raise ConfigError(
+                "per_annotator and distributional train on preference feedback only (--feedback preference)"
+            )
+        if self.distributional and self.use_margin:
+            raise ConfigError("use_margin has no meaning in the mean-variance loss; drop it or --distributional")
 
 
 class RewardAlgorithm(OfflineAlgorithm):
@@ -206,6 +256,17 @@ class RewardAlgorithm(OfflineAlgorithm):
         super().__init__(config, model, tokenizer, len(records), groups)
         self.records = list(records)
         self.share_prompts = supports_shared_prompt(model, tokenizer)
+        # Several outputs per (c, o): one per annotator, or (mu, log sigma^2); see rlhflab.reward_heads.
+        self.heads = training_manifest(config.per_annotator, config.distributional, self.records)
+        if model.config.num_labels != num_outputs(self.heads):
+            raise ConfigError(
+                f"the reward model has {model.config.num_labels} output(s), this run needs {num_outputs(self.heads)} "
+                "(load it with load_reward_model(..., num_labels=rlhflab.reward_heads.num_outputs(...)))"
+            )
+        self.head_of = None
+        if config.per_annotator:
+            index = {name: a for a, name in enumerate(self.heads["annotators"])}
+            self.head_of = [index[r.annotator] for r in self.records]
 
     def _rewards(self, contexts, outputs, group_size: int = 1):
         """R_phi of each (context, output). With ``group_size`` k > 1, ``contexts`` holds each
@@ -228,6 +289,12 @@ class RewardAlgorithm(OfflineAlgorithm):
         rewards = self.model(**encoded).logits.squeeze(-1).float()
         return rewards[torch.tensor(index, device=rewards.device)]
 
+    def save_final(self, run_dir: Path):
+        extra = {MANIFEST: self.heads} if self.heads is not None else None
+        save_model(
+            self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / self.module_name), extra_json=extra
+        )
+
     def loss(self, micro):
         indices, weight = micro
         records = [self.records[i] for i in indices]
@@ -236,12 +303,18 @@ class RewardAlgorithm(OfflineAlgorithm):
             # (chosen, rejected) of each record side by side, so each prompt can be read once.
             contexts = [prompt_text(r.prompt) for r in records for _ in range(2)]
             outputs = [render_completion(o) for r in records for o in (r.chosen, r.rejected)]
-            rewards = self._rewards(contexts, outputs, group_size=2).view(len(records), 2)
-            chosen, rejected = rewards[:, 0], rewards[:, 1]
+            rewards = self._rewards(contexts, outputs, group_size=2).view(len(records), 2, -1)
+            if self.head_of is not None:  # each pair's logit from the head of the annotator who labelled it
+                heads = torch.tensor([self.head_of[i] for i in indices], device=rewards.device)
+                rewards = rewards.gather(2, heads.view(-1, 1, 1).expand(-1, 2, 1))
+            chosen, rejected = rewards[:, 0, 0], rewards[:, 1, 0]  # R_phi, or mu for mean-variance heads
             margin = None
             if self.config.use_margin:
                 margin = torch.tensor([r.margin or 0.0 for r in records], device=rewards.device)
-            loss = bradley_terry_loss(chosen, rejected, margin)
+            if self.config.distributional:
+                loss = mean_variance_bradley_terry_loss(chosen, rewards[:, 0, 1], rejected, rewards[:, 1, 1])
+            else:
+                loss = bradley_terry_loss(chosen, rejected, margin)
             stats = {
                 "accuracy": pairwise_accuracy(chosen.detach(), rejected.detach()),
                 "reward_gap": float((chosen - rejected).detach().mean()),

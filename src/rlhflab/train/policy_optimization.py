@@ -20,7 +20,6 @@ The objective is max E[R(c, o)] - beta * KL(pi || pi_ref), whose optimum is Eq. 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from rlhflab.errors import ConfigError
 from rlhflab.losses import (
     AdaptiveKLController,
     FixedKLController,
+    RunningMoments,
     entropy_from_logits,
     gae_advantages,
     grpo_advantages,
@@ -48,6 +48,7 @@ from rlhflab.losses import (
     masked_mean,
     masked_whiten,
     policy_gradient_loss,
+    potential_shaped_rewards,
     ppo_clip_loss,
     reinforce_advantages,
     rloo_advantages,
@@ -118,6 +119,11 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
     reward_normalization: bool = option(False, "Standardise rewards with running mean/std.")
     reward_clip: float = option(0.0, "Clip (normalised) rewards to [-c, c] (0: off).")
     missing_eos_penalty: float = option(0.0, "Subtracted from the reward of completions cut at max_new_tokens.")
+    dense_rewards: bool = option(
+        False,
+        "ppo/a2c: a reward at every token from the reward source's scores of each prefix, by potential-based "
+        "shaping (the optimum is unchanged; one reward call per token).",
+    )
     ptx_coef: float = option(0.0, "Weight of the pretraining-mix (PPO-ptx) language-modelling loss.")
     ptx_data: str | None = option(None, "Demonstrations (prompt, completion) for the PPO-ptx term.")
     generation_batch_size: int = option(64, "Prompts per generate call.")
@@ -128,6 +134,13 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (a group to compare within)")
         if self.prompts_per_iteration <= 0 or self.num_iterations <= 0:
             raise ConfigError("prompts_per_iteration and num_iterations must be positive")
+        if self.dense_rewards and not self.uses_critic:
+            raise ConfigError(
+                f"dense_rewards needs a critic (ppo, a2c): {self.algorithm} credits whole sequences, where "
+                "shaping only adds a per-context constant"
+            )
+        if self.dense_rewards and self.reward_normalization:
+            raise ConfigError("dense_rewards and reward_normalization do not mix: the potentials are raw rewards")
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("ptx_coef > 0 needs --ptx_data")
 
@@ -193,30 +206,6 @@ class _Clock:
         self._last = now
 
 
-class RunningMoments:
-    """Running mean/std of rewards (Chan et al. parallel update), checkpointed with the run."""
-
-    def __init__(self):
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def update(self, x: torch.Tensor) -> None:
-        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
-        delta, total = mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.m2 += var * n + delta**2 * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
-
-    def state_dict(self):
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    def load_state_dict(self, s):
-        self.count, self.mean, self.m2 = s["count"], s["mean"], s["m2"]
-
-
 @dataclass
 class Experience:
     """One iteration's rollout as the updates read it, on the CPU: B rows (this process's prompts ×
@@ -234,6 +223,7 @@ class Experience:
     values: torch.Tensor | None = None  # (B, T) critic's V_old(s_t) (ppo, a2c)
     advantages: torch.Tensor | None = None  # (B, T) per token with a critic, (B,) per sequence otherwise
     returns: torch.Tensor | None = None  # (B, T) value targets (ppo, a2c)
+    token_rewards: torch.Tensor | None = None  # (B, T) dense shaped rewards (dense_rewards), else None
 
     @property
     def has_advantages(self) -> bool:
@@ -387,6 +377,9 @@ class PolicyOptimization:
         contexts = [self.contexts[mine[int(i)]] for i in rollout.prompt_index]
         scores = self.reward_source(contexts, rollout.completion_texts).to(device)
         stats = {"reward": float(scores.mean())}
+        # A composite reward's objectives, each logged raw: the optimised sum alone hides trade-offs.
+        components = getattr(self.reward_source, "components_last", {})
+        stats.update({f"reward/{name}": float(values.mean()) for name, values in components.items()})
         if self.oracle is not None:
             stats["oracle_reward"] = float(self.oracle(contexts, rollout.completion_texts).mean())
         clock.lap("score")
@@ -396,6 +389,12 @@ class PolicyOptimization:
             rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
         if cfg.reward_clip > 0:
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
+        token_rewards = None
+        if cfg.dense_rewards:
+            potentials = self._prefix_potentials(contexts, batch)
+            lengths = batch.completion_mask.sum(-1).clamp(min=1)
+            token_rewards = potential_shaped_rewards(potentials, rewards, lengths)
+            clock.lap("score_prefixes")
         stats.update(
             {
                 "completion_length": float(batch.completion_mask.float().sum(-1).mean()),
@@ -410,6 +409,7 @@ class PolicyOptimization:
             rows=len(mine) * cfg.samples_per_prompt,
             old_logprobs=old_logprobs,
             values=values,
+            token_rewards=token_rewards,
         )
         # 4. advantages (single pass: on the first micro-batch of the update instead)
         if old_logprobs is not None:
@@ -417,6 +417,21 @@ class PolicyOptimization:
             stats.update(kl_stats)
         self.experience = _to_cpu(self.experience)
         return stats
+
+    def _prefix_potentials(self, contexts: list[str], batch: SequenceBatch) -> torch.Tensor:
+        """Φ_k = R(c, o_<k), the reward source's score of each completion's first k tokens
+        (k = 0 … n − 1, the empty prefix included), each distinct (context, prefix) scored once."""
+        ids, mask = batch.completion_ids.cpu(), batch.completion_mask.cpu()
+        keys, where = {}, []
+        for row, context in enumerate(contexts):
+            for k in range(int(mask[row].sum())):
+                prefix = self.tokenizer.decode(ids[row, :k], skip_special_tokens=True)
+                where.append((row, k, keys.setdefault((context, prefix), len(keys))))
+        scores = self.reward_source([c for c, _ in keys], [p for _, p in keys])
+        potentials = torch.zeros(mask.shape, dtype=torch.float32)
+        for row, k, key in where:
+            potentials[row, k] = scores[key]
+        return potentials.to(batch.completion_mask.device)
 
     def _single_pass(self) -> bool:
         """One optimiser step on the whole rollout: the old policy (and critic) are the current ones,
@@ -440,7 +455,10 @@ class PolicyOptimization:
             # Per-token reward: -beta*KL at every token, the sequence reward at the last one.
             last = (exp.batch.completion_mask.to(device).sum(-1) - 1).clamp(min=0)
             token_rewards = torch.zeros_like(old_logprobs) if kl_in_loss else -beta * kl_tokens
-            token_rewards[torch.arange(len(last), device=device), last] += rewards
+            if exp.token_rewards is not None:  # dense: shaped rewards at every token, summing to R − Φ_0
+                token_rewards = token_rewards + exp.token_rewards.to(device)
+            else:
+                token_rewards[torch.arange(len(last), device=device), last] += rewards
             advantages, returns = gae_advantages(token_rewards, exp.values.to(device), mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
@@ -547,4 +565,5 @@ def _to_cpu(exp: Experience) -> Experience:
         values=move(exp.values),
         advantages=move(exp.advantages),
         returns=move(exp.returns),
+        token_rewards=move(exp.token_rewards),
     )
