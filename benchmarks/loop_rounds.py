@@ -32,7 +32,6 @@ METRICS = [
     ("order_unseen", "RM vs R* on final samples, unseen"),
     ("kl", "KL to π_0 (seen)"),
     ("labels", "labels"),
-    ("seconds", "wall s"),
 ]
 
 
@@ -54,6 +53,8 @@ def run_row(run_dir: Path) -> dict:
 
 
 def _cell(values: list[float]) -> str:
+    if values and all(v == values[0] for v in values):  # e.g. the label budget
+        return f"{values[0]:g}"
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else "–"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -70,6 +71,20 @@ def table(root: Path) -> str:
     for rounds, seeds in sorted(by_rounds.items()):
         cells = [_cell([r[k] for r in seeds.values() if r[k] is not None]) for k, _ in METRICS]
         lines.append(f"| {rounds} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    if len(by_rounds) >= 2:  # the same seeds, paired: each seed's runs share π_0, prompts and eval samples
+        (base, base_runs), *others = sorted(by_rounds.items())
+        for rounds, runs in others:
+            common = sorted(set(base_runs) & set(runs))
+            diffs = {
+                k: [runs[s][k] - base_runs[s][k] for s in common]
+                for k in ("J_seen", "J_unseen", "gap_seen", "order_seen")
+            }
+            lines += [
+                "",
+                f"Paired over seeds {','.join(map(str, common))}, {rounds} rounds minus {base}: "
+                f"final J seen {_cell(diffs['J_seen'])}, unseen {_cell(diffs['J_unseen'])}; "
+                f"Ĵ − J seen {_cell(diffs['gap_seen'])}; RM vs R* on final samples (seen) {_cell(diffs['order_seen'])}.",
+            ]
     per_seed = ["", "Per seed (final J seen / unseen, RM vs R* seen):", ""]
     for rounds, seeds in sorted(by_rounds.items()):
         per_seed.append(
