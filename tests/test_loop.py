@@ -114,6 +114,7 @@ def _run_until(run_dir: Path, extra: list[str], kill_at: str | None) -> int:
     return proc.returncode
 
 
+@pytest.mark.subprocess
 def test_killed_in_every_stage_it_resumes_without_asking_for_a_label_twice(tmp_path):
     reference = tmp_path / "reference"
     assert _run_until(reference, ["--output_dir", str(reference)], None) == 0
