@@ -1,8 +1,8 @@
 """One pooled reward model against one head per annotator, on the real LM (Section 5.1: a scalar
 reward fitted to a pool marginalises its annotators away).
 
-    python benchmarks/annotator_heads.py --seed 0                        # samples the default policy
-    python benchmarks/annotator_heads.py --seed 0 --samples samples.jsonl  # reuses `rlhflab sample` output
+    python benchmarks/annotator_heads.py --seeds 0 1 2                          # samples the default policy
+    python benchmarks/annotator_heads.py --seeds 0 1 2 --samples 'S-{seed}.jsonl'  # reuses `rlhflab sample` output
 
 Samples ``--prompts`` train prompts × ``--num_samples`` from the default policy (SmolLM2-135M-Instruct),
 has a pool of three simulated annotators label every pair of each prompt's samples, two of them by
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,47 +45,32 @@ def accuracy(source, pairs) -> float:
     return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples", default=None, help="Reuse a samples JSONL instead of sampling the policy.")
-    parser.add_argument("--prompts", type=int, default=96, help="Train prompts to sample.")
-    parser.add_argument("--num_samples", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--annotator_oracles", default=DEFAULT_ORACLES)
-    parser.add_argument("--temperature", type=float, default=0.05, help="The least noisy member's BT temperature.")
-    parser.add_argument("--bias", type=float, default=0.0, help="Largest position bias in the pool.")
-    parser.add_argument("--heldout", type=float, default=0.2, help="Fraction of each annotator's labels held out.")
-    parser.add_argument("--model", default="minilm-l6", help="Reward-model backbone.")
-    parser.add_argument("--work", default="runs/annotator-heads")
-    parser.add_argument("--output", default="benchmarks/results/annotator_heads.md")
-    args = parser.parse_args(argv)
-    command = "python benchmarks/annotator_heads.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    work = Path(args.work) / f"seed-{args.seed}"
-    t0 = time.perf_counter()
-
-    if args.samples:
-        samples = read_records(args.samples, "samples")
+def run_seed(args, seed: int, samples_path: str | None) -> dict:
+    """One seed: label, split, train pooled and per-annotator models; held-out accuracies by annotator."""
+    work = Path(args.work) / f"seed-{seed}"
+    if samples_path:
+        samples = read_records(samples_path, "samples")
     else:
+        samples_path = str(work / "samples.jsonl")
         samples = sample(
             SampleConfig(
                 prompts="train",
                 limit=args.prompts,
                 num_samples=args.num_samples,
                 max_new_tokens=args.max_new_tokens,
-                seed=args.seed,
-                output=str(work / "samples.jsonl"),
+                seed=seed,
+                output=samples_path,
             )
         )
     oracles = [s.strip() for s in args.annotator_oracles.split(",")]
     feedback = annotate(
         AnnotateConfig(
-            samples=args.samples or str(work / "samples.jsonl"),
+            samples=samples_path,
             annotators=len(oracles),
             annotator_oracles=args.annotator_oracles,
             temperature=args.temperature,
             bias=args.bias,
-            seed=args.seed,
+            seed=seed,
             output=str(work / "feedback.jsonl"),
         ),
         samples,
@@ -92,7 +78,7 @@ def main(argv=None) -> int:
     names = sorted({r.annotator for r in feedback})
     train_records, heldout = [], {}
     for name in names:
-        mine, held = split_heldout([r for r in feedback if r.annotator == name], args.heldout, args.seed)
+        mine, held = split_heldout([r for r in feedback if r.annotator == name], args.heldout, seed)
         train_records += mine
         heldout[name] = held
     write_records(train_records, work / "train.jsonl")
@@ -105,39 +91,84 @@ def main(argv=None) -> int:
             data=str(work / "train.jsonl"),
             eval_data=str(work / "heldout.jsonl"),
             per_annotator=per_annotator,
-            seed=args.seed,
+            num_epochs=args.epochs,
+            seed=seed,
             output_dir=str(work / kind),
             progress=False,
         )
         runs[kind], _ = reward(config)
     pooled = load_reward_source(str(runs["pooled"] / "reward_model"))
     mean_of_heads = load_reward_source(str(runs["heads"] / "reward_model"))
+    oracle_of = {f"annotator-{i}": spec for i, spec in enumerate(oracles)}  # make_pool's member names
+    rows = {}
+    for name in names:
+        held = heldout[name]
+        own = load_reward_source(f"{runs['heads'] / 'reward_model'}::annotator={name}")
+        rows[name] = {
+            "oracle": oracle_of[name],
+            "train": sum(r.annotator == name for r in train_records),
+            "heldout": len(held),
+            "ceiling": oracle_agreement(held, load_oracle(oracle_of[name])),
+            "pooled": accuracy(pooled, held),
+            "own": accuracy(own, held),
+            "mean_of_heads": accuracy(mean_of_heads, held),
+        }
+    return {"prompts": len(samples), "rows": rows}
 
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--samples", default=None, help="Reuse samples JSONL instead of sampling the policy; {seed} is replaced."
+    )
+    parser.add_argument("--prompts", type=int, default=96, help="Train prompts to sample.")
+    parser.add_argument("--num_samples", type=int, default=4)
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--annotator_oracles", default=DEFAULT_ORACLES)
+    parser.add_argument("--temperature", type=float, default=0.05, help="The least noisy member's BT temperature.")
+    parser.add_argument("--bias", type=float, default=0.0, help="Largest position bias in the pool.")
+    parser.add_argument("--heldout", type=float, default=0.2, help="Fraction of each annotator's labels held out.")
+    parser.add_argument("--model", default="minilm-l6", help="Reward-model backbone.")
+    parser.add_argument("--epochs", type=float, default=2.0, help="Reward-model epochs.")
+    parser.add_argument("--work", default="runs/annotator-heads")
+    parser.add_argument("--output", default="benchmarks/results/annotator_heads.md")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/annotator_heads.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    t0 = time.perf_counter()
+    per_seed = {
+        seed: run_seed(args, seed, args.samples.format(seed=seed) if args.samples else None) for seed in args.seeds
+    }
+    first = next(iter(per_seed.values()))
+    seeds = ", ".join(map(str, per_seed))
     lines = [
         "# One pooled reward model against one head per annotator",
         "",
         f"Command: `{command}`",
         "",
-        f"Policy samples: {len(samples)} prompts x {args.num_samples} "
+        f"Policy samples per seed: {first['prompts']} prompts x {args.num_samples} "
         f"({'from ' + args.samples if args.samples else 'smollm2-135m-instruct, max_new_tokens ' + str(args.max_new_tokens)}); "
-        f"pool of {len(oracles)} ({args.annotator_oracles}; member i's temperature {args.temperature:g}·2^i, "
-        f"position bias up to {args.bias:g}); {len(train_records)} training labels, "
-        f"{args.heldout:.0%} of each annotator's labels held out; reward models on {args.model}, "
-        f"defaults of `rlhflab reward`; seed {args.seed}.",
+        f"pool of {len(first['rows'])} ({args.annotator_oracles}; member i's temperature {args.temperature:g}·2^i, "
+        f"position bias up to {args.bias:g}); {args.heldout:.0%} of each annotator's labels held out; "
+        f"reward models on {args.model}, {args.epochs:g} epochs, other defaults of `rlhflab reward`. "
+        f"Held-out accuracy, mean ± sd over seeds {seeds}.",
         "",
         "| annotator | R* | train labels | held-out labels | R* agrees with the labels | pooled model "
-        "| own head | mean of heads |",
-        "|---|---|---|---|---|---|---|---|",
+        "| own head | mean of heads | own head − pooled (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    oracle_of = {f"annotator-{i}": spec for i, spec in enumerate(oracles)}  # make_pool's member names
-    for name in names:
-        oracle_name = oracle_of[name]
-        held = heldout[name]
-        own = load_reward_source(f"{runs['heads'] / 'reward_model'}::annotator={name}")
+    for name, row in first["rows"].items():
+        runs = [s["rows"][name] for s in per_seed.values()]
         lines.append(
-            f"| {name} | {oracle_name} | {sum(r.annotator == name for r in train_records)} | {len(held)} "
-            f"| {oracle_agreement(held, load_oracle(oracle_name)):.3f} | {accuracy(pooled, held):.3f} "
-            f"| {accuracy(own, held):.3f} | {accuracy(mean_of_heads, held):.3f} |"
+            f"| {name} | {row['oracle']} | {statistics.mean(r['train'] for r in runs):.0f} "
+            f"| {statistics.mean(r['heldout'] for r in runs):.0f} | {_mean_sd([r['ceiling'] for r in runs])} "
+            f"| {_mean_sd([r['pooled'] for r in runs])} | {_mean_sd([r['own'] for r in runs])} "
+            f"| {_mean_sd([r['mean_of_heads'] for r in runs])} | {_mean_sd([r['own'] - r['pooled'] for r in runs])} |"
         )
     lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s."]
     text = "\n".join(lines) + "\n"

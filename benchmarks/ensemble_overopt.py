@@ -6,7 +6,8 @@ the true reward J as n (and KL) grows?
     python benchmarks/ensemble_overopt.py --seeds 0 1 2 --tabulate # only tabulates finished seeds
 
 Per seed: an ensemble of K MiniLM reward models (`rlhflab reward --ensemble K`) on a preference file
-(default: the pairs of the 1-round `rlhflab loop` run of that seed, `benchmarks/loop_rounds.py`),
+(default: π_0's samples on 160 training prompts labelled by the simulated pool; `--pairs N` keeps the
+first N pairs, a weaker reward model that best-of-n can over-optimise sooner),
 N samples of π_0 (SmolLM2-135M-Instruct) per prompt on seen and unseen prompts, each scored by every
 member and by the oracle R*. Best-of-n for n = 1 … N is then exact *on that sample*: each prompt's N
 samples are an empirical π_ref, and the best of n i.i.d. draws from it has the distribution of
@@ -33,27 +34,66 @@ from rlhflab.ensemble import ensemble_reward, parse_objective
 from rlhflab.models import load_policy
 from rlhflab.rewards import load_reward_source
 
-RESULTS = Path(__file__).parent / "results" / "ensemble_overopt.md"
+RESULTS = Path(__file__).parent / "results"
 OBJECTIVES = {"single": None, "mean": "mean", "wco": "wco", "uwo": "uwo:1"}
 
 
-def _train_ensemble(args, seed: int, out: Path) -> None:
+def _rlhflab(*args) -> None:
+    subprocess.run([sys.executable, "-m", "rlhflab.cli", *map(str, args)], check=True)
+
+
+def _preferences(args, seed: int, run: Path) -> Path:
+    """The seed's preference file: π_0's samples on the first 160 training prompts labelled by the
+    default simulated pool (``rlhflab sample`` then ``rlhflab annotate``), cut to ``--pairs``."""
+    if args.preferences:
+        return Path(args.preferences.format(seed=seed))
+    full = run / "preferences.jsonl"
+    if not full.is_file():
+        samples = run / "feedback-samples.jsonl"
+        if not samples.is_file():
+            _rlhflab(
+                "sample",
+                "--limit",
+                160,
+                "--num_samples",
+                4,
+                "--max_new_tokens",
+                24,
+                "--seed",
+                seed,
+                "--output",
+                samples,
+            )
+        _rlhflab("annotate", "--samples", samples, "--seed", seed, "--output", full)
+    if not args.pairs:
+        return full
+    cut = run / f"preferences-{args.pairs}.jsonl"
+    if not cut.is_file():
+        lines = full.read_text().splitlines(keepends=True)[: args.pairs]
+        cut.write_text("".join(lines))
+    return cut
+
+
+def setting(args) -> str:
+    """Folder-name suffix of the reward-model setting (all pairs, or the first ``--pairs``)."""
+    return f"-{args.pairs}" if args.pairs else ""
+
+
+def _train_ensemble(args, seed: int, prefs: Path, out: Path) -> None:
     if (out / "ensemble.json").is_file():
         return
-    prefs = args.preferences or f"runs/loop-rounds/rounds-1/seed-{seed}/round-01/preferences.jsonl"
-    command = [sys.executable, "-m", "rlhflab.cli", "reward", "--model", "minilm-l6", "--data", prefs]
-    command += ["--ensemble", str(args.members), "--learning_rate", "5e-5", "--num_epochs", "2", "--seed", str(seed)]
-    where = ["--resume", str(out)] if out.exists() else ["--output_dir", str(out)]
-    subprocess.run([*command, *where], check=True)
+    command = ["reward", "--model", "minilm-l6", "--data", prefs, "--ensemble", args.members]
+    command += ["--learning_rate", "5e-5", "--num_epochs", args.epochs, "--seed", seed]
+    where = ["--resume", out] if out.exists() else ["--output_dir", out]
+    _rlhflab(*command, *where)
 
 
-def _scores(args, seed: int, run: Path) -> dict:
-    """Every sample's member rewards and oracle reward, per context set (cached in scores.json)."""
-    path = run / "scores.json"
+def _samples(args, seed: int, run: Path) -> dict:
+    """N samples of π_0 per prompt with their oracle rewards, per context set (cached)."""
+    path = run / "bon-samples.json"
     if path.is_file():
         return json.loads(path.read_text())
     policy, tokenizer = load_policy("smollm2-135m-instruct")
-    ensemble = load_reward_source(str(run / "ensemble")).ensemble
     oracle = load_reward_source("sentiment")
     sets = {
         "seen": workflow.load_prompts("train")[: args.prompts],
@@ -73,9 +113,25 @@ def _scores(args, seed: int, run: Path) -> dict:
         contexts = [prompt_text(s.prompt) for s in samples for _ in s.completions]
         texts = [c for s in samples for c in s.completions]
         out[name] = {
-            "members": ensemble.member_rewards(contexts, texts).view(len(ensemble), len(prompts), args.n).tolist(),
+            "contexts": contexts,
+            "texts": texts,
             "oracle": oracle(contexts, texts).view(len(prompts), args.n).tolist(),
         }
+    path.write_text(json.dumps(out))
+    return out
+
+
+def _scores(args, seed: int, run: Path, ensemble_dir: Path) -> dict:
+    """Every sample's member rewards and oracle reward, per context set (cached per setting)."""
+    path = run / f"scores{setting(args)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ensemble = load_reward_source(str(ensemble_dir)).ensemble
+    out = {}
+    for name, s in _samples(args, seed, run).items():
+        rows = len(s["oracle"])
+        members = ensemble.member_rewards(s["contexts"], s["texts"]).view(len(ensemble), rows, args.n)
+        out[name] = {"members": members.tolist(), "oracle": s["oracle"]}
     path.write_text(json.dumps(out))
     return out
 
@@ -141,7 +197,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/ensemble-overopt"))
-    parser.add_argument("--preferences", default=None, help="preference file (default: the seed's 1-round loop pairs)")
+    parser.add_argument(
+        "--preferences",
+        default=None,
+        help="preference file, {seed} replaced (default: made per seed, see _preferences)",
+    )
+    parser.add_argument("--pairs", type=int, default=0, help="train on the first N pairs only (0: all), a weaker R_phi")
+    parser.add_argument("--epochs", type=int, default=2, help="reward-model epochs")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per context set")
     parser.add_argument("--n", type=int, default=256, help="samples per prompt: the largest n")
@@ -153,17 +215,21 @@ def main() -> int:
         run = args.root / f"seed-{seed}"
         if not args.tabulate:
             run.mkdir(parents=True, exist_ok=True)
-            _train_ensemble(args, seed, run / "ensemble")
-            _scores(args, seed, run)
-        if (run / "scores.json").is_file():
-            per_seed[seed] = curves(json.loads((run / "scores.json").read_text()), ns)
+            ensemble_dir = run / f"ensemble{setting(args)}"
+            _train_ensemble(args, seed, _preferences(args, seed, run), ensemble_dir)
+            _scores(args, seed, run, ensemble_dir)
+        scores = run / f"scores{setting(args)}.json"
+        if scores.is_file():
+            per_seed[seed] = curves(json.loads(scores.read_text()), ns)
     text = (
         f"# Best-of-n over-optimisation: one reward model against an ensemble of {args.members}\n\n"
-        f"`python benchmarks/ensemble_overopt.py --seeds {' '.join(map(str, per_seed))}` "
+        f"`python benchmarks/ensemble_overopt.py --seeds {' '.join(map(str, per_seed))}"
+        f"{f' --pairs {args.pairs}' if args.pairs else ''} --epochs {args.epochs}` "
         f"({args.prompts} seen and {args.prompts} unseen prompts × {args.n} samples of π_0 per seed; "
+        f"reward models on {args.pairs or 'all'} pairs; "
         "single = member 0; uwo with λ = 1).\n\n" + table(per_seed, ns)
     )
-    RESULTS.write_text(text)
+    (RESULTS / f"ensemble_overopt{setting(args)}.md").write_text(text)
     print(text)
     return 0
 

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from rlhflab.composite import CompositeTerm, is_composite_spec, parse_composite_
 from rlhflab.errors import ConfigError
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.rewards import load_reward_source
-from rlhflab.train.policy_optimization import RLConfig
+from rlhflab.train.loop import STATE_FILE, latest_checkpoint
+from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 from rlhflab.workflow import BestOfNConfig, bon, policy_optimization
 from tests._env import TEST_SEED
 
@@ -221,3 +223,41 @@ def test_ppo_logs_each_components_raw_mean_as_reward_slash_name(model_cache, tmp
     assert len(rows) == 2
     for row in rows:
         assert row["reward/length"] <= 0 and 0 <= row["reward/regex:[aeiou]"] <= 1
+
+
+def test_a_resumed_ppo_run_restores_each_components_running_moments(model_cache, tmp_path, monkeypatch):
+    spec = "length + 0.5*regex:[aeiou]"
+    cfg = RLConfig(
+        algorithm="ppo", policy="tiny-policy", reward=spec, oracle=None, prompts="train", limit=8,
+        num_iterations=4, save_steps=2, prompts_per_iteration=4, max_new_tokens=6, epochs=1, progress=False,
+        use_chat_template=False, seed=TEST_SEED, output_dir=str(tmp_path / "whole"),
+    )  # fmt: skip
+    cfg.validate()
+    whole = load_reward_source(spec)
+    policy_optimization(cfg, reward_source=whole)
+
+    killed_dir, real_collect = tmp_path / "killed", PolicyOptimization.collect
+
+    def killed_at_iteration_2(self, iteration):
+        if iteration == 2:
+            raise RuntimeError("killed")
+        return real_collect(self, iteration)
+
+    monkeypatch.setattr(PolicyOptimization, "collect", killed_at_iteration_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        policy_optimization(replace(cfg, output_dir=str(killed_dir)), reward_source=load_reward_source(spec))
+    monkeypatch.setattr(PolicyOptimization, "collect", real_collect)
+    state = json.loads((latest_checkpoint(killed_dir) / STATE_FILE).read_text())
+    assert latest_checkpoint(killed_dir).name == "iter-0000001"
+    assert [c["moments"]["count"] for c in state["algorithm"]["reward_source"]["components"]] == [8, 8]
+
+    resumed = load_reward_source(spec)  # a fresh source: its statistics come from the checkpoint
+    policy_optimization(replace(cfg, output_dir=str(killed_dir), resume=str(killed_dir)), reward_source=resumed)
+    for want, have in zip(whole.moments, resumed.moments):
+        assert have.count == want.count == 16
+        assert have.mean == pytest.approx(want.mean, rel=1e-6) and have.m2 == pytest.approx(want.m2, rel=1e-6)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("whole", "killed")}  # fmt: skip
+    assert [r["iteration"] for r in rows["killed"]] == [0, 1, 2, 3]
+    for want, have in zip(rows["whole"], rows["killed"]):  # the composite reward of every iteration, resumed or not
+        assert have["reward"] == pytest.approx(want["reward"], rel=1e-5, abs=1e-6)

@@ -134,7 +134,7 @@ def test_reader_accepts_a_json_list_a_datasets_object_and_a_save_to_disk_folder(
     (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in records]))
     assert read_records(tmp_path / "r.json", "rating") == records
     dataset = records_to_dataset(records)
-    assert dataset.column_names == ["prompt", "completion", "score", "scale", "annotator"]
+    assert dataset.column_names == ["prompt", "completion", "score", "scale", "annotator", "attribute"]
     assert read_records(dataset, "rating") == records
     dataset.save_to_disk(str(tmp_path / "saved"))
     assert read_records(tmp_path / "saved", "rating") == records

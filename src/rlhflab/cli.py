@@ -19,6 +19,8 @@ from rlhflab.compare import CompareConfig, run_compare
 from rlhflab.config import parse_config
 from rlhflab.demo import DemoConfig, run_demo
 from rlhflab.errors import RlhflabError
+from rlhflab.html_report import report_main
+from rlhflab.language import ILFConfig, ReviseConfig, format_before_after
 from rlhflab.loop import loop_main
 from rlhflab.report import format_evaluations
 from rlhflab.toy.cli import main as toy_main
@@ -37,6 +39,18 @@ def _reward_done(cfg, result) -> str:
     lines = [f"reward model saved to {run_dir / 'reward_model'}"]
     if report:
         lines.append(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2))
+    return "\n".join(lines)
+
+
+def _revise_done(cfg, result) -> str:
+    run_dir, summary = result
+    lines = [f"{summary['pairs']} (revised, original) pairs written to {summary['preferences']}"]
+    if "pairs_agreement_with_oracle" in summary:
+        lines.append(
+            f"revisions the oracle ({summary['oracle']}) prefers: {summary['pairs_agreement_with_oracle']:.3f}"
+        )
+    if "J" in summary:
+        lines += [_saved(run_dir), format_before_after(summary["J"])]
     return "\n".join(lines)
 
 
@@ -136,6 +150,22 @@ COMMANDS: dict[str, Command] = {
         "SFT on the chosen responses of a preference file (baseline)",
         lambda cfg, d: _saved(d),
     ),
+    "ilf": Command(
+        ILFConfig,
+        workflow.ilf,
+        "imitation learning from language feedback: refine given critiques, keep the closest, SFT",
+        lambda cfg, result: (
+            _saved(result[0], f"refinements in {result[0]}/round-*/refinements.jsonl")
+            + "\n"
+            + format_before_after(result[1])
+        ),
+    ),
+    "revise": Command(
+        ReviseConfig,
+        workflow.revise,
+        "critique and revise under a constitution, SFT on the revisions, pairs as preferences",
+        _revise_done,
+    ),
     "bon": Command(
         workflow.BestOfNConfig,
         workflow.bon,
@@ -162,6 +192,9 @@ COMMANDS: dict[str, Command] = {
         workflow.evaluate,
         "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts",
         lambda cfg, results: format_evaluations({cfg.policy: results}),
+    ),
+    "report": Command(
+        None, report_main, "one self-contained HTML report of one run or several: J beside J_hat, hacking, curves"
     ),
     "toy": Command(None, toy_main, "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)"),
     "feedback": Command(

@@ -42,6 +42,7 @@ from rlhflab.evaluate import (
     standard_error,
 )
 from rlhflab.files import write_json, write_text
+from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
 from rlhflab.pool import Pool, build_feedback_pool, pool_options
 from rlhflab.report import plot_comparison
@@ -180,7 +181,13 @@ class _Shared:
     def common(self) -> dict:
         """Training options every offline method shares."""
         cfg = self.cfg
-        return dict(seed=cfg.seed, progress=False, batch_size=cfg.batch_size, max_steps=cfg.offline_steps)
+        return dict(
+            seed=cfg.seed,
+            progress=False,
+            batch_size=cfg.batch_size,
+            max_steps=cfg.offline_steps,
+            report_to=cfg.report_to,
+        )
 
     def preference_config(self, cls, name, **kw):
         return cls(
@@ -230,6 +237,7 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
         use_chat_template=s.use_chat,
         seed=cfg.seed,
         progress=False,
+        report_to=cfg.report_to,
         output_dir=str(s.run_dir / "ppo"),
     )
     method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.pool.reward_model, s.oracle)
@@ -280,6 +288,7 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
         num_epochs=max(1.0, cfg.offline_steps * cfg.batch_size / (cfg.raft_rounds * per_round)),
         seed=cfg.seed,
         progress=False,
+        report_to=cfg.report_to,
         batch_size=cfg.batch_size,
         output_dir=str(s.run_dir / "raft"),
     )
@@ -372,6 +381,8 @@ def run_compare(cfg: CompareConfig) -> Path:
             "rows": rows,
         },
     )
+    # every sample with its R* and R_phi, as the demo keeps them (the run report reads both)
+    write_json(run_dir / "evaluation.json", {m: {s: e.to_dict() for s, e in r.items()} for m, r in results.items()})
     plot_comparison(rows, run_dir / "comparison.png")
     note = (
         f"Shared pool: {pool_samples} samples of pi_0 on {len(pool.feedback_prompts)} prompts, "
@@ -389,6 +400,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         f"# rlhflab compare — {run_dir}\n\n{note}\n\n{table}\n\n## Beyond noise?\n\n{verdicts}\n",
     )
     print("\n" + table + "\n\n" + note + "\n\n" + verdicts)
+    print(f"report: {write_report([run_dir])}")
     return run_dir
 
 

@@ -16,7 +16,10 @@ minus a length in words. A component with ``normalize: false`` enters raw, in it
 The statistics belong to the source object: they accumulate over every batch it scores (a fresh
 ``load_reward_source`` starts afresh, and each process of a distributed run keeps its own), so the
 same output may score differently early and late in a run. Scores from one call are comparable with
-each other, which is what best-of-n and the RL baselines use.
+each other, which is what best-of-n and the RL baselines use. ``state_dict`` / ``load_state_dict``
+carry them (and those of a nested composite) through a checkpoint, so a resumed policy-optimisation
+run standardises as the uninterrupted one would (in a distributed run, the main process's
+statistics are the ones saved).
 
 Two ways to write one, accepted wherever a reward source is (``--reward``, ``--oracle``,
 ``--reward_model``):
@@ -180,6 +183,33 @@ class CompositeReward:
                 value = (raw - moments.mean) / (moments.std + 1e-8)
             total = total + term.weight * value
         return total
+
+    def state_dict(self) -> dict:
+        """Each component's running moments (and a nested composite's own state), for checkpoints."""
+        return {
+            "components": [
+                {"name": term.name, "moments": moments.state_dict(), "source": _state_of(source)}
+                for term, source, moments in zip(self.terms, self.sources, self.moments)
+            ]
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; a checkpoint of a composite with other components is a ConfigError."""
+        saved = [c["name"] for c in state["components"]]
+        if saved != [t.name for t in self.terms]:
+            raise ConfigError(
+                f"composite reward {self.name!r}: the checkpoint's components are {', '.join(saved)}, "
+                f"not {', '.join(t.name for t in self.terms)}"
+            )
+        for entry, source, moments in zip(state["components"], self.sources, self.moments):
+            moments.load_state_dict(entry["moments"])
+            if entry.get("source") is not None and hasattr(source, "load_state_dict"):
+                source.load_state_dict(entry["source"])
+
+
+def _state_of(source) -> dict | None:
+    """A component's own state when it has one (a nested composite), else None."""
+    return source.state_dict() if isinstance(source, CompositeReward) else None
 
 
 def composite_reward(spec: str, load: Callable[[str], object]) -> CompositeReward:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,26 @@ def default_run_dir(command: str) -> str:
 
 # ---- option groups, mixed into each command's config ------------------------------------------
 DEFAULT_POLICY = "smollm2-135m-instruct"
+# --report_to: the experiment trackers (accelerate's) a run can log to, and the package each needs.
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+REPORT_TO_HELP = (
+    "Experiment trackers that follow the run live, comma-separated: none, tensorboard (RUN/tensorboard/), "
+    "trackio (local; `trackio show`), wandb, mlflow (the last two: pip install 'rlhflab[trackers]')."
+)
+
+
+def tracker_names(report_to: str | None) -> list[str]:
+    """The trackers of ``--report_to`` (comma-separated; ``none`` or empty: none). An unknown name,
+    or one whose package is not installed, is a one-line ConfigError."""
+    names = [n.strip() for n in (report_to or "none").split(",") if n.strip() and n.strip() != "none"]
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"--report_to {name}: unknown tracker; choose from none, {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(
+                f"--report_to {name}: the '{TRACKERS[name]}' package is not installed (pip install 'rlhflab[trackers]')"
+            )
+    return names
 
 
 @dataclass
@@ -175,8 +196,10 @@ class LoopOptions:
     )
     dtype: str = option("float32", "Parameter dtype.", choices=["float32", "bfloat16", "float16"])
     progress: bool = option(True, "Show progress bars.")
+    report_to: str = option("none", REPORT_TO_HELP)
 
     def validate(self) -> None:
+        tracker_names(self.report_to)
         if self.gradient_accumulation_steps <= 0:
             raise ConfigError("gradient_accumulation_steps must be positive")
         if self.learning_rate < 0:

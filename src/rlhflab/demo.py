@@ -21,6 +21,7 @@ from rlhflab.errors import ConfigError
 from rlhflab.evaluate import evaluate_on_sets, paired_difference, standard_error
 from rlhflab.files import write_json, write_text
 from rlhflab.hardware import matmul_peak
+from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
 from rlhflab.pool import build_feedback_pool, pool_options
 from rlhflab.report import evaluation_rows, format_evaluations, plot_before_after, plot_training_curves, read_metrics
@@ -158,6 +159,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         use_chat_template=use_chat,
         seed=cfg.seed,
         output_dir=str(run_dir / "ppo"),
+        report_to=cfg.report_to,
     )
     ppo_dir = stages.run(
         "PPO against the reward model", workflow.policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle
@@ -182,6 +184,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     write_text(run_dir / "summary.md", summary)
     write_json(run_dir / "stage_seconds.json", stages.seconds)
     print("\n" + summary)
+    print(f"report: {write_report([run_dir])}")
     return run_dir
 
 
@@ -237,6 +240,7 @@ def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir, peaks) ->
         f"{peaks[1]:.0f} GFLOP/s (median of 2048² products). The demo is sized to finish in 10 minutes "
         "at about 180 GFLOP/s; its time scales roughly with 180 / this rate.",
         "",
-        "Plots: `training_curves.png` (proxy and oracle reward against KL), `before_after.png`.",
+        "Plots: `training_curves.png` (proxy and oracle reward against KL), `before_after.png`; "
+        "all of it on one page: `report.html`.",
     ]
     return "\n".join(lines) + "\n"

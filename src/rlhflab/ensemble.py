@@ -18,6 +18,20 @@ so ``--reward OUT`` and ``--reward OUT/reward_model`` (where a single run keeps 
 the ensemble. A manifest is ``{"format": "rlhflab-ensemble/1", "objective": "mean", "members":
 [{"path", "seed", "offset", ...}, ...]}``.
 
+The cheaper shared-trunk variant (``--ensemble K --ensemble_trunk shared``) is one run of one model
+with K linear heads on one backbone, head k initialised from member k's seed (and, under bootstrap,
+trained on member k's resample through per-record weights,
+:class:`rlhflab.train.offline.RewardAlgorithm`)::
+
+    OUT/reward_model             the K-output model (save_pretrained) and its ensemble.json
+    OUT/ensemble.json            written last
+
+with ``"trunk": "shared"``, ``"model"`` the model folder (relative) and members ``{"head": k, "seed",
+"offset"}``. Members share the backbone's features, so they disagree less than separately trained
+models do (their disagreement comes from the heads' initialisation and resamples alone), at the cost
+of one forward for all K. It loads as the same :class:`RewardEnsemble`: every objective and the
+uncertainty report work unchanged.
+
 A reward-source spec selects the objective after ``::``: ``DIR`` (the manifest's default),
 ``DIR::mean``, ``DIR::wco`` or ``DIR::uwo`` / ``DIR::uwo:LAMBDA`` (see :func:`ensemble_reward`).
 
@@ -45,6 +59,7 @@ import torch
 from rlhflab.data.render import prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.files import read_json_manifest, write_json
+from rlhflab.reward_heads import output_layer
 from rlhflab.seeds import derive_seed
 
 FORMAT = "rlhflab-ensemble/1"
@@ -116,23 +131,42 @@ def member_disagreement(member_rewards: torch.Tensor) -> torch.Tensor:
 class RewardEnsemble:
     """Callable ``(contexts, outputs) -> Tensor (B,)``: the members' centred rewards combined by
     ``objective``. ``members``: callables of the same signature; ``offsets``: each member's b_k.
-    After every call, ``uncertainty_last`` holds the members' std per sample of that batch (B,)."""
+    ``joint`` (a shared-trunk ensemble): one callable giving every member's reward at once, (K, B),
+    in place of calling K members. After every call, ``uncertainty_last`` holds the members' std per
+    sample of that batch (B,)."""
 
-    def __init__(self, members: Sequence[Callable], offsets: Sequence[float], objective: Objective):
+    def __init__(
+        self,
+        members: Sequence[Callable],
+        offsets: Sequence[float],
+        objective: Objective,
+        joint: Callable | None = None,
+    ):
         if len(members) != len(offsets) or not members:
             raise ValueError(f"{len(members)} members with {len(offsets)} offsets")
-        self.members, self.objective = list(members), objective
+        self.members, self.objective, self.joint = list(members), objective, joint
         self.offsets = torch.tensor([float(b) for b in offsets], dtype=torch.float32)
         self.uncertainty_last: torch.Tensor | None = None
+
+    @classmethod
+    def shared_trunk(cls, joint: Callable, offsets: Sequence[float], objective: Objective) -> RewardEnsemble:
+        """An ensemble whose K = len(offsets) members are the outputs of ``joint`` ((K, B) per call);
+        ``members[k]`` still scores member k alone."""
+        members = [lambda c, o, k=k: joint(c, o)[k] for k in range(len(offsets))]
+        return cls(members, offsets, objective, joint)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def member_rewards(self, contexts: Sequence[str], outputs: Sequence[str]) -> torch.Tensor:
         """R_k(c, o) − b_k for every member, (K, B); sets ``uncertainty_last``."""
-        rewards = torch.stack(
-            [torch.as_tensor(m(list(contexts), list(outputs)), dtype=torch.float32).flatten() for m in self.members]
-        )
+        if self.joint is not None:
+            rewards = torch.as_tensor(self.joint(list(contexts), list(outputs)), dtype=torch.float32)
+            rewards = rewards.reshape(len(self), len(outputs))
+        else:
+            rewards = torch.stack(
+                [torch.as_tensor(m(list(contexts), list(outputs)), dtype=torch.float32).flatten() for m in self.members]
+            )
         rewards = rewards - self.offsets[:, None]
         self.uncertainty_last = member_disagreement(rewards)
         return rewards
@@ -145,6 +179,28 @@ class RewardEnsemble:
 def member_seed(seed: int, k: int) -> int:
     """Member ``k``'s seed in a run seeded ``seed`` (below 2**31, valid everywhere a seed goes)."""
     return derive_seed(seed, "ensemble", k) % 2**31
+
+
+def init_member_heads(model, seeds: Sequence[int]) -> None:
+    """Initialise a shared-trunk ensemble's K output heads, head k (row k of the output layer) drawn
+    from N(0, initializer_range²) with its member's seed and its bias zeroed, as a K-run ensemble
+    would draw each member's fresh head (HF's initialisation of a new linear layer). ``model``: an
+    ``AutoModelForSequenceClassification`` with K = len(seeds) outputs (a ``score`` or ``classifier``
+    linear layer, or a ``classifier.out_proj`` one)."""
+    try:
+        head = output_layer(model)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (a shared-trunk ensemble needs one; use --ensemble_trunk separate)") from None
+    if head.out_features != len(seeds):
+        raise ValueError(f"the model has {head.out_features} outputs for {len(seeds)} member seeds")
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for k, seed in enumerate(seeds):
+            generator = torch.Generator().manual_seed(seed)
+            row = torch.randn(head.in_features, generator=generator, dtype=torch.float32) * std
+            head.weight[k].copy_(row.to(head.weight.dtype))
+            if head.bias is not None:
+                head.bias[k] = 0.0
 
 
 def bootstrap_indices(n: int, seed: int) -> list[int]:
@@ -176,15 +232,19 @@ def centring_offset(reward_fn: Callable, contexts: Sequence[str], outputs: Seque
     return float(torch.as_tensor(reward_fn(list(contexts), list(outputs)), dtype=torch.float64).mean())
 
 
-def write_manifest(directory: str | Path, members: Sequence[dict], objective: str, **extra) -> Path:
+def write_manifest(
+    directory: str | Path, members: Sequence[dict], objective: str, model: str | Path | None = None, **extra
+) -> Path:
     """Write ``directory/ensemble.json`` atomically. ``members``: one dict per member whose ``path``
     (the member's reward-model directory) is stored relative to ``directory``, so the run moves as a
-    whole."""
+    whole. A shared-trunk ensemble gives ``model`` (its one model's directory, stored relative too)
+    and members with a ``head`` index instead of a ``path``."""
     directory = Path(directory)
     parse_objective(objective, "ensemble objective")
-    entries = [{**m, "path": os.path.relpath(Path(m["path"]), directory)} for m in members]
+    entries = [{**m, "path": os.path.relpath(Path(m["path"]), directory)} if "path" in m else dict(m) for m in members]
+    trunk = {} if model is None else {"trunk": "shared", "model": os.path.relpath(Path(model), directory)}
     path = directory / MANIFEST
-    write_json(path, {"format": FORMAT, "objective": objective, **extra, "members": entries})
+    write_json(path, {"format": FORMAT, "objective": objective, **trunk, **extra, "members": entries})
     return path
 
 
@@ -194,11 +254,15 @@ def is_ensemble(directory: str | Path) -> bool:
 
 
 def load_ensemble(
-    directory: str | Path, objective: str | None, load_member: Callable[[str], Callable]
+    directory: str | Path,
+    objective: str | None,
+    load_member: Callable[[str], Callable],
+    load_heads: Callable[[str, int], Callable] | None = None,
 ) -> RewardEnsemble:
     """The ensemble of ``directory/ensemble.json``, combined by ``objective`` (None: the manifest's).
-    ``load_member(path)`` loads one member's reward source. Every problem is a one-line ConfigError
-    naming the file or the member's directory."""
+    ``load_member(path)`` loads one member's reward source; for a shared-trunk ensemble,
+    ``load_heads(path, K)`` loads its model as one callable giving all K members' rewards, (K, B).
+    Every problem is a one-line ConfigError naming the file or the member's directory."""
     directory = Path(directory)
     manifest = directory / MANIFEST
     if not manifest.is_file():
@@ -212,16 +276,38 @@ def load_ensemble(
         objective if objective is not None else str(data.get("objective", "mean")),
         f"{manifest}" if objective is None else f"{directory}::{objective}",
     )
-    sources, offsets = [], []
+    offsets = []
     for i, member in enumerate(members):
-        if not isinstance(member, dict) or not isinstance(member.get("path"), str):
+        if not isinstance(member, dict):
+            raise ConfigError(f"{manifest}: field 'members[{i}]': expected an object")
+        offset = member.get("offset", 0.0)
+        if not isinstance(offset, (int, float)) or not math.isfinite(offset):
+            raise ConfigError(f"{manifest}: field 'members[{i}].offset': expected a finite number")
+        offsets.append(float(offset))
+    if data.get("trunk", "separate") == "shared":
+        return _load_shared_trunk(directory, manifest, data, offsets, chosen, load_heads)
+    sources = []
+    for i, member in enumerate(members):
+        if not isinstance(member.get("path"), str):
             raise ConfigError(f"{manifest}: field 'members[{i}].path': expected a string")
         path = directory / member["path"]
         if not path.is_dir():
             raise ConfigError(f"{path}: ensemble member {i} not found (listed in {manifest})")
-        offset = member.get("offset", 0.0)
-        if not isinstance(offset, (int, float)) or not math.isfinite(offset):
-            raise ConfigError(f"{manifest}: field 'members[{i}].offset': expected a finite number")
         sources.append(load_member(str(path)))
-        offsets.append(float(offset))
     return RewardEnsemble(sources, offsets, chosen)
+
+
+def _load_shared_trunk(directory, manifest, data, offsets, objective, load_heads) -> RewardEnsemble:
+    """Member k is output ``members[k].head`` of the one model ``data["model"]``; the heads must be
+    0 .. K-1 in order (the model has K outputs)."""
+    if not isinstance(data.get("model"), str):
+        raise ConfigError(f"{manifest}: field 'model': expected the shared-trunk model's folder")
+    heads = [m.get("head") for m in data["members"]]
+    if heads != list(range(len(heads))):
+        raise ConfigError(f"{manifest}: field 'members[].head': expected 0 .. {len(heads) - 1} in order, got {heads}")
+    path = directory / data["model"]
+    if not path.is_dir():
+        raise ConfigError(f"{path}: the shared-trunk ensemble's model not found (listed in {manifest})")
+    if load_heads is None:
+        raise ConfigError(f"{manifest}: a shared-trunk ensemble, but no loader for its model was given")
+    return RewardEnsemble.shared_trunk(load_heads(str(path), len(heads)), offsets, objective)

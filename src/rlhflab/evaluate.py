@@ -9,6 +9,7 @@ is only trustworthy where the feedback covered the contexts (Section 5.1).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
 from rlhflab.models.decoder_parts import context_length
+from rlhflab.progress import stage
 from rlhflab.rewards import RewardSource
 from rlhflab.rollout import batched_completion_logprobs, sample
 
@@ -223,6 +225,45 @@ def pairwise_order_agreement(ev: PolicyEvaluation) -> float | None:
     return float((proxy_order[pairs] == oracle_order[pairs]).double().mean())
 
 
+def disagreeing_pairs(ev: PolicyEvaluation, k: int = 5) -> list[dict]:
+    """The ``k`` pairs of ``ev``'s samples (two answers to one prompt) that R_phi and R* order most
+    differently: reward hacking, shown (Section 6.2). Each reward is standardised over ``ev``'s
+    samples, z = (r − mean) / std, so the two scales meet; a pair (a, b) that R_phi prefers a and R*
+    prefers b scores (z_phi(a) − z_phi(b)) · (z*(b) − z*(a)) > 0, the product of how strongly each
+    holds its view. Pairs R* or R_phi ties are left out, as in :func:`pairwise_order_agreement`.
+    Returns dicts with ``context``, ``preferred_by_proxy`` / ``preferred_by_oracle`` (texts), their
+    ``proxy`` and ``oracle`` rewards as (proxy's choice, oracle's choice), and ``score``; [] without
+    both rewards or without such a pair."""
+    if ev.oracle_rewards is None or ev.proxy_rewards is None or len(ev.texts) < 2:
+        return []
+    proxy, oracle = np.asarray(ev.proxy_rewards, float), np.asarray(ev.oracle_rewards, float)
+    if proxy.std() == 0 or oracle.std() == 0:
+        return []
+    zp, zo = (proxy - proxy.mean()) / proxy.std(), (oracle - oracle.mean()) / oracle.std()
+    by_prompt: dict[int, list[int]] = {}
+    for i, prompt in enumerate(ev.prompt_index):
+        by_prompt.setdefault(prompt, []).append(i)
+    found = []
+    for a, b in (pair for members in by_prompt.values() for pair in itertools.combinations(members, 2)):
+        if zp[a] < zp[b]:
+            a, b = b, a  # a: the sample R_phi prefers
+        score = (zp[a] - zp[b]) * (zo[b] - zo[a])
+        if score > 0:
+            found.append((float(score), int(a), int(b)))
+    found.sort(key=lambda t: -t[0])
+    return [
+        {
+            "context": ev.contexts[a],
+            "preferred_by_proxy": ev.texts[a],
+            "preferred_by_oracle": ev.texts[b],
+            "proxy": (float(proxy[a]), float(proxy[b])),
+            "oracle": (float(oracle[a]), float(oracle[b])),
+            "score": score,
+        }
+        for score, a, b in found[:k]
+    ]
+
+
 def evaluate_seen_unseen(
     policy, tokenizer, seen_prompts: list[Prompt], unseen_prompts: list[Prompt], **kw
 ) -> dict[str, PolicyEvaluation]:
@@ -389,4 +430,8 @@ def ensemble_uncertainty_report(
 
 def evaluate_on_sets(policy, tokenizer, prompt_sets: dict[str, list[Prompt]], **kwargs) -> dict[str, PolicyEvaluation]:
     """:func:`evaluate_policy` on each named prompt set (e.g. seen and unseen contexts), same settings."""
-    return {name: evaluate_policy(policy, tokenizer, prompts, **kwargs) for name, prompts in prompt_sets.items()}
+    results = {}
+    for name, prompts in prompt_sets.items():
+        with stage(f"evaluate on {len(prompts)} {name} prompts"):
+            results[name] = evaluate_policy(policy, tokenizer, prompts, **kwargs)
+    return results

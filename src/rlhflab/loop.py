@@ -61,6 +61,7 @@ from rlhflab.evaluate import (
     reward_model_report,
 )
 from rlhflab.files import write_json, write_text
+from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
 from rlhflab.pool import pool_options
 from rlhflab.report import plot_reliability, plot_rounds
@@ -158,6 +159,7 @@ class LoopConfig(pool_options(PRESETS, "loop")):
         return dataclasses.replace(apply_preset(self, PRESETS, preset), preset=preset, quick=preset == "quick")
 
     def validate(self) -> None:
+        super().validate()
         if self.rounds < 1:
             raise ConfigError("--rounds must be at least 1")
         if self.algorithm in ("rloo", "grpo") and self.rl_samples_per_prompt < 2:
@@ -167,7 +169,7 @@ class LoopConfig(pool_options(PRESETS, "loop")):
 
 
 # Options that may differ between a run and its resumption (where it is, not what it computes).
-RESUME_FREE = {"resume", "output_dir", "db", "app_url", "poll_seconds", "wait_timeout", "annotators"}
+RESUME_FREE = {"resume", "output_dir", "db", "app_url", "poll_seconds", "wait_timeout", "annotators", "report_to"}
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -445,6 +447,7 @@ def run_loop(cfg: LoopConfig, explicit: set[str] | None = None) -> Path:
     plot_reliability(rows, run_dir / "reliability.png")
     summary = loop_summary(cfg, initial, rows, run_dir)
     write_text(run_dir / "report.md", summary)
+    write_report([run_dir])
     print("\n" + summary)
     return run_dir
 
@@ -537,6 +540,7 @@ def _train_reward(run: _Run, r: int) -> None:
         learning_rate=cfg.reward_learning_rate,
         num_epochs=cfg.reward_epochs,
         progress=True,
+        report_to=cfg.report_to,
     )
     workflow.reward(reward_cfg, cfg.oracle)
 
@@ -559,6 +563,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
             seed=seed,
             output_dir=str(folder / "policy_run"),
             progress=True,
+            report_to=cfg.report_to,
         )
         workflow.preference_optimization(pcfg, policy, tokenizer, read_records(pcfg.data, "preference"), reference)
         return
@@ -578,6 +583,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         seed=seed,
         output_dir=str(folder / "policy_run"),
         progress=True,
+        report_to=cfg.report_to,
     )
     workflow.policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
 
@@ -727,6 +733,6 @@ def loop_main(argv: Sequence[str]) -> int:
     hf_logging.disable_progress_bar()  # a bar per model load would bury the loop's own status lines
     run_dir = run_loop(cfg, explicit_options(LoopConfig, list(argv)))
     print(
-        f"report in {run_dir / 'report.md'}; per-round rows in {run_dir / 'rounds.json'}; plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
+        f"report in {run_dir / 'report.md'} and {run_dir / 'report.html'}; per-round rows in {run_dir / 'rounds.json'}; plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
     )
     return 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhflab import workflow
-from rlhflab.config import option, preset_option
+from rlhflab.config import REPORT_TO_HELP, option, preset_option, tracker_names
 from rlhflab.data import Prompt, Samples
 from rlhflab.rewards import RewardSource, load_reward_source
 from rlhflab.train.offline import RewardConfig
@@ -77,6 +77,10 @@ def pool_options(presets: dict[str, dict], command: str) -> type:
         reward_epochs: float | None = preset_option(
             presets, "reward_epochs", "Reward-model passes over the preference pairs."
         )
+        report_to: str = option("none", REPORT_TO_HELP + " Every training stage of the run logs there.")
+
+        def validate(self) -> None:
+            tracker_names(self.report_to)
 
     return PoolOptions
 
@@ -132,6 +136,7 @@ def build_feedback_pool(
         output_dir=str(run_dir / "reward"),
         seed=cfg.seed,
         progress=progress,
+        report_to=cfg.report_to,
         learning_rate=cfg.reward_learning_rate,
         num_epochs=cfg.reward_epochs,
     )

@@ -57,32 +57,62 @@ def pyplot():
     return plt
 
 
-def plot_training_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
+def plot_training_curves(metrics: list[dict] | dict[str, list[dict]], path, title: str = "") -> None:
     """Proxy reward Ĵ and oracle reward J of the rollouts against KL(π‖π_ref) over training: the
-    over-optimisation picture (a proxy that keeps rising while the oracle flattens or falls)."""
+    over-optimisation picture (a proxy that keeps rising while the oracle flattens or falls).
+    ``metrics``: one run's metrics rows, or several runs' by label (overlaid, a colour per run).
+    ``path``: a file path or a binary file object (PNG)."""
     plt = pyplot()
-    kl = [m["kl"] for m in metrics]
+    runs = metrics if isinstance(metrics, dict) else {"": metrics}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(kl, [m["reward"] for m in metrics], "o-", label="proxy reward (R_phi)")
-    if all("oracle_reward" in m for m in metrics):
-        axes[0].plot(kl, [m["oracle_reward"] for m in metrics], "s-", label="oracle reward (R*)")
+    for i, (label, rows) in enumerate(runs.items()):
+        rows = [m for m in rows if "reward" in m and "kl" in m]
+        color, prefix = (f"C{i}", f"{label}: ") if len(runs) > 1 else (None, "")
+        kl, its = [m["kl"] for m in rows], [m["iteration"] for m in rows]
+        oracle = all("oracle_reward" in m for m in rows)
+        axes[0].plot(kl, [m["reward"] for m in rows], "o-", color=color, label=f"{prefix}proxy reward (R_phi)")
+        axes[1].plot(its, [m["reward"] for m in rows], "o-", color=color, label=f"{prefix}proxy reward")
+        if oracle:
+            axes[0].plot(kl, [m["oracle_reward"] for m in rows], "s:", color=color, label=f"{prefix}oracle reward (R*)")
+            axes[1].plot(its, [m["oracle_reward"] for m in rows], "s:", color=color, label=f"{prefix}oracle reward")
+        axes[1].plot(its, kl, "^--", color=color, alpha=0.6, label=f"{prefix}KL")
     axes[0].set_xlabel("KL(π‖π_ref) of the rollout (nats)")
     axes[0].set_ylabel("mean reward of the rollout")
-    axes[0].legend()
     axes[0].set_title("reward against KL")
-    its = [m["iteration"] for m in metrics]
-    axes[1].plot(its, [m["reward"] for m in metrics], "o-", label="proxy reward")
-    if all("oracle_reward" in m for m in metrics):
-        axes[1].plot(its, [m["oracle_reward"] for m in metrics], "s-", label="oracle reward")
-    axes[1].plot(its, kl, "^--", label="KL")
     axes[1].set_xlabel("iteration")
-    axes[1].legend()
     axes[1].set_title("over training")
+    for ax in axes:
+        ax.legend(fontsize=7 if len(runs) > 1 else None)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+# Per-step series of the training loop worth a panel each, where a run logged them.
+LOSS_PANELS = [
+    ("loss", "loss"),
+    ("accuracy", "pairwise accuracy of the batch"),
+    ("lr", "learning rate"),
+    ("grad_norm", "gradient norm (before clipping)"),
+]
+
+
+def plot_losses(runs: dict[str, list[dict]], path) -> None:
+    """Loss, batch accuracy, learning rate and gradient norm against the optimiser step, one line
+    per run (``runs``: label → metrics rows); panels no run logged are left out."""
+    plt = pyplot()
+    panels = [(key, title) for key, title in LOSS_PANELS if any(key in m for rows in runs.values() for m in rows)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for label, rows in runs.items():
+            points = [(m.get("step", m["iteration"]), m[key]) for m in rows if key in m]
+            ax.plot([x for x, _ in points], [y for _, y in points], ".-", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("optimiser step")
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
 def plot_before_after(rows: list[dict], path: str | Path, before: str, after: str) -> None:
@@ -107,7 +137,7 @@ def plot_before_after(rows: list[dict], path: str | Path, before: str, after: st
         ax.axhline(0, color="black", lw=0.5)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -137,14 +167,18 @@ def plot_comparison(rows: list[dict], path) -> None:
         ax.axhline(0, color="black", lw=0.5)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
-def _save(fig, path: str | Path) -> None:
+def _save(fig, path) -> None:
+    """PNG to ``path`` atomically, or into ``path`` when it is a binary file object."""
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png", dpi=110)
+    else:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     pyplot().close(fig)
 
 
@@ -190,7 +224,8 @@ def plot_rounds(initial: dict, rows: list[dict], path: str | Path, title: str = 
 def plot_reliability(rows: list[dict], path: str | Path) -> None:
     """One reliability diagram per round: the reward model's predicted preference probability
     σ(Δ R_phi) against how often annotators agreed, on the round's new pairs before retraining
-    (the last round's model meeting the new policy's samples) and on held-out pairs after."""
+    (the last round's model meeting the new policy's samples) and on held-out pairs after. A row
+    may carry its own panel ``title`` (a run's single reward model) instead of a round."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
     for ax, row in zip(axes[0], rows):
@@ -207,7 +242,7 @@ def plot_reliability(rows: list[dict], path: str | Path) -> None:
                     "o-",
                     label=f"{label}, ECE {report['ece']:.3f}",
                 )
-        ax.set_title(f"round {row['round']}")
+        ax.set_title(row.get("title") or f"round {row['round']}")
         ax.set_xlabel("predicted P(chosen ≻ rejected)")
         ax.set_ylabel("observed frequency")
         ax.set_xlim(0, 1)

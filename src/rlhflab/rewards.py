@@ -16,9 +16,10 @@ from rlhflab.composite import composite_reward, is_composite_spec
 from rlhflab.ensemble import is_ensemble, load_ensemble
 from rlhflab.errors import TrainingError
 from rlhflab.feedback.oracles import load_oracle, score_batch
+from rlhflab.judge import is_judge_spec, load_judge
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.scoring import score
-from rlhflab.reward_heads import is_reward_heads, load_reward_heads
+from rlhflab.reward_heads import is_reward_heads, load_head_scores, load_reward_heads
 
 
 class RewardSource:
@@ -39,21 +40,25 @@ class RewardSource:
 
 def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size: int = 32) -> RewardSource:
     """``spec`` is a saved reward-model directory (or a registry name / hub id of one), an oracle
-    name (``sentiment``, ``brevity``) or ``package.module:function``, or a composite of these
+    name (``sentiment``, ``brevity``) or ``package.module:function``, a model judge
+    (``judge:MODEL``, scored against a reference reply: :mod:`rlhflab.judge`), or a composite of these
     (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.composite`)."""
     if is_composite_spec(spec):
         return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size))
     if Path(spec.partition("::")[0]).is_dir():
         # An ensemble folder (ensemble.json), optionally DIR::OBJECTIVE: see rlhflab.ensemble.
         path, sep, objective = spec.partition("::")
-        if is_reward_heads(path):  # DIR[::annotator=NAME], a head per annotator or (mu, sigma): rlhflab.reward_heads
+        if is_reward_heads(path):  # DIR[::annotator=|attribute=NAME], a head per group or (mu, sigma): reward_heads
             heads = load_reward_heads(path, objective if sep else None, device, batch_size)
             source = RewardSource(f"reward model {spec}", heads, is_model=True)
             source.heads = heads  # for mean-variance heads, sigma of the last batch: source.heads.uncertainty_last
             return source
         if sep or is_ensemble(path):
             ensemble = load_ensemble(
-                path, objective if sep else None, lambda p: load_reward_source(p, device, batch_size)
+                path,
+                objective if sep else None,
+                lambda p: load_reward_source(p, device, batch_size),
+                lambda p, k: load_head_scores(p, k, device, batch_size),  # a shared-trunk ensemble's K heads
             )
             source = RewardSource(f"reward ensemble {path} ({ensemble.objective})", ensemble, is_model=True)
             source.ensemble = ensemble  # its members' rewards, and their disagreement on the last batch
@@ -63,5 +68,7 @@ def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size
         return RewardSource(
             f"reward model {spec}", lambda c, o: score(model, tokenizer, c, o, batch_size=batch_size), is_model=True
         )
+    if is_judge_spec(spec):  # a causal LM comparing each output with a fixed reference reply (rlhflab.judge)
+        return RewardSource(spec, load_judge(spec, batch_size=batch_size).reward)
     oracle = load_oracle(spec)
     return RewardSource(str(spec), lambda c, o: score_batch(oracle, c, o))

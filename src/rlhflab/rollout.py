@@ -16,6 +16,7 @@ import torch
 from rlhflab import generation
 from rlhflab.errors import ConfigError
 from rlhflab.models.decoder_parts import cache_argument, causal_lm, head, trunk
+from rlhflab.progress import bar
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,10 +200,11 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -
 @torch.no_grad()
 def batched_completion_logprobs(model, batch: SequenceBatch, batch_size: int, temperature: float = 1.0) -> torch.Tensor:
     """``completion_logprobs`` without gradients, in chunks of ``batch_size`` rows."""
-    parts = [
-        completion_logprobs(model, batch.select(slice(i, i + batch_size)), temperature)
-        for i in range(0, batch.input_ids.shape[0], batch_size)
-    ]
+    rows, parts = batch.input_ids.shape[0], []
+    with bar(rows, "log-probs of the samples", unit="sample") as progress:
+        for i in range(0, rows, batch_size):
+            parts.append(completion_logprobs(model, batch.select(slice(i, i + batch_size)), temperature))
+            progress.update(parts[-1].shape[0])
     return torch.cat(parts, dim=0)
 
 
@@ -265,6 +267,7 @@ def sample(
     model.eval()
     rows: list[list[int]] = []
     picked: list[list[float]] | None = [] if return_logprobs and generation.supports(model) else None
+    progress = bar(len(prompt_ids), f"sampling {num_samples} per prompt", unit="prompt")
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
         if generation.supports(model):
@@ -285,6 +288,7 @@ def sample(
                 out, chunk_logprobs = out
                 picked.extend(chunk_logprobs)
             rows.extend(out)
+            progress.update(len(chunk))
             continue
         ids, mask = pad_left(chunk, pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
@@ -303,6 +307,8 @@ def sample(
         new = out[:, ids.shape[1] :].cpu()
         keep, _ = completion_mask_after_eos(new, eos_ids)
         rows.extend(row[: int(k.sum())].tolist() for row, k in zip(new, keep))
+        progress.update(len(chunk))
+    progress.close()
     model.train(was_training)
     repeated_prompts = [p for p in prompt_ids for _ in range(num_samples)]
     batch = join_prompt_completion(repeated_prompts, rows, pad_id)

@@ -9,6 +9,7 @@ directly, optionally with an already loaded policy.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,15 +19,32 @@ import torch
 from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, default_run_dir, option, save_config
 from rlhflab.data import Demonstration, Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
 from rlhflab.decoding import best_of_n, rad_decode
-from rlhflab.ensemble import bootstrap_indices, centring_offset, feedback_completions, member_seed, write_manifest
+from rlhflab.ensemble import (
+    bootstrap_indices,
+    centring_offset,
+    feedback_completions,
+    init_member_heads,
+    member_seed,
+    write_manifest,
+)
 from rlhflab.errors import ConfigError
 from rlhflab.evaluate import ensemble_uncertainty_report, evaluate_policy, reward_model_report
 from rlhflab.feedback import annotators as ann
+from rlhflab.feedback.agreement import oracle_agreement
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_json
+from rlhflab.judge import JudgeAnnotator, is_judge_spec, load_judge
+from rlhflab.language import ILFConfig, ReviseConfig, ilf_rounds, load_constitution, revise_train
 from rlhflab.models import apply_lora, load_policy, load_reward_model
 from rlhflab.models.decoder_parts import context_length
-from rlhflab.reward_heads import annotator_names, num_outputs, training_manifest
+from rlhflab.reward_heads import (
+    annotator_names,
+    init_attribute_levels,
+    load_head_scores,
+    num_outputs,
+    select_attributes,
+    training_manifest,
+)
 from rlhflab.rewards import load_reward_source
 from rlhflab.rollout import sample as sample_rollout
 from rlhflab.train.loop import latest_checkpoint, train
@@ -96,8 +114,19 @@ class AnnotateConfig:
         "An R* per pool member, comma-separated (e.g. sentiment,sentiment,brevity), as many as --annotators: "
         "member i labels by oracle i, so the pool disagrees on what it wants (Section 5.1). Default: --oracle for all.",
     )
+    attribute_oracles: str | None = option(
+        None,
+        "Rating feedback on several attributes, NAME=ORACLE comma-separated (e.g. helpful=sentiment,short=brevity): "
+        "each completion gets one rating per attribute, by one pool member, scored by that attribute's R* "
+        "(the ratings' 'attribute' column; train with `rlhflab reward --feedback rating --attributes all`).",
+    )
     feedback: str = option("preference", "Feedback type to produce.", choices=FEEDBACK_KINDS)
     annotators: int = option(3, "Annotators in the pool (members differ in noise and position bias).")
+    annotator: str | None = option(
+        None,
+        "judge:MODEL: a causal LM labels the pairs itself, both orders averaged (preference feedback only), in "
+        "place of the simulated pool; its position bias and agreement with --oracle go to OUTPUT.judge.json.",
+    )
     temperature: float = option(
         0.1, "Bradley-Terry temperature of the least noisy annotator (Eq. 8); doubles per member."
     )
@@ -111,11 +140,21 @@ class AnnotateConfig:
     def validate(self):
         if not self.samples:
             raise ConfigError("--samples is required (a file written by `rlhflab sample`)")
+        if self.annotator is not None and not is_judge_spec(self.annotator):
+            raise ConfigError(f"--annotator {self.annotator!r}: expected judge:MODEL")
+        if self.annotator is not None and self.feedback != "preference":
+            raise ConfigError("--annotator judge:MODEL labels pairs: use it with --feedback preference")
         if self.annotator_oracles and len(self.annotator_oracles.split(",")) != self.annotators:
             raise ConfigError(
                 f"--annotator_oracles names {len(self.annotator_oracles.split(','))} oracles for "
                 f"--annotators {self.annotators}; give one per annotator"
             )
+        if self.attribute_oracles:
+            if self.feedback not in ("rating", "binary"):
+                raise ConfigError("--attribute_oracles rates attributes: use it with --feedback rating or binary")
+            if self.annotator_oracles:
+                raise ConfigError("--attribute_oracles and --annotator_oracles cannot be combined; choose one")
+            ann.parse_attribute_oracles(self.attribute_oracles)
 
 
 def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
@@ -132,6 +171,8 @@ def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
         rating_noise=cfg.rating_noise,
         member_oracles=member_oracles,
     )
+    if cfg.annotator is not None:
+        pool = JudgeAnnotator(load_judge(cfg.annotator))
     rng = np.random.default_rng(cfg.seed)
     prompts = [s.prompt for s in samples]
     completions = [[c for c in s.completions if isinstance(c, list) or c.strip()] for s in samples]
@@ -143,6 +184,10 @@ def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
     elif cfg.feedback == "ranking":
         keep = [i for i, c in enumerate(completions) if len(c) >= 2]
         records = ann.annotate_rankings(pool, [prompts[i] for i in keep], [completions[i] for i in keep], rng)
+    elif cfg.feedback in ("rating", "binary") and cfg.attribute_oracles:
+        scale = "binary" if cfg.feedback == "binary" else cfg.scale
+        oracles = {name: load_oracle(spec) for name, spec in ann.parse_attribute_oracles(cfg.attribute_oracles)}
+        records = ann.annotate_attribute_ratings(pool, oracles, prompts, completions, rng, scale=scale)
     elif cfg.feedback in ("rating", "binary"):
         scale = "binary" if cfg.feedback == "binary" else cfg.scale
         records = ann.annotate_ratings(pool, prompts, completions, rng, scale=scale)
@@ -152,6 +197,21 @@ def annotate(cfg: AnnotateConfig, samples: list[Samples] | None = None) -> list:
         raise ConfigError(f"{cfg.samples}: no prompt has enough non-empty completions to annotate")
     if cfg.output:
         write_records(records, cfg.output)
+    if isinstance(pool, JudgeAnnotator):
+        report = {
+            "judge": pool.name,
+            "pairs": len(records),
+            "position_bias": pool.verdicts.position_bias,
+            "oracle": cfg.oracle,
+            "agreement_with_oracle": oracle_agreement(records, oracle),
+        }
+        if cfg.output:
+            write_json(f"{cfg.output}.judge.json", report)
+        print(
+            f"{pool.name}: position bias {report['position_bias']:+.3f} (mean P(first) - 0.5), agreement with "
+            f"R* ({cfg.oracle}) {report['agreement_with_oracle']:.3f} over {len(records)} pairs",
+            file=sys.stderr,
+        )
     return records
 
 
@@ -192,6 +252,11 @@ def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samp
     records = read_records(cfg.data, cfg.feedback)
     if cfg.per_annotator:
         annotator_names(records)  # every record names its annotator, held-out ones too, before any training
+    if cfg.attributes:  # the ratings of the attributes trained, each named attribute rated at least once
+        kept, names = select_attributes(records, cfg.attributes, cfg.data)
+        if len(kept) < len(records):
+            print(f"reward: {len(records) - len(kept)} ratings not of {', '.join(names)} left out", file=sys.stderr)
+        records = kept
     if cfg.feedback == "preference" and cfg.eval_data:
         train_records, heldout = records, read_records(cfg.eval_data, "preference")
     elif cfg.feedback == "preference":
@@ -210,10 +275,37 @@ def reward(cfg: RewardConfig, oracle: str | None = None, samples_seen=None, samp
 
 
 def _train_reward_model(cfg: RewardConfig, records: list) -> Path:
-    # One output per annotator, or (mu, log sigma^2), else one; a record without an annotator fails here.
-    heads = training_manifest(cfg.per_annotator, cfg.distributional, records)
+    # One output per annotator or attribute, or (mu, log sigma^2), else one; a record without its group fails here.
+    heads = training_manifest(cfg.per_annotator, cfg.distributional, records, cfg.attributes)
     model, tokenizer = load_reward_model(cfg.model, cfg.dtype, num_labels=num_outputs(heads))
+    if heads is not None and heads["kind"] == "attribute":
+        init_attribute_levels(model, records, heads)
     return train(cfg, RewardAlgorithm(cfg, model, tokenizer, records))
+
+
+def _shared_trunk_ensemble(cfg: RewardConfig, records: list) -> Path:
+    """``--ensemble K --ensemble_trunk shared``: one run of one model with K heads, head k initialised
+    from ``member_seed(cfg.seed, k)`` (and trained on that member's resample under bootstrap, see
+    :class:`RewardAlgorithm`); then each head's centring offset and the manifests, OUT/ensemble.json
+    last (:mod:`rlhflab.ensemble`). ``--resume OUT`` resumes the run, or keeps its model if it finished."""
+    out = Path(cfg.resume or cfg.output_dir or default_run_dir("reward"))
+    seeds = [member_seed(cfg.seed, k) for k in range(cfg.ensemble)]
+    if not (out / "reward_model").is_dir():
+        model, tokenizer = load_reward_model(cfg.model, cfg.dtype, num_labels=cfg.ensemble)
+        init_member_heads(model, seeds)
+        resume = str(out) if cfg.resume and latest_checkpoint(out) else None
+        train(replace(cfg, output_dir=str(out), resume=resume), RewardAlgorithm(cfg, model, tokenizer, records))
+    heads = load_head_scores(out / "reward_model", cfg.ensemble)
+    contexts, outputs = feedback_completions(records, cfg.feedback)
+    # Regression on ratings fixes R_phi's level itself; preferences and rankings leave it free.
+    offsets = [0.0] * cfg.ensemble
+    if cfg.feedback != "rating" and outputs:
+        offsets = heads(contexts, outputs).double().mean(-1).tolist()
+    members = [{"head": k, "seed": s, "offset": b} for k, (s, b) in enumerate(zip(seeds, offsets))]
+    info = {"feedback": cfg.feedback, "ensemble_data": cfg.ensemble_data, "centred_on": len(outputs)}
+    for directory in (out / "reward_model", out):  # OUT/ensemble.json last: its presence means finished
+        write_manifest(directory, members, cfg.ensemble_objective, model=out / "reward_model", **info)
+    return out
 
 
 def reward_ensemble(cfg: RewardConfig, records: list) -> Path:
@@ -222,7 +314,9 @@ def reward_ensemble(cfg: RewardConfig, records: list) -> Path:
     on its own resample of the records); then each member's centring offset and the manifests
     ``OUT/reward_model/ensemble.json`` and, last, ``OUT/ensemble.json`` (layout and centring:
     :mod:`rlhflab.ensemble`). ``--resume OUT`` keeps finished members and resumes the others from
-    their checkpoints. Returns OUT."""
+    their checkpoints. Returns OUT. With ``ensemble_trunk=shared``: :func:`_shared_trunk_ensemble`."""
+    if cfg.ensemble_trunk == "shared":
+        return _shared_trunk_ensemble(cfg, records)
     out = Path(cfg.resume or cfg.output_dir or default_run_dir("reward"))
     if not cfg.resume:
         save_config(cfg, out / "config.yaml")
@@ -399,6 +493,23 @@ def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path
         policy, tokenizer = load_policy(cfg.policy, cfg.dtype)
     reward_source = reward_source or load_reward_source(cfg.reward)
     return rso_train(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source)
+
+
+# ---- learning from language: ILF and critique-and-revise ------------------------------------------
+def ilf(cfg: ILFConfig, policy=None, tokenizer=None) -> tuple[Path, dict]:
+    """Imitation learning from language feedback on ``cfg.data`` or simulated critiques (rlhflab.language)."""
+    records = read_records(cfg.data, "language_feedback") if cfg.data else None
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    prompts = load_prompts(cfg.prompts, cfg.limit)
+    return ilf_rounds(cfg, policy, tokenizer, prompts, load_reward_source(cfg.oracle), records)
+
+
+def revise(cfg: ReviseConfig, policy=None, tokenizer=None) -> tuple[Path, dict]:
+    """Critique and revise under a constitution, SFT on the revisions, pairs as preferences (rlhflab.language)."""
+    principles = load_constitution(cfg.constitution)
+    policy, tokenizer = _load_policy(cfg, policy, tokenizer)
+    oracle = load_reward_source(cfg.oracle) if cfg.oracle else None
+    return revise_train(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), principles, oracle)
 
 
 # ---- inference-time alignment: best-of-n and RAD ---------------------------------------------------

@@ -315,7 +315,9 @@ class Rating(_Record):
     """An absolute score for one completion (Section 7.3.2, rating feedback; Eq. 7 regresses on it).
 
     ``scale``: ``"binary"`` (0/1), ``"likert:K"`` (integers 1..K), ``"continuous"`` (any finite
-    number) or ``"categorical:a|b|c"`` (the score is the category's index).
+    number) or ``"categorical:a|b|c"`` (the score is the category's index). ``attribute``: what the
+    score rates (``helpful``, ``harmless``, ...; the feedback app's attribute Likerts), one head each
+    of a multi-attribute reward model (:mod:`rlhflab.reward_heads`); None for one overall score.
     """
 
     prompt: Text
@@ -323,6 +325,7 @@ class Rating(_Record):
     score: float
     scale: str = "continuous"
     annotator: str | None = None
+    attribute: str | None = None
     kind: ClassVar[str] = "rating"
 
     def _validate(self):
@@ -332,6 +335,9 @@ class Rating(_Record):
             raise _Invalid("scale", f"expected a string, got {type(self.scale).__name__}")
         self._set("score", _check_score(self.score, self.scale))
         self._set("annotator", _check_optional_str(self.annotator, "annotator"))
+        self._set("attribute", _check_optional_str(self.attribute, "attribute"))
+        if self.attribute is not None and not self.attribute.strip():
+            raise _Invalid("attribute", "is empty")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Section 5 calls the map from R* to observed feedback (and back) Ω. Here it is e
 - pairs follow Bradley-Terry, P(a ≻ b) = σ((R*(a) − R*(b)) / T)  (Eq. 8 with a temperature T);
 - rankings follow Plackett-Luce, sampled with the Gumbel-max trick on R*/T (Section 7.5);
 - ratings are R* plus Gaussian noise, binned onto the requested scale (Section 7.3.2);
-- language feedback is a templated critique of the noisy reward.
+- language feedback is a templated critique of the noisy reward, plus what R* itself sees in the
+  output: the words whose removal raises it and the one whose removal lowers it most
+  (:func:`oracle_critique`), so a critique carries information a learner can use (Section 7.3.2).
 An :class:`AnnotatorPool` draws one member per label, so a dataset mixes annotators who disagree:
 the "marginalisation over preferences" of Section 5.1 that a single reward model averages away.
 
@@ -17,7 +19,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -134,12 +136,41 @@ class SimulatedAnnotator:
         return Rating(prompt, completion, score, scale=scale, annotator=self.name)
 
     def language_feedback(self, prompt, completion, rng: np.random.Generator) -> LanguageFeedback:
-        """A critique chosen by the third of ``reward_scale`` that R* + noise falls in; the phrasing
-        within that third is drawn from ``rng``."""
+        """A critique chosen by the third of ``reward_scale`` that R* + noise falls in (the phrasing
+        within that third drawn from ``rng``), followed by :func:`oracle_critique`'s quotes."""
         band = self._bin(self._noisy_reward(prompt, completion, rng), len(self.feedback_templates))
         phrasings = self.feedback_templates[band]
         text = phrasings[int(rng.integers(len(phrasings)))]
-        return LanguageFeedback(prompt, completion, text, annotator=self.name)
+        detail = oracle_critique(self.oracle, prompt_text(prompt), render_completion(completion))
+        return LanguageFeedback(prompt, completion, f"{text} {detail}".strip(), annotator=self.name)
+
+
+def _word(piece: str) -> str:
+    return piece.strip(".,;:!?\"'()[]")
+
+
+def oracle_critique(
+    oracle: Callable[[str, str], float], context: str, output: str, max_quotes: int = 2, min_change: float = 1e-6
+) -> str:
+    """What R* sees in ``output``, in words: each word is removed in turn and the output re-scored
+    (one oracle call per word); the words whose removal raises R*(c, o) most ("pull it down", at most
+    ``max_quotes``, in reading order) and the one whose removal lowers it most ("works") are quoted.
+    Works for any oracle callable; "" when removing no word changes R* by more than ``min_change``
+    or the output has fewer than two words."""
+    words = output.split()
+    if len(words) < 2:
+        return ""
+    base = float(oracle(context, output))
+    change = [float(oracle(context, " ".join(words[:i] + words[i + 1 :]))) - base for i in range(len(words))]
+    order = sorted(range(len(words)), key=lambda i: -change[i])
+    down = sorted(i for i in order[:max_quotes] if change[i] > min_change and _word(words[i]))
+    best = min(range(len(words)), key=lambda i: change[i])
+    parts = []
+    if down:
+        parts.append("What pulls it down: " + ", ".join(f'"{_word(words[i])}"' for i in down) + ".")
+    if change[best] < -min_change and _word(words[best]):
+        parts.append(f'What works: "{_word(words[best])}".')
+    return " ".join(parts)
 
 
 class AnnotatorPool:
@@ -297,6 +328,45 @@ def annotate_ratings(
 def annotate_language_feedback(
     annotator, prompts: Sequence, completions_per_prompt: Sequence[Sequence], rng: np.random.Generator
 ) -> list[LanguageFeedback]:
-    """A templated critique for every completion of every prompt."""
+    """A critique for every completion of every prompt: its tone from R* + noise, then what R* sees in
+    it (:func:`oracle_critique`)."""
     prompts = _check_lengths(prompts, completions_per_prompt)
     return [annotator.language_feedback(p, c, rng) for p, cs in zip(prompts, completions_per_prompt) for c in cs]
+
+
+def parse_attribute_oracles(spec: str) -> list[tuple[str, str]]:
+    """``"helpful=sentiment,short=brevity"`` -> ``[("helpful", "sentiment"), ("short", "brevity")]``;
+    an entry without ``=``, an empty name or oracle, or a repeated name is a one-line ConfigError."""
+    pairs = []
+    for entry in spec.split(","):
+        name, equals, oracle = (part.strip() for part in entry.partition("="))
+        if not equals or not name or not oracle:
+            raise ConfigError(f"--attribute_oracles: expected NAME=ORACLE, got {entry.strip()!r}")
+        if name in dict(pairs):
+            raise ConfigError(f"--attribute_oracles: attribute '{name}' is named twice")
+        pairs.append((name, oracle))
+    return pairs
+
+
+def annotate_attribute_ratings(
+    pool: AnnotatorPool,
+    attribute_oracles: dict[str, Callable[[str, str], float]],
+    prompts: Sequence,
+    completions_per_prompt: Sequence[Sequence],
+    rng: np.random.Generator,
+    scale: str = "likert:5",
+) -> list[Rating]:
+    """One rating per (completion, attribute), as the feedback app's attribute Likerts give them
+    (Section 7.3.2; several objectives, Section 7.8): a pool member drawn per completion rates every
+    attribute, each with that member's noise and binning but the attribute's own R*
+    (``attribute_oracles``), and each rating names its ``attribute``."""
+    prompts = _check_lengths(prompts, completions_per_prompt)
+    parse_scale(scale)  # fail before any oracle call
+    raters = {name: [replace(m, oracle=oracle) for m in pool.members] for name, oracle in attribute_oracles.items()}
+    out = []
+    for prompt, completions in zip(prompts, completions_per_prompt):
+        for completion in completions:
+            member = pool.members.index(pool.draw(rng))
+            for name, members in raters.items():
+                out.append(replace(members[member].rate(prompt, completion, rng, scale=scale), attribute=name))
+    return out

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from rlhflab.errors import ConfigError, TrainingError
+from rlhflab.judge import judge_oracle
 
 Oracle = Callable[[str, str], float]
 
@@ -89,12 +90,13 @@ PARAMETRISED_ORACLES: dict[str, Callable[[str], Oracle]] = {
     "keyword": keyword_oracle,
     "length": length_target_oracle,
     "regex": regex_oracle,
+    "judge": judge_oracle,  # judge:MODEL, a causal LM comparing the output with a reference reply
 }
 
 
 def load_oracle(spec) -> Oracle:
     """Resolve an oracle: ``"sentiment"``, ``"brevity"``, ``"length"``, ``"length:N"``, ``"keyword:WORD"``,
-    ``"regex:PATTERN"``, ``"package.module:function"``, or a callable (returned as it is)."""
+    ``"regex:PATTERN"``, ``"judge:MODEL"``, ``"package.module:function"``, or a callable (returned as it is)."""
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:

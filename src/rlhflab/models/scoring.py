@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhflab.progress import bar
+
 
 def encode_for_reward(tokenizer, contexts: Sequence[str], outputs: Sequence[str], max_length: int = 512):
     """Tokenise (context, output) pairs. Encoders with a separator token get a sentence pair;
@@ -47,8 +49,12 @@ def score(
     was_training = model.training
     model.eval()
     parts = []
-    for i in range(0, len(contexts), batch_size):
-        encoded = encode_for_reward(tokenizer, contexts[i : i + batch_size], outputs[i : i + batch_size], max_length)
-        parts.append(reward_forward(model, encoded).cpu())
+    with bar(len(contexts), "scoring with the reward model", unit="sample") as progress:
+        for i in range(0, len(contexts), batch_size):
+            encoded = encode_for_reward(
+                tokenizer, contexts[i : i + batch_size], outputs[i : i + batch_size], max_length
+            )
+            parts.append(reward_forward(model, encoded).cpu())
+            progress.update(len(parts[-1]))
     model.train(was_training)
     return torch.cat(parts) if parts else torch.zeros(0)

@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     if args.experiment == "report":
         res = experiments.report(out, seed=args.seed)
         print((out / "summary.md").read_text(), end="")
-        print(f"wrote {out}/ (summary.md, instance.json, one folder per experiment) in {res['wall_time_s']} s")
+        print(
+            f"wrote {out}/ (summary.md, report.html, instance.json, one folder per experiment) in {res['wall_time_s']} s"
+        )
         return 0
     res = experiments.EXPERIMENTS[args.experiment](out, seed=args.seed)
     print(f"| {args.experiment} | {experiments.headline(args.experiment, res)} | {res['wall_time_s']} s |")

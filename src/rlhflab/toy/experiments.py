@@ -18,6 +18,7 @@ import torch
 
 from rlhflab.ensemble import Objective, bootstrap_indices, ensemble_reward, member_disagreement, member_seed
 from rlhflab.files import write_text
+from rlhflab.html_report import write_report
 from rlhflab.losses import bradley_terry_loss, policy_gradient_loss, reinforce_advantages, sft_loss
 from rlhflab.toy.dense import dense
 from rlhflab.toy.exact import (
@@ -1117,6 +1118,7 @@ def report(run_dir, seed: int = 0) -> dict:
     export(run_dir, seed)
     results = {name: fn(run_dir / name, seed=seed) for name, fn in EXPERIMENTS.items()}
     write_text(run_dir / "summary.md", summary_markdown(results, seed))
+    write_report([run_dir])
     return {
         "experiment": "report",
         "seed": seed,

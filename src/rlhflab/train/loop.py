@@ -5,12 +5,14 @@ One *iteration* = ``algorithm.collect`` (e.g. sample a rollout; nothing for offl
 then the optimiser steps of ``algorithm.updates`` (several epochs of minibatches for PPO, one step
 for offline methods). Everything a method need not care about lives here once: device placement
 and distribution (``accelerate launch`` gives DDP/FSDP), gradient accumulation and clipping,
-NaN/inf detection, metrics JSONL, progress bars, atomic checkpoints and exact resume.
+NaN/inf detection, metrics JSONL and experiment trackers (``--report_to``: TensorBoard, trackio,
+W&B, MLflow, through accelerate's trackers), progress bars, atomic checkpoints and exact resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,12 +25,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rlhflab.config import TrainConfig, default_run_dir, save_config
+from rlhflab.config import TrainConfig, default_run_dir, save_config, tracker_names
 from rlhflab.errors import ConfigError, TrainingError
 from rlhflab.files import append_jsonl, write_json
+from rlhflab.progress import bar, progress_shown
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "rlhflab_state.json"
+TRACKER_PROJECT = "rlhflab"  # trackio / W&B project, MLflow experiment
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: the run's TensorBoard event files
 
 
 class Algorithm(Protocol):
@@ -65,15 +70,51 @@ class Algorithm(Protocol):
         """Write the trained model(s) with ``save_pretrained``."""
 
 
-def make_accelerator(config: TrainConfig):
+def make_accelerator(config: TrainConfig, run_dir: str | Path | None = None):
+    """The run's Accelerator; with ``config.report_to`` trackers, logging into ``run_dir``
+    (TensorBoard event files in RUN/tensorboard/; trackio, W&B and MLflow where they keep runs)."""
     from accelerate import Accelerator
+    from accelerate.tracking import TensorBoardTracker
 
     mixed = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config.dtype]
     # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU and each
     # process trains alone (into the same run directory); with it, the processes join over gloo.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    log_with = tracker_names(getattr(config, "report_to", None))
+    if run_dir is not None and "tensorboard" in log_with:
+        # an instance, so that the event files go to RUN/tensorboard rather than RUN/<project name>
+        log_with[log_with.index("tensorboard")] = TensorBoardTracker(TENSORBOARD_DIR, run_dir)
     # Parameters are loaded in config.dtype already; autocast is only needed on accelerators.
-    return Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", cpu=cpu)
+    return Accelerator(
+        mixed_precision=mixed if torch.cuda.is_available() else "no",
+        cpu=cpu,
+        log_with=log_with or None,
+        project_dir=None if run_dir is None else str(run_dir),
+    )
+
+
+def _tracker_config(config: Any) -> dict:
+    """The run's options as flat scalars (what every tracker's hyperparameter table accepts)."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+
+
+def start_trackers(accelerator, config: Any, run_dir: Path) -> None:
+    """One tracker run per training run, named after its directory (``demo-X/ppo``), in the project
+    ``rlhflab``. trackio stays local (its SQLite database under $TRACKIO_DIR, default
+    ~/.cache/huggingface/trackio; ``trackio show`` opens it); nothing is embedded or served."""
+    if not accelerator.log_with:
+        return
+    name = "/".join(Path(run_dir).resolve().parts[-2:])
+    accelerator.init_trackers(
+        TRACKER_PROJECT,
+        config=_tracker_config(config),
+        init_kwargs={
+            "trackio": {"name": name, "embed": False},
+            "wandb": {"name": name, "dir": str(run_dir)},
+            "mlflow": {"run_name": name},
+        },
+    )
 
 
 def make_optimizer(config: TrainConfig, modules: dict[str, nn.Module], total_steps: int):
@@ -110,21 +151,25 @@ def _check_finite(value: torch.Tensor, what: str, iteration: int, algorithm: str
 
 
 class RunLogger:
-    """metrics.jsonl plus a progress bar, on the main process only."""
+    """metrics.jsonl, the experiment trackers (``--report_to``) and a progress bar, on the main
+    process only. Trackers get every row of metrics.jsonl at its optimiser step: proxy and oracle
+    reward, each reward component, KL, losses, learning rate, seconds and steps per second."""
 
     def __init__(self, run_dir: Path, accelerator, total: int, start: int, desc: str, enabled: bool):
         self.path = run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.bar = None
         if self.main and enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+            self.bar = bar(total, f"{desc}: training", unit="iteration", leave=True, initial=start)
 
     def log(self, row: dict) -> None:
         if not self.main:
             return
         append_jsonl(self.path, row)
+        if self.accelerator.trackers:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("iteration", "step")}
+            self.accelerator.log(numbers, step=int(row.get("step", row["iteration"])))
         if self.bar is not None:
             shown = {}
             for key in ("loss", "reward", "oracle_reward", "kl", "accuracy"):
@@ -139,6 +184,8 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.accelerator.trackers:
+            self.accelerator.end_training()
 
 
 def _truncate_metrics(path: Path, last_iteration: int) -> None:
@@ -170,13 +217,14 @@ def train(
     is saved as after a full run. Under several processes it must answer the same on every one."""
     from accelerate.utils import set_seed
 
-    accelerator = accelerator or make_accelerator(config)
     run_dir = Path(config.resume or config.output_dir or default_run_dir(algorithm.name))
+    accelerator = accelerator or make_accelerator(config, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not config.resume:
             save_config(config_to_save or config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
+    start_trackers(accelerator, config_to_save or config, run_dir)
     set_seed(config.seed, device_specific=True)
 
     modules = algorithm.trainable_modules()
@@ -207,9 +255,10 @@ def train(
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     step = scheduler.last_epoch
     for iteration in range(start, total_iterations):
-        t0 = time.perf_counter()
+        t0, first_step = time.perf_counter(), step
         row: dict[str, Any] = {"iteration": iteration}
-        row.update(algorithm.collect(iteration))
+        with progress_shown(False):  # the training bar says what this waits for; no bar per rollout
+            row.update(algorithm.collect(iteration))
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for micro_batches in algorithm.updates(iteration):
@@ -238,7 +287,9 @@ def train(
             step += 1
         row.update({k: sums[k] / counts[k] for k in sums})
         row = _mean_over_processes(accelerator, row)
-        row.update({"step": step, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0})
+        seconds = time.perf_counter() - t0
+        row.update({"step": step, "lr": scheduler.get_last_lr()[0], "seconds": seconds})
+        row["steps_per_second"] = (step - first_step) / seconds if seconds > 0 else 0.0
         if iteration % max(1, config.logging_steps) == 0 or iteration == total_iterations - 1:
             logger.log(row)
         logger.advance()

@@ -15,7 +15,7 @@ import torch
 
 from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
-from rlhflab.ensemble import parse_objective
+from rlhflab.ensemble import bootstrap_indices, member_seed, parse_objective
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import (
     bradley_terry_loss,
@@ -28,7 +28,14 @@ from rlhflab.losses import (
 from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
-from rlhflab.reward_heads import MANIFEST, num_outputs, training_manifest
+from rlhflab.reward_heads import (
+    ALL_ATTRIBUTES,
+    MANIFEST,
+    head_index,
+    num_outputs,
+    parse_attribute_list,
+    training_manifest,
+)
 from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
 from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
@@ -222,6 +229,19 @@ class RewardConfig(TrainConfig):
     ensemble_objective: str = option(
         "mean", "The ensemble's default objective when a spec names none: mean, wco, uwo or uwo:LAMBDA."
     )
+    ensemble_trunk: str = option(
+        "separate",
+        "How ensemble members are built: 'separate' (K whole reward models, K runs) or 'shared' (one backbone "
+        "with K linear heads, each initialised from its member's seed, one run: about K times cheaper; with "
+        "--ensemble_data bootstrap each head weighs the batch's records by their count in its own resample).",
+        choices=["separate", "shared"],
+    )
+    attributes: str | None = option(
+        None,
+        "With --feedback rating: one regression head per rated attribute (the ratings' 'attribute' column), "
+        "'all' or a comma-separated list (ratings of other attributes are left out); --reward DIR is the "
+        "heads' mean, DIR::attribute=NAME one head (see rlhflab.reward_heads).",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -238,11 +258,32 @@ class RewardConfig(TrainConfig):
             )
         if self.distributional and self.use_margin:
             raise ConfigError("use_margin has no meaning in the mean-variance loss; drop it or --distributional")
+        if self.ensemble_trunk not in ("separate", "shared"):
+            raise ConfigError(f"ensemble_trunk must be 'separate' or 'shared', got '{self.ensemble_trunk}'")
+        if self.ensemble_trunk == "shared" and self.ensemble < 2:
+            raise ConfigError("ensemble_trunk shared builds an ensemble: give --ensemble K with K >= 2")
+        if self.attributes is not None:
+            if self.feedback != "rating":
+                raise ConfigError("attributes trains one regression head per attribute on ratings (--feedback rating)")
+            if self.per_annotator or self.distributional or self.ensemble > 1:
+                raise ConfigError("attributes cannot be combined with per_annotator, distributional or ensemble")
+            if self.attributes.strip() != ALL_ATTRIBUTES:
+                parse_attribute_list(self.attributes)
+        if self.ensemble > 1 and (self.per_annotator or self.distributional):
+            raise ConfigError("ensemble members are scalar reward models: drop per_annotator / distributional")
 
 
 class RewardAlgorithm(OfflineAlgorithm):
     """R_phi trained by maximum likelihood of the feedback (Eq. 5-6), one forward per step over all
-    distinct completions of the batch (chosen and rejected together)."""
+    distinct completions of the batch (chosen and rejected together).
+
+    A model with K heads (``num_labels``) weighs each (record, head) pair: ``head_weights`` (N, K)
+    counts how often record i trains head k, and the loss is Σ_ik w_ik ℓ_ik / (B · heads per record).
+    One head per group (annotator, attribute): w_i is one-hot on the record's group (heads per
+    record 1). A shared-trunk ensemble (``ensemble_trunk="shared"``): every record trains every head
+    (w = 1, heads per record K), or, with ``ensemble_data="bootstrap"``, w_ik is record i's count in
+    head k's resample of the data (expected 1), so each head fits its own bootstrap while the trunk
+    fits them all. A plain model is K = 1, w = 1."""
 
     name = "reward"
     module_name = "reward_model"
@@ -256,17 +297,25 @@ class RewardAlgorithm(OfflineAlgorithm):
         super().__init__(config, model, tokenizer, len(records), groups)
         self.records = list(records)
         self.share_prompts = supports_shared_prompt(model, tokenizer)
-        # Several outputs per (c, o): one per annotator, or (mu, log sigma^2); see rlhflab.reward_heads.
-        self.heads = training_manifest(config.per_annotator, config.distributional, self.records)
-        if model.config.num_labels != num_outputs(self.heads):
+        # Several outputs per (c, o): one per annotator or attribute, or (mu, log sigma^2) (see
+        # rlhflab.reward_heads), or one per member of a shared-trunk ensemble.
+        self.heads = training_manifest(config.per_annotator, config.distributional, self.records, config.attributes)
+        shared_ensemble = config.ensemble > 1 and config.ensemble_trunk == "shared"
+        needed = config.ensemble if shared_ensemble else num_outputs(self.heads)
+        if model.config.num_labels != needed:
             raise ConfigError(
-                f"the reward model has {model.config.num_labels} output(s), this run needs {num_outputs(self.heads)} "
+                f"the reward model has {model.config.num_labels} output(s), this run needs {needed} "
                 "(load it with load_reward_model(..., num_labels=rlhflab.reward_heads.num_outputs(...)))"
             )
-        self.head_of = None
-        if config.per_annotator:
-            index = {name: a for a, name in enumerate(self.heads["annotators"])}
-            self.head_of = [index[r.annotator] for r in self.records]
+        self.heads_per_record = needed if shared_ensemble else 1
+        self.head_weights = None  # None: every record trains every head once (a plain model, or seeds)
+        head_of = head_index(self.heads, self.records)
+        if head_of is not None:
+            self.head_weights = torch.nn.functional.one_hot(torch.tensor(head_of), needed)
+        elif shared_ensemble and config.ensemble_data == "bootstrap":
+            n = len(self.records)
+            resamples = [bootstrap_indices(n, member_seed(config.seed, k)) for k in range(needed)]
+            self.head_weights = torch.stack([torch.bincount(torch.tensor(r), minlength=n) for r in resamples], dim=1)
 
     def _rewards(self, contexts, outputs, group_size: int = 1):
         """R_phi of each (context, output). With ``group_size`` k > 1, ``contexts`` holds each
@@ -295,6 +344,18 @@ class RewardAlgorithm(OfflineAlgorithm):
             self.accelerator.unwrap_model(self.model), self.tokenizer, str(run_dir / self.module_name), extra_json=extra
         )
 
+    def _per_head(self, indices, *per_head):
+        """Every (record, head) item of ``per_head`` tensors, each (B, K, ...), repeated w_ik times
+        (flattened to (M, ...)), and the factor that turns the mean over those M items into
+        Σ_ik w_ik ℓ_ik / (B · heads per record): with it, a pure mean loss weighs the heads as the
+        class docstring says. The factor is 0 where no item is left (a micro-batch outside every
+        head's resample)."""
+        B, K = per_head[0].shape[:2]
+        weights = torch.ones(B, K, dtype=torch.long) if self.head_weights is None else self.head_weights[indices]
+        weights = weights.to(per_head[0].device).reshape(-1)
+        items = [t.reshape(B * K, *t.shape[2:]).repeat_interleave(weights, 0) for t in per_head]
+        return items, float(weights.sum()) / (B * self.heads_per_record)
+
     def loss(self, micro):
         indices, weight = micro
         records = [self.records[i] for i in indices]
@@ -304,20 +365,21 @@ class RewardAlgorithm(OfflineAlgorithm):
             contexts = [prompt_text(r.prompt) for r in records for _ in range(2)]
             outputs = [render_completion(o) for r in records for o in (r.chosen, r.rejected)]
             rewards = self._rewards(contexts, outputs, group_size=2).view(len(records), 2, -1)
-            if self.head_of is not None:  # each pair's logit from the head of the annotator who labelled it
-                heads = torch.tensor([self.head_of[i] for i in indices], device=rewards.device)
-                rewards = rewards.gather(2, heads.view(-1, 1, 1).expand(-1, 2, 1))
-            chosen, rejected = rewards[:, 0, 0], rewards[:, 1, 0]  # R_phi, or mu for mean-variance heads
-            margin = None
-            if self.config.use_margin:
-                margin = torch.tensor([r.margin or 0.0 for r in records], device=rewards.device)
-            if self.config.distributional:
+            if self.config.distributional:  # (mu, log sigma^2) of chosen and of rejected
+                chosen, rejected = rewards[:, 0, 0], rewards[:, 1, 0]
                 loss = mean_variance_bradley_terry_loss(chosen, rewards[:, 0, 1], rejected, rewards[:, 1, 1])
             else:
-                loss = bradley_terry_loss(chosen, rejected, margin)
+                margin = torch.zeros(len(records), device=rewards.device)
+                if self.config.use_margin:
+                    margin = torch.tensor([r.margin or 0.0 for r in records], device=rewards.device)
+                (chosen, rejected, margin), share = self._per_head(
+                    indices, rewards[:, 0], rewards[:, 1], margin[:, None].expand_as(rewards[:, 0])
+                )
+                margin = margin if self.config.use_margin else None
+                loss = bradley_terry_loss(chosen, rejected, margin) * share if share else rewards.sum() * 0
             stats = {
-                "accuracy": pairwise_accuracy(chosen.detach(), rejected.detach()),
-                "reward_gap": float((chosen - rejected).detach().mean()),
+                "accuracy": pairwise_accuracy(chosen.detach(), rejected.detach()) if chosen.numel() else 0.0,
+                "reward_gap": float((chosen - rejected).detach().mean()) if chosen.numel() else 0.0,
             }
         elif kind == "ranking":
             k = max(len(r.completions) for r in records)
@@ -329,17 +391,20 @@ class RewardAlgorithm(OfflineAlgorithm):
                 outputs += [render_completion(c) for c in r.completions] + ["."] * pad
                 ranks.append(list(groups) + [10**6] * pad)
                 mask.append([True] * len(r.completions) + [False] * pad)
-            rewards = self._rewards(contexts, outputs, group_size=k).view(len(records), k)
-            ranks_t = torch.tensor(ranks, device=rewards.device)
-            mask_t = torch.tensor(mask, device=rewards.device)
-            loss = plackett_luce_loss(rewards, ranks_t, mask_t)
-            stats = {"top1_accuracy": float((rewards.masked_fill(~mask_t, -1e9).argmax(-1) == 0).float().mean())}
+            rewards = self._rewards(contexts, outputs, group_size=k).view(len(records), k, -1).transpose(1, 2)
+            ranks_t = torch.tensor(ranks, device=rewards.device)[:, None].expand_as(rewards)
+            mask_t = torch.tensor(mask, device=rewards.device)[:, None].expand_as(rewards)
+            (rewards, ranks_t, mask_t), share = self._per_head(indices, rewards, ranks_t, mask_t)
+            loss = plackett_luce_loss(rewards, ranks_t, mask_t) * share if share else rewards.sum() * 0
+            top1 = (rewards.masked_fill(~mask_t, -1e9).argmax(-1) == 0).float()
+            stats = {"top1_accuracy": float(top1.mean()) if top1.numel() else 0.0}
         else:
             contexts = [prompt_text(r.prompt) for r in records]
             outputs = [render_completion(r.completion) for r in records]
-            rewards = self._rewards(contexts, outputs)
+            rewards = self._rewards(contexts, outputs).view(len(records), -1)
             targets = torch.tensor([r.score for r in records], device=rewards.device, dtype=rewards.dtype)
-            loss = regression_loss(rewards, targets)
+            (rewards, targets), share = self._per_head(indices, rewards, targets[:, None].expand_as(rewards))
+            loss = regression_loss(rewards, targets) * share if share else rewards.sum() * 0
             stats = {}
         return loss * weight, stats
 

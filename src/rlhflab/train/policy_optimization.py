@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhflab.composite import CompositeReward
 from rlhflab.config import (
     DEFAULT_POLICY,
     LoopOptions,
@@ -294,11 +295,19 @@ class PolicyOptimization:
         return self.config.num_iterations * self.config.num_epochs_per_rollout * self.config.num_minibatches
 
     def state_dict(self):
-        return {"kl_coef": self.kl_controller.state_dict(), "reward_moments": self.reward_moments.state_dict()}
+        state = {"kl_coef": self.kl_controller.state_dict(), "reward_moments": self.reward_moments.state_dict()}
+        # A composite reward (or oracle) standardises each component by running moments: part of the run's state.
+        for key, source in (("reward_source", self.reward_source), ("oracle", self.oracle)):
+            if isinstance(source, CompositeReward):
+                state[key] = source.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.kl_controller.load_state_dict(state["kl_coef"])
         self.reward_moments.load_state_dict(state["reward_moments"])
+        for key, source in (("reward_source", self.reward_source), ("oracle", self.oracle)):
+            if isinstance(source, CompositeReward) and key in state:
+                source.load_state_dict(state[key])
 
     def save_final(self, run_dir: Path):
         save_model(self._policy(), self.tokenizer, str(run_dir / "policy"))

@@ -98,16 +98,34 @@ class RAFTConfig(LoopOptions, DatasetOptions, SamplingOptions, PromptOptions, Po
             raise ConfigError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
 
 
-class _RoundSFT(SFTAlgorithm):
+class RoundSFT(SFTAlgorithm):
     """SFT for one round; only the last round's policy is written (by :func:`raft`)."""
 
     def save_final(self, run_dir: Path):
         pass
 
 
-def _train_fields(cfg) -> dict:
+def train_fields(cfg) -> dict:
     """The training-loop options of ``cfg`` that a round's SFT takes over."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(cfg, f.name)}
+
+
+def train_round(cfg, policy, tokenizer, examples: list, run_dir: Path) -> None:
+    """One round's SFT of ``policy`` on tokenised (prompt ids, completion ids) ``examples``, through
+    the one training loop with ``cfg``'s training options; nothing is saved (the caller saves)."""
+    sft_cfg = SFTConfig(
+        **{
+            **train_fields(cfg),
+            "output_dir": str(run_dir),
+            "resume": None,
+            "batch_size": min(cfg.batch_size, len(examples)),
+            "gradient_accumulation_steps": 1,
+            "save_steps": 0,
+        },
+        policy=cfg.policy,
+        use_chat_template=cfg.use_chat_template,
+    )
+    train(sft_cfg, RoundSFT(sft_cfg, policy, tokenizer, examples))
 
 
 def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source, oracle_source=None) -> Path:
@@ -148,19 +166,7 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
         examples = [e for e in examples if e[1]]  # an empty completion teaches nothing
         if not examples:
             raise ConfigError(f"round {r}: every kept sample is empty; raise --max_new_tokens or --keep_fraction")
-        sft_cfg = SFTConfig(
-            **{
-                **_train_fields(cfg),
-                "output_dir": str(run_dir / f"round-{r}"),
-                "resume": None,
-                "batch_size": min(cfg.batch_size, len(examples)),
-                "gradient_accumulation_steps": 1,
-                "save_steps": 0,
-            },
-            policy=cfg.policy,
-            use_chat_template=cfg.use_chat_template,
-        )
-        train(sft_cfg, _RoundSFT(sft_cfg, policy, tokenizer, examples))
+        train_round(cfg, policy, tokenizer, examples, run_dir / f"round-{r}")
         row = {
             "round": r,
             "samples_drawn": len(rollout.completion_texts),
