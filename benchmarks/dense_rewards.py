@@ -44,8 +44,10 @@ def curve(run: Path) -> list[dict]:
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
+    """Mean ± sd over seeds; one seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
 
 
 def window(c: list[dict], start: int, stop: int, key: str = "J") -> float:
