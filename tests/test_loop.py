@@ -16,20 +16,10 @@ import pytest
 from rlhflab.data import read_records, write_records
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.loop import LoopConfig, round_prompts, run_loop, split_evenly
+from tests.report_runs import TINY_LOOP
 
 # A loop small enough for a test: 2 rounds of 4 prompts × 4 samples (6 pairs each) on tiny models.
-TINY = dict(
-    quick=True,
-    rounds=2,
-    feedback_prompts=8,
-    policy_iterations=2,
-    prompts_per_iteration=4,
-    eval_prompts=4,
-    eval_samples=2,
-    max_new_tokens=8,
-    reward_epochs=1.0,
-    poll_seconds=0.05,
-)
+TINY = {**TINY_LOOP, "poll_seconds": 0.05}
 TINY_FLAGS = [f"--{k}" if v is True else f"--{k}={v}" for k, v in TINY.items()]
 
 
