@@ -9,7 +9,8 @@ has a pool of three simulated annotators label every pair of each prompt's sampl
 the ``sentiment`` oracle and one, the minority, by ``brevity`` (``--annotator_oracles``), holds out
 20% of each annotator's labels, and trains on the rest (a) one pooled scalar reward model and (b) a
 per-annotator reward model (``--per_annotator``), both on MiniLM with the defaults of
-``rlhflab reward``. Prints, and writes to ``--output``, each annotator's held-out accuracy under the
+``rlhflab reward``. Samples and trained reward models already in ``--work`` are reused (delete it to start afresh).
+Prints, and writes to ``--output``, each annotator's held-out accuracy under the
 pooled model and under their own head, beside the accuracy of the annotator's own R* on those
 labels (the ceiling that their label noise leaves).
 """
@@ -48,6 +49,8 @@ def accuracy(source, pairs) -> float:
 def run_seed(args, seed: int, samples_path: str | None) -> dict:
     """One seed: label, split, train pooled and per-annotator models; held-out accuracies by annotator."""
     work = Path(args.work) / f"seed-{seed}"
+    if not samples_path and (work / "samples.jsonl").is_file():  # sampled by an earlier run of this script
+        samples_path = str(work / "samples.jsonl")
     if samples_path:
         samples = read_records(samples_path, "samples")
     else:
@@ -70,6 +73,7 @@ def run_seed(args, seed: int, samples_path: str | None) -> dict:
             annotator_oracles=args.annotator_oracles,
             temperature=args.temperature,
             bias=args.bias,
+            pairs_per_prompt=args.pairs_per_prompt,
             seed=seed,
             output=str(work / "feedback.jsonl"),
         ),
@@ -96,7 +100,8 @@ def run_seed(args, seed: int, samples_path: str | None) -> dict:
             output_dir=str(work / kind),
             progress=False,
         )
-        runs[kind], _ = reward(config)
+        done = work / kind / "reward_model"
+        runs[kind] = work / kind if done.is_dir() else reward(config)[0]  # trained by an earlier run
     pooled = load_reward_source(str(runs["pooled"] / "reward_model"))
     mean_of_heads = load_reward_source(str(runs["heads"] / "reward_model"))
     oracle_of = {f"annotator-{i}": spec for i, spec in enumerate(oracles)}  # make_pool's member names
@@ -130,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=96, help="Train prompts to sample.")
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument(
+        "--pairs_per_prompt", type=int, default=6, help="Labelled pairs per prompt (at most num_samples choose 2)."
+    )
     parser.add_argument("--annotator_oracles", default=DEFAULT_ORACLES)
     parser.add_argument("--temperature", type=float, default=0.05, help="The least noisy member's BT temperature.")
     parser.add_argument("--bias", type=float, default=0.0, help="Largest position bias in the pool.")
@@ -153,14 +161,14 @@ def main(argv=None) -> int:
         "",
         f"Policy samples per seed: {first['prompts']} prompts x {args.num_samples} "
         f"({'from ' + args.samples if args.samples else 'smollm2-135m-instruct, max_new_tokens ' + str(args.max_new_tokens)}); "
-        f"pool of {len(first['rows'])} ({args.annotator_oracles}; member i's temperature {args.temperature:g}·2^i, "
+        f"{args.pairs_per_prompt} pairs per prompt; pool of {len(first['rows'])} ({args.annotator_oracles}; member i's temperature {args.temperature:g}·2^i, "
         f"position bias up to {args.bias:g}); {args.heldout:.0%} of each annotator's labels held out; "
         f"reward models on {args.model}, {args.epochs:g} epochs, other defaults of `rlhflab reward`. "
         f"Held-out accuracy, mean ± sd over seeds {seeds}.",
         "",
         "| annotator | R* | train labels | held-out labels | R* agrees with the labels | pooled model "
-        "| own head | mean of heads | own head − pooled (paired) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| own head | mean of heads | own head − pooled (paired) | own head − pooled, per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in first["rows"].items():
         runs = [s["rows"][name] for s in per_seed.values()]
@@ -168,7 +176,8 @@ def main(argv=None) -> int:
             f"| {name} | {row['oracle']} | {statistics.mean(r['train'] for r in runs):.0f} "
             f"| {statistics.mean(r['heldout'] for r in runs):.0f} | {_mean_sd([r['ceiling'] for r in runs])} "
             f"| {_mean_sd([r['pooled'] for r in runs])} | {_mean_sd([r['own'] for r in runs])} "
-            f"| {_mean_sd([r['mean_of_heads'] for r in runs])} | {_mean_sd([r['own'] - r['pooled'] for r in runs])} |"
+            f"| {_mean_sd([r['mean_of_heads'] for r in runs])} | {_mean_sd([r['own'] - r['pooled'] for r in runs])} "
+            f"| {', '.join(format(r['own'] - r['pooled'], '+.3f') for r in runs)} |"
         )
     lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s."]
     text = "\n".join(lines) + "\n"

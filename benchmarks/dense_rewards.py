@@ -84,7 +84,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--window", type=int, default=3)
-    parser.add_argument("--tabulate", action="store_true")
+    parser.add_argument("--tabulate", action="store_true", help="only tabulate finished (or stored) seeds")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     # ensemble_overopt's defaults: all pairs, 2 epochs, 4 members
     args.pairs, args.epochs, args.members, args.preferences = 0, 2, 4, None
@@ -103,6 +104,11 @@ def main() -> int:
                 _ppo(args, seed, str(ensemble_dir / "member-00" / "reward_model"), variant, run)
             if (run / "policy").is_dir():
                 runs[variant] = curve(run)
+        key = f"seed-{seed}-beta{args.kl_coef:g}-lr{args.learning_rate:g}"
+        if len(runs) == len(VARIANTS):
+            overopt.store_seed("dense_rewards", key, runs)
+        else:
+            runs = overopt.stored_seed("dense_rewards", key) or runs
         if len(runs) == len(VARIANTS):
             per_seed[seed] = runs
     if not per_seed:
@@ -115,7 +121,7 @@ def main() -> int:
         f"sample per iteration, max_new_tokens 24, learning rate {args.learning_rate:g}).\n\n"
         + table(per_seed, args.iterations, args.window)
     )
-    RESULTS.write_text(text)
+    args.output.write_text(text)
     print(text)
     return 0
 

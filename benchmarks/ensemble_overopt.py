@@ -23,6 +23,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,18 +75,36 @@ def _preferences(args, seed: int, run: Path) -> Path:
     return cut
 
 
+def store_seed(kind: str, key: str, summary: dict) -> None:
+    """Keep one seed's summary in ``benchmarks/results/KIND/KEY.json``: ``runs/`` is not kept between
+    checkouts, and a table over seeds run in different sessions needs each seed's numbers."""
+    path = RESULTS / kind / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def stored_seed(kind: str, key: str) -> dict | None:
+    """A seed's summary kept by :func:`store_seed`, or None."""
+    path = RESULTS / kind / f"{key}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def setting(args) -> str:
     """Folder-name suffix of the reward-model setting (all pairs, or the first ``--pairs``)."""
     return f"-{args.pairs}" if args.pairs else ""
 
 
-def _train_ensemble(args, seed: int, prefs: Path, out: Path) -> None:
+def _train_ensemble(args, seed: int, prefs: Path, out: Path, extra: tuple = ()) -> None:
+    """``rlhflab reward --ensemble K`` on ``prefs`` into ``out`` (unless done); ``extra``: more options."""
     if (out / "ensemble.json").is_file():
         return
     command = ["reward", "--model", "minilm-l6", "--data", prefs, "--ensemble", args.members]
     command += ["--learning_rate", "5e-5", "--num_epochs", args.epochs, "--seed", seed]
     where = ["--resume", out] if out.exists() else ["--output_dir", out]
-    _rlhflab(*command, *where)
+    start = time.perf_counter()
+    _rlhflab(*command, *where, *extra)
+    # Wall time of the whole training (a resumed run counts only its last part), for shared_trunk.py.
+    (out / "wall_seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
 
 
 def _samples(args, seed: int, run: Path) -> dict:
@@ -207,7 +226,8 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per context set")
     parser.add_argument("--n", type=int, default=256, help="samples per prompt: the largest n")
-    parser.add_argument("--tabulate", action="store_true")
+    parser.add_argument("--tabulate", action="store_true", help="only tabulate finished (or stored) seeds")
+    parser.add_argument("--output", type=Path, default=None, help="default: results/ensemble_overopt[-PAIRS].md")
     args = parser.parse_args()
     ns = [2**k for k in range(int(math.log2(args.n)) + 1)]
     per_seed = {}
@@ -219,8 +239,12 @@ def main() -> int:
             _train_ensemble(args, seed, _preferences(args, seed, run), ensemble_dir)
             _scores(args, seed, run, ensemble_dir)
         scores = run / f"scores{setting(args)}.json"
+        key = f"seed-{seed}{setting(args)}-{args.prompts}x{args.n}"
         if scores.is_file():
             per_seed[seed] = curves(json.loads(scores.read_text()), ns)
+            store_seed("ensemble_overopt", key, per_seed[seed])
+        elif stored_seed("ensemble_overopt", key):
+            per_seed[seed] = stored_seed("ensemble_overopt", key)
     text = (
         f"# Best-of-n over-optimisation: one reward model against an ensemble of {args.members}\n\n"
         f"`python benchmarks/ensemble_overopt.py --seeds {' '.join(map(str, per_seed))}"
@@ -229,7 +253,7 @@ def main() -> int:
         f"reward models on {args.pairs or 'all'} pairs; "
         "single = member 0; uwo with λ = 1).\n\n" + table(per_seed, ns)
     )
-    (RESULTS / f"ensemble_overopt{setting(args)}.md").write_text(text)
+    (args.output or RESULTS / f"ensemble_overopt{setting(args)}.md").write_text(text)
     print(text)
     return 0
 

@@ -60,6 +60,11 @@ def curve(run: Path) -> list[dict]:
     return [{"kl": r["kl"], "J": r["oracle_reward"], "J_hat": r["reward"]} for r in rows]
 
 
+def summary(evaluation: dict) -> dict:
+    """What the tables read of an `rlhflab eval` report: J, Ĵ and KL per context set."""
+    return {k: {m: evaluation[k][m] for m in ("J", "J_hat", "kl")} for k in ("seen", "unseen")}
+
+
 def _mean_sd(values: list[float]) -> str:
     """Mean ± sd over seeds; one seed has no spread to show."""
     if len(values) == 1:
@@ -122,7 +127,8 @@ def main() -> int:
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--eval_prompts", type=int, default=32)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
-    parser.add_argument("--tabulate", action="store_true")
+    parser.add_argument("--tabulate", action="store_true", help="only tabulate finished (or stored) seeds")
+    parser.add_argument("--output", type=Path, default=None, help="default: results/ensemble_ppo[-PAIRS].md")
     args = parser.parse_args()
     suffix = overopt.setting(args)
     per_seed = {}
@@ -132,6 +138,7 @@ def main() -> int:
         if not args.tabulate:
             scores_run.mkdir(parents=True, exist_ok=True)
             overopt._train_ensemble(args, seed, overopt._preferences(args, seed, scores_run), ensemble_dir)
+        key = f"seed-{seed}{suffix}-beta{args.kl_coef:g}"
         runs = {}
         for objective in args.objectives:
             run = args.root / f"seed-{seed}{suffix}-beta{args.kl_coef:g}" / objective
@@ -141,7 +148,11 @@ def main() -> int:
                 _ppo(args, seed, spec, run)
                 _eval(args, seed, spec, run)
             if (run / "eval.json").is_file():
-                runs[objective] = {"curve": curve(run), "eval": json.loads((run / "eval.json").read_text())}
+                runs[objective] = {"curve": curve(run), "eval": summary(json.loads((run / "eval.json").read_text()))}
+        if len(runs) == len(OBJECTIVES):
+            overopt.store_seed("ensemble_ppo", key, runs)
+        else:
+            runs = overopt.stored_seed("ensemble_ppo", key) or runs
         if len(runs) == len(OBJECTIVES):
             per_seed[seed] = runs
     if not per_seed:
@@ -156,7 +167,7 @@ def main() -> int:
         f"eval on {args.eval_prompts} seen and {args.eval_prompts} unseen prompts × 2 samples).\n\n"
         + table(per_seed, args.iterations)
     )
-    (RESULTS / f"ensemble_ppo{suffix}.md").write_text(text)
+    (args.output or RESULTS / f"ensemble_ppo{suffix}.md").write_text(text)
     print(text)
     return 0
 
