@@ -6,6 +6,7 @@ import math
 import pytest
 
 from rlhflab.compare import CompareConfig, noise_verdicts, run_compare
+from rlhflab.errors import ConfigError
 
 
 def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_the_effect():
@@ -48,3 +49,33 @@ def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_ca
             assert r["z"] == (pytest.approx(r["delta_J"] / r["delta_J_se"]) if r["delta_J_se"] else None)
     report = (run_dir / "comparison.md").read_text()
     assert "## Beyond noise?" in report and report.count("- ") >= 6  # 3 methods × 2 context sets
+
+
+@pytest.mark.integration
+def test_compare_optimises_and_measures_the_given_reward_in_place_of_the_pools(model_cache, tmp_path):
+    run_dir = run_compare(
+        CompareConfig(
+            quick=True,
+            methods="bon",
+            reward="length",  # minus the word count: nothing like the pool's reward model
+            output_dir=str(tmp_path / "cmp"),
+            feedback_prompts=8,
+            eval_prompts=4,
+            eval_samples=2,
+            max_new_tokens=8,
+            bon_n=4,
+        )
+    )
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    for method in ("initial", "bon"):
+        for contexts in ("seen", "unseen"):
+            e = evaluation[method][contexts]
+            assert e["proxy_rewards"] == [-float(len(t.split())) for t in e["texts"]], (method, contexts)
+    assert "optimise `length` (`--reward`)" in (run_dir / "comparison.md").read_text()
+
+
+def test_compare_rejects_a_bad_reward_spec_before_writing_anything(tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(ConfigError, match="no-such-dir"):
+        run_compare(CompareConfig(quick=True, methods="bon", reward=str(tmp_path / "no-such-dir"), output_dir=str(out)))
+    assert not out.exists()

@@ -119,6 +119,13 @@ class CompareConfig(pool_options(PRESETS, "compare")):
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")
     rso_candidates: int = option(8, "RSO candidates from pi_0 per prompt.")
+    reward: str | None = option(
+        None,
+        "What ppo, bon, raft, rso and rrhf optimise and Ĵ measures, in place of the pool's reward model: any "
+        "--reward spec (a reward-model directory, ENSEMBLE::wco, DIR::attribute=NAME, a composite, an oracle). "
+        "The pool's reward model is still trained and reported; dpo, ipo, slic and sft-positive learn from the "
+        "pool's pairs as before.",
+    )
 
     def resolved(self) -> CompareConfig:
         """The options left unset filled from the chosen preset; unknown methods are an error."""
@@ -178,6 +185,16 @@ class _Shared:
         return load_policy(self.cfg.policy)[0]
 
     @property
+    def reward_spec(self) -> str:
+        """What the reward-driven methods optimise: ``--reward``, or the pool's reward model."""
+        return self.cfg.reward or str(self.pool.reward_dir / "reward_model")
+
+    def reward(self):
+        """The reward source one method optimises. A ``--reward`` spec is loaded afresh for each method,
+        so a composite's running statistics start over, as in the method's own command."""
+        return load_reward_source(self.cfg.reward) if self.cfg.reward else self.pool.reward_model
+
+    @property
     def common(self) -> dict:
         """Training options every offline method shares."""
         cfg = self.cfg
@@ -209,7 +226,7 @@ def _run_bon(s: _Shared, method: str) -> MethodRun:
             s.policy,
             s.tokenizer,
             repeated,
-            s.pool.reward_model,
+            s.reward(),
             n=cfg.bon_n,
             max_new_tokens=cfg.max_new_tokens,
             use_chat_template=s.use_chat,
@@ -226,7 +243,7 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
     rl_cfg = RLConfig(
         algorithm="ppo",
         policy=cfg.policy,
-        reward=str(s.pool.reward_dir / "reward_model"),
+        reward=s.reward_spec,
         oracle=cfg.oracle,
         num_iterations=iterations,
         prompts_per_iteration=cfg.prompts_per_iteration,
@@ -240,7 +257,7 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
         report_to=cfg.report_to,
         output_dir=str(s.run_dir / "ppo"),
     )
-    method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.pool.reward_model, s.oracle)
+    method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.reward(), s.oracle)
     return MethodRun(iterations * cfg.prompts_per_iteration, method_dir)
 
 
@@ -250,7 +267,7 @@ def _run_preference(s: _Shared, method: str) -> MethodRun:
 
 
 def _run_rrhf(s: _Shared, method: str) -> MethodRun:
-    rankings = _rankings_by_reward_model(s.pool.samples, s.pool.reward_model)
+    rankings = _rankings_by_reward_model(s.pool.samples, s.reward())
     rcfg = s.preference_config(RankingConfig, method, loss="rrhf")
     rcfg.batch_size = min(rcfg.batch_size, len(rankings))
     return MethodRun(0, workflow.ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
@@ -269,7 +286,7 @@ def _run_rso(s: _Shared, method: str) -> MethodRun:
         num_accepted=min(4, n),
         max_new_tokens=cfg.max_new_tokens,
     )
-    return MethodRun(rso_cfg.limit * n, workflow.rso(rso_cfg, s.fresh(), s.tokenizer, s.pool.reward_model))
+    return MethodRun(rso_cfg.limit * n, workflow.rso(rso_cfg, s.fresh(), s.tokenizer, s.reward()))
 
 
 def _run_raft(s: _Shared, method: str) -> MethodRun:
@@ -292,7 +309,7 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
         batch_size=cfg.batch_size,
         output_dir=str(s.run_dir / "raft"),
     )
-    method_dir = workflow.raft(raft_cfg, s.fresh(), s.tokenizer, s.pool.reward_model)
+    method_dir = workflow.raft(raft_cfg, s.fresh(), s.tokenizer, s.reward())
     return MethodRun(cfg.raft_rounds * per_round * cfg.samples_per_prompt, method_dir)
 
 
@@ -322,6 +339,8 @@ RUNNERS = {
 
 def run_compare(cfg: CompareConfig) -> Path:
     cfg = cfg.resolved()
+    # A bad --reward spec fails here, before the run directory exists; this copy also measures Ĵ.
+    given_reward = load_reward_source(cfg.reward) if cfg.reward else None
     run_dir = Path(cfg.output_dir or default_run_dir("compare"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: output directory exists and is not empty")
@@ -344,7 +363,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     shared = _Shared(cfg, run_dir, pool, policy, tokenizer, oracle, use_chat)
     eval_kw = dict(
         oracle=oracle,
-        reward_model=pool.reward_model,
+        reward_model=given_reward or pool.reward_model,
         reference=policy,
         num_samples=cfg.eval_samples,
         max_new_tokens=cfg.max_new_tokens,
@@ -388,7 +407,12 @@ def run_compare(cfg: CompareConfig) -> Path:
         f"Shared pool: {pool_samples} samples of pi_0 on {len(pool.feedback_prompts)} prompts, "
         f"{len(pool.preferences)} simulated pairs (oracle `{cfg.oracle}`), reward model on "
         f"`{cfg.reward_backbone}`; built in {pool_seconds:.1f} s. "
-        "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
+        + (
+            f"The reward-driven methods optimise `{cfg.reward}` (`--reward`), and Ĵ is measured with it. "
+            if cfg.reward
+            else ""
+        )
+        + "`extra samples`: fresh policy samples a method drew beyond the pool (for bon, at inference); `wall s`: "
         "training time (for bon, its inference on both prompt sets), evaluation excluded. "
         "For bon the KL column is the plug-in estimate; the bound log n − (n−1)/n = "
         f"{math.log(cfg.bon_n) - (cfg.bon_n - 1) / cfg.bon_n:.3f}. ΔJ is paired by prompt against π_0 "
