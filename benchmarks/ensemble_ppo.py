@@ -141,7 +141,7 @@ def main() -> int:
         key = f"seed-{seed}{suffix}-beta{args.kl_coef:g}"
         runs = {}
         for objective in args.objectives:
-            run = args.root / f"seed-{seed}{suffix}-beta{args.kl_coef:g}" / objective
+            run = args.root / key / objective
             spec = reward_spec(ensemble_dir, objective)
             if not args.tabulate:
                 run.parent.mkdir(parents=True, exist_ok=True)
