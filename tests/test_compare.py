@@ -8,6 +8,9 @@ import pytest
 from rlhflab.compare import CompareConfig, noise_verdicts, run_compare
 from rlhflab.errors import ConfigError
 
+# A compare run small enough for a test: tiny models, 8 feedback prompts, 4 × 2 evaluation samples.
+TINY_COMPARE = dict(quick=True, feedback_prompts=8, eval_prompts=4, eval_samples=2, offline_steps=2, max_new_tokens=8)
+
 
 def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_the_effect():
     rows = [
@@ -28,17 +31,7 @@ def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_t
 @pytest.mark.integration
 def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_cache, tmp_path):
     run_dir = run_compare(
-        CompareConfig(
-            quick=True,
-            methods="ppo,dpo,bon",
-            output_dir=str(tmp_path / "cmp"),
-            feedback_prompts=8,
-            eval_prompts=4,
-            eval_samples=2,
-            online_samples=16,
-            offline_steps=2,
-            max_new_tokens=8,
-        )
+        CompareConfig(methods="ppo,dpo,bon", output_dir=str(tmp_path / "cmp"), online_samples=16, **TINY_COMPARE)
     )
     rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"initial", "ppo", "dpo", "bon"}
@@ -55,15 +48,10 @@ def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_ca
 def test_compare_optimises_and_measures_the_given_reward_in_place_of_the_pools(model_cache, tmp_path):
     run_dir = run_compare(
         CompareConfig(
-            quick=True,
             methods="bon",
             reward="length",  # minus the word count: nothing like the pool's reward model
             output_dir=str(tmp_path / "cmp"),
-            feedback_prompts=8,
-            eval_prompts=4,
-            eval_samples=2,
-            max_new_tokens=8,
-            bon_n=4,
+            **TINY_COMPARE,
         )
     )
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
