@@ -60,27 +60,34 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 
 def table(per_seed: dict[int, dict]) -> str:
     lines = [
-        "| trunk | set | Spearman(R̄, R*) | member disagreement | Spearman(disagreement, error) | training wall time (s) |",
+        "| trunk | set | Spearman(R̄, R*) | member disagreement | Spearman(disagreement, error) | disagreement unseen / seen |",
         "|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         for name in ("seen", "unseen"):
             rows = [s[variant][name] for s in per_seed.values()]
-            seconds = [s[variant]["seconds"] for s in per_seed.values()]
+            ratio = [
+                s[variant]["unseen"]["disagreement"] / s[variant]["seen"]["disagreement"] for s in per_seed.values()
+            ]
             lines.append(
                 f"| {variant} | {name} | {_mean_sd([r['spearman'] for r in rows])} "
                 f"| {_mean_sd([r['disagreement'] for r in rows])} "
-                f"| {_mean_sd([r['uncertainty_spearman'] for r in rows])} | {statistics.mean(seconds):.0f} |"
+                f"| {_mean_sd([r['uncertainty_spearman'] for r in rows])} "
+                f"| {', '.join(f'{r:.2f}' for r in ratio) if name == 'unseen' else ''} |"
             )
-    lines += ["", "Shared minus separate, paired by seed:", ""]
-    lines.append("| set | Spearman(R̄, R*) | Spearman(disagreement, error) |")
-    lines.append("|---|---|---|")
+    seeds = ", ".join(map(str, per_seed))
+    lines += ["", f"Shared minus separate, paired by seed (mean ± sd; then seeds {seeds}):", ""]
+    lines.append("| set | Spearman(R̄, R*) | per seed | Spearman(disagreement, error) | per seed |")
+    lines.append("|---|---|---|---|---|")
     for name in ("seen", "unseen"):
-        diff = {
-            k: [s["shared"][name][k] - s["separate"][name][k] for s in per_seed.values()]
-            for k in ("spearman", "uncertainty_spearman")
-        }
-        lines.append(f"| {name} | {_mean_sd(diff['spearman'])} | {_mean_sd(diff['uncertainty_spearman'])} |")
+        cells = []
+        for k in ("spearman", "uncertainty_spearman"):
+            diff = [s["shared"][name][k] - s["separate"][name][k] for s in per_seed.values()]
+            cells += [_mean_sd(diff), ", ".join(f"{d:+.3f}" for d in diff)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Training wall time per seed ({seeds}), s:", ""]
+    for variant in VARIANTS:
+        lines.append(f"- {variant}: " + ", ".join(f"{s[variant]['seconds']:.0f}" for s in per_seed.values()))
     return "\n".join(lines) + "\n"
 
 
