@@ -209,6 +209,25 @@ def table(per_seed: dict[int, dict], ns: list[int]) -> str:
             best = max(range(len(ns)), key=lambda i: mean_curve[i])
             peak[name] = f"{mean_curve[best]:+.3f} at n = {ns[best]}"
         lines += ["", "Peak of the mean curve: " + "; ".join(f"{k} {v}" for k, v in peak.items()) + ".", ""]
+        lines += [
+            f"Per seed ({', '.join(map(str, per_seed))}): J at n = {ns[-1]} minus the single model's, paired; "
+            f"and how far J at n = {ns[-1]} is below the seed's own peak over n (0: still rising or flat):",
+            "",
+            "| objective | − single at n = " + str(ns[-1]) + " | mean ± sd | fall from peak |",
+            "|---|---|---|---|",
+        ]
+        for name in OBJECTIVES:
+            diff = [c[f"{contexts}/{name}"][-1]["J"] - c[f"{contexts}/single"][-1]["J"] for c in per_seed.values()]
+            fall = [
+                max(r["J"] for r in c[f"{contexts}/{name}"]) - c[f"{contexts}/{name}"][-1]["J"]
+                for c in per_seed.values()
+            ]
+            sd = statistics.stdev(diff) if len(diff) > 1 else 0.0
+            lines.append(
+                f"| {name} | {', '.join(f'{d:+.3f}' for d in diff)} | {statistics.mean(diff):+.3f} ± {sd:.3f} "
+                f"| {', '.join(f'{f:.3f}' for f in fall)} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -248,7 +267,7 @@ def main() -> int:
     text = (
         f"# Best-of-n over-optimisation: one reward model against an ensemble of {args.members}\n\n"
         f"`python benchmarks/ensemble_overopt.py --seeds {' '.join(map(str, per_seed))}"
-        f"{f' --pairs {args.pairs}' if args.pairs else ''} --epochs {args.epochs}` "
+        f"{f' --pairs {args.pairs}' if args.pairs else ''} --epochs {args.epochs} --prompts {args.prompts} --n {args.n}` "
         f"({args.prompts} seen and {args.prompts} unseen prompts × {args.n} samples of π_0 per seed; "
         f"reward models on {args.pairs or 'all'} pairs; "
         "single = member 0; uwo with λ = 1).\n\n" + table(per_seed, ns)
