@@ -363,7 +363,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     shared = _Shared(cfg, run_dir, pool, policy, tokenizer, oracle, use_chat)
     eval_kw = dict(
         oracle=oracle,
-        reward_model=given_reward or pool.reward_model,
+        reward_model=pool.reward_model if given_reward is None else given_reward,
         reference=policy,
         num_samples=cfg.eval_samples,
         max_new_tokens=cfg.max_new_tokens,
