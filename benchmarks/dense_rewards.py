@@ -60,17 +60,24 @@ def table(per_seed: dict[int, dict], iterations: int, width: int) -> str:
     lines = [
         f"J (oracle) of the training rollouts, mean over windows of {width} iterations, mean ± sd over seeds {seeds}:",
         "",
-        "| iterations | sparse J | dense J | dense − sparse (paired) | sparse KL | dense KL |",
-        "|---|---|---|---|---|---|",
+        "| iterations | sparse J | dense J | dense − sparse (paired) | per seed | sparse KL | dense KL | KL per seed "
+        "(sparse/dense) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for start in range(0, iterations, width):
         stop = min(iterations, start + width)
         sparse = [window(s["sparse"], start, stop) for s in per_seed.values()]
         dense = [window(s["dense"], start, stop) for s in per_seed.values()]
         kl = {v: statistics.mean(window(s[v], start, stop, "kl") for s in per_seed.values()) for v in VARIANTS}
+        kl_per_seed = [
+            f"{window(s['sparse'], start, stop, 'kl'):.2f}/{window(s['dense'], start, stop, 'kl'):.2f}"
+            for s in per_seed.values()
+        ]
+        diff = [d - s for d, s in zip(dense, sparse)]
         lines.append(
-            f"| {start + 1}–{stop} | {_mean_sd(sparse)} | {_mean_sd(dense)} "
-            f"| {_mean_sd([d - s for d, s in zip(dense, sparse)])} | {kl['sparse']:.2f} | {kl['dense']:.2f} |"
+            f"| {start + 1}–{stop} | {_mean_sd(sparse)} | {_mean_sd(dense)} | {_mean_sd(diff)} "
+            f"| {', '.join(f'{d:+.3f}' for d in diff)} | {kl['sparse']:.2f} | {kl['dense']:.2f} "
+            f"| {', '.join(kl_per_seed)} |"
         )
     return "\n".join(lines) + "\n"
 
