@@ -99,16 +99,23 @@ def table(per_seed: dict[int, dict], iterations: int) -> str:
             f"{_mean_sd([f['J_hat'] for f in finals])} |"
         )
     lines += ["", "Final policies on held-out prompts (`rlhflab eval`), mean ± sd over seeds:", ""]
-    lines.append("| objective | J seen | J unseen | KL seen | Ĵ seen | J unseen − single (paired) |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append(
+        "| objective | J seen | J unseen | KL seen | Ĵ seen | J seen − single, per seed | J unseen − single (paired) "
+        "| per seed |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
     for o in OBJECTIVES:
         seen = [s[o]["eval"]["seen"] for s in per_seed.values()]
         unseen = [s[o]["eval"]["unseen"] for s in per_seed.values()]
-        paired = [s[o]["eval"]["unseen"]["J"] - s["single"]["eval"]["unseen"]["J"] for s in per_seed.values()]
+        paired = {
+            k: [s[o]["eval"][k]["J"] - s["single"]["eval"][k]["J"] for s in per_seed.values()]
+            for k in ("seen", "unseen")
+        }
         lines.append(
             f"| {o} | {_mean_sd([r['J'] for r in seen])} | {_mean_sd([r['J'] for r in unseen])} | "
             f"{statistics.mean(r['kl'] for r in seen):.2f} | {_mean_sd([r['J_hat'] for r in seen])} | "
-            f"{_mean_sd(paired)} |"
+            f"{', '.join(f'{d:+.3f}' for d in paired['seen'])} | {_mean_sd(paired['unseen'])} "
+            f"| {', '.join(f'{d:+.3f}' for d in paired['unseen'])} |"
         )
     return "\n".join(lines) + "\n"
 
