@@ -43,13 +43,6 @@ def curve(run: Path) -> list[dict]:
     return [{"J": r["oracle_reward"], "J_hat": r["reward"], "kl": r["kl"]} for r in rows]
 
 
-def _mean_sd(values: list[float]) -> str:
-    """Mean ± sd over seeds; one seed has no spread to show."""
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-
-
 def window(c: list[dict], start: int, stop: int, key: str = "J") -> float:
     """Mean over iterations [start, stop): one iteration's 16 rollouts are too few to read alone."""
     return statistics.mean(r[key] for r in c[start:stop])
@@ -75,8 +68,8 @@ def table(per_seed: dict[int, dict], iterations: int, width: int) -> str:
         ]
         diff = [d - s for d, s in zip(dense, sparse)]
         lines.append(
-            f"| {start + 1}–{stop} | {_mean_sd(sparse)} | {_mean_sd(dense)} | {_mean_sd(diff)} "
-            f"| {', '.join(f'{d:+.3f}' for d in diff)} | {kl['sparse']:.2f} | {kl['dense']:.2f} "
+            f"| {start + 1}–{stop} | {overopt.mean_sd(sparse)} | {overopt.mean_sd(dense)} | {overopt.mean_sd(diff)} "
+            f"| {overopt.each_seed(diff)} | {kl['sparse']:.2f} | {kl['dense']:.2f} "
             f"| {', '.join(kl_per_seed)} |"
         )
     return "\n".join(lines) + "\n"

@@ -89,6 +89,18 @@ def stored_seed(kind: str, key: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def mean_sd(values: list[float]) -> str:
+    """Mean ± sd over seeds, signed; one seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def each_seed(values: list[float]) -> str:
+    """The values of each seed, signed, in seed order."""
+    return ", ".join(f"{v:+.3f}" for v in values)
+
+
 def setting(args) -> str:
     """Folder-name suffix of the reward-model setting (all pairs, or the first ``--pairs``)."""
     return f"-{args.pairs}" if args.pairs else ""
@@ -222,11 +234,7 @@ def table(per_seed: dict[int, dict], ns: list[int]) -> str:
                 max(r["J"] for r in c[f"{contexts}/{name}"]) - c[f"{contexts}/{name}"][-1]["J"]
                 for c in per_seed.values()
             ]
-            sd = statistics.stdev(diff) if len(diff) > 1 else 0.0
-            lines.append(
-                f"| {name} | {', '.join(f'{d:+.3f}' for d in diff)} | {statistics.mean(diff):+.3f} ± {sd:.3f} "
-                f"| {', '.join(f'{f:.3f}' for f in fall)} |"
-            )
+            lines.append(f"| {name} | {each_seed(diff)} | {mean_sd(diff)} | {', '.join(f'{f:.3f}' for f in fall)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -65,13 +65,6 @@ def summary(evaluation: dict) -> dict:
     return {k: {m: evaluation[k][m] for m in ("J", "J_hat", "kl")} for k in ("seen", "unseen")}
 
 
-def _mean_sd(values: list[float]) -> str:
-    """Mean ± sd over seeds; one seed has no spread to show."""
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-
-
 def table(per_seed: dict[int, dict], iterations: int) -> str:
     seeds = ", ".join(map(str, per_seed))
     lines = [
@@ -83,7 +76,7 @@ def table(per_seed: dict[int, dict], iterations: int) -> str:
     for i in range(0, iterations, max(1, iterations // 8)) if iterations > 8 else range(iterations):
         cells = []
         for o in OBJECTIVES:
-            cells.append(_mean_sd([s[o]["curve"][i]["J"] for s in per_seed.values()]))
+            cells.append(overopt.mean_sd([s[o]["curve"][i]["J"] for s in per_seed.values()]))
             cells.append(f"{statistics.mean(s[o]['curve'][i]['kl'] for s in per_seed.values()):.2f}")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     last = iterations - 1
@@ -94,9 +87,9 @@ def table(per_seed: dict[int, dict], iterations: int) -> str:
         peaks = [max(s[o]["curve"], key=lambda r: r["J"]) for s in per_seed.values()]
         finals = [s[o]["curve"][last] for s in per_seed.values()]
         lines.append(
-            f"| {o} | {_mean_sd([p['J'] for p in peaks])} | {statistics.mean(p['kl'] for p in peaks):.2f} | "
-            f"{_mean_sd([f['J'] for f in finals])} | {statistics.mean(f['kl'] for f in finals):.2f} | "
-            f"{_mean_sd([f['J_hat'] for f in finals])} |"
+            f"| {o} | {overopt.mean_sd([p['J'] for p in peaks])} | {statistics.mean(p['kl'] for p in peaks):.2f} | "
+            f"{overopt.mean_sd([f['J'] for f in finals])} | {statistics.mean(f['kl'] for f in finals):.2f} | "
+            f"{overopt.mean_sd([f['J_hat'] for f in finals])} |"
         )
     lines += ["", "Final policies on held-out prompts (`rlhflab eval`), mean ± sd over seeds:", ""]
     lines.append(
@@ -112,10 +105,10 @@ def table(per_seed: dict[int, dict], iterations: int) -> str:
             for k in ("seen", "unseen")
         }
         lines.append(
-            f"| {o} | {_mean_sd([r['J'] for r in seen])} | {_mean_sd([r['J'] for r in unseen])} | "
-            f"{statistics.mean(r['kl'] for r in seen):.2f} | {_mean_sd([r['J_hat'] for r in seen])} | "
-            f"{', '.join(f'{d:+.3f}' for d in paired['seen'])} | {_mean_sd(paired['unseen'])} "
-            f"| {', '.join(f'{d:+.3f}' for d in paired['unseen'])} |"
+            f"| {o} | {overopt.mean_sd([r['J'] for r in seen])} | {overopt.mean_sd([r['J'] for r in unseen])} | "
+            f"{statistics.mean(r['kl'] for r in seen):.2f} | {overopt.mean_sd([r['J_hat'] for r in seen])} | "
+            f"{overopt.each_seed(paired['seen'])} | {overopt.mean_sd(paired['unseen'])} "
+            f"| {overopt.each_seed(paired['unseen'])} |"
         )
     return "\n".join(lines) + "\n"
 

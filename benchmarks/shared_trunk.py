@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -52,12 +51,6 @@ def summary(evaluation: dict, ensemble: Path) -> dict:
     return out
 
 
-def _mean_sd(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:+.{digits}f}"
-    return f"{statistics.mean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def table(per_seed: dict[int, dict]) -> str:
     lines = [
         "| trunk | set | Spearman(R̄, R*) | member disagreement | Spearman(disagreement, error) | disagreement unseen / seen |",
@@ -70,9 +63,9 @@ def table(per_seed: dict[int, dict]) -> str:
                 s[variant]["unseen"]["disagreement"] / s[variant]["seen"]["disagreement"] for s in per_seed.values()
             ]
             lines.append(
-                f"| {variant} | {name} | {_mean_sd([r['spearman'] for r in rows])} "
-                f"| {_mean_sd([r['disagreement'] for r in rows])} "
-                f"| {_mean_sd([r['uncertainty_spearman'] for r in rows])} "
+                f"| {variant} | {name} | {overopt.mean_sd([r['spearman'] for r in rows])} "
+                f"| {overopt.mean_sd([r['disagreement'] for r in rows])} "
+                f"| {overopt.mean_sd([r['uncertainty_spearman'] for r in rows])} "
                 f"| {', '.join(f'{r:.2f}' for r in ratio) if name == 'unseen' else ''} |"
             )
     seeds = ", ".join(map(str, per_seed))
@@ -83,7 +76,7 @@ def table(per_seed: dict[int, dict]) -> str:
         cells = []
         for k in ("spearman", "uncertainty_spearman"):
             diff = [s["shared"][name][k] - s["separate"][name][k] for s in per_seed.values()]
-            cells += [_mean_sd(diff), ", ".join(f"{d:+.3f}" for d in diff)]
+            cells += [overopt.mean_sd(diff), overopt.each_seed(diff)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Training wall time per seed ({seeds}), s:", ""]
     for variant in VARIANTS:
