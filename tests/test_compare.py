@@ -64,6 +64,6 @@ def test_compare_optimises_and_measures_the_given_reward_in_place_of_the_pools(m
 
 def test_compare_rejects_a_bad_reward_spec_before_writing_anything(tmp_path):
     out = tmp_path / "cmp"
-    with pytest.raises(ConfigError, match="no-such-dir"):
+    with pytest.raises(ConfigError, match="no-such-dir': no such directory"):
         run_compare(CompareConfig(quick=True, methods="bon", reward=str(tmp_path / "no-such-dir"), output_dir=str(out)))
     assert not out.exists()

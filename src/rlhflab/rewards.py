@@ -14,7 +14,7 @@ import torch
 
 from rlhflab.composite import composite_reward, is_composite_spec
 from rlhflab.ensemble import is_ensemble, load_ensemble
-from rlhflab.errors import TrainingError
+from rlhflab.errors import ConfigError, TrainingError
 from rlhflab.feedback.oracles import load_oracle, score_batch
 from rlhflab.judge import is_judge_spec, load_judge
 from rlhflab.models.loading import load_reward_model
@@ -70,5 +70,8 @@ def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size
         )
     if is_judge_spec(spec):  # a causal LM comparing each output with a fixed reference reply (rlhflab.judge)
         return RewardSource(spec, load_judge(spec, batch_size=batch_size).reward)
+    path = spec.partition("::")[0]
+    if ":" not in path and ("/" in path or path.startswith(".")):  # no oracle spec looks like this: a path
+        raise ConfigError(f"reward {spec!r}: no such directory (a reward model, ensemble or reward-heads folder)")
     oracle = load_oracle(spec)
     return RewardSource(str(spec), lambda c, o: score_batch(oracle, c, o))
