@@ -206,6 +206,24 @@ def ensemble_run(tmp_path_factory, model_cache):
     return out
 
 
+def assert_every_objective_combines(out, centred, contexts, outputs):
+    """Every way of naming the ensemble at ``out`` scores as its objective of the ``centred`` member
+    rewards (K × N) worked by hand, and leaves their std as the last batch's uncertainty. Returns the
+    sources loaded."""
+    sources = []
+    for spec, expected in (
+        (str(out), centred.mean(0)),
+        (str(out / "reward_model"), centred.mean(0)),
+        (f"{out}::wco", centred.min(0).values),
+        (f"{out}::uwo:0.5", centred.mean(0) - 0.5 * centred.var(0, unbiased=False)),
+    ):
+        source = load_reward_source(spec)
+        torch.testing.assert_close(source(contexts, outputs), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(source.ensemble.uncertainty_last, centred.std(0, unbiased=False))
+        sources.append(source)
+    return sources
+
+
 def test_reward_ensemble_writes_members_and_manifests_and_loads_from_either_folder(ensemble_run):
     out = ensemble_run
     manifest = json.loads((out / MANIFEST).read_text())
@@ -225,15 +243,7 @@ def test_reward_ensemble_writes_members_and_manifests_and_loads_from_either_fold
     assert not torch.allclose(raw[0], raw[1]), "members with different seeds should differ"
     offsets = torch.tensor([m["offset"] for m in manifest["members"]])
     centred = raw - offsets[:, None]
-    for spec, expected in (
-        (str(out), centred.mean(0)),
-        (str(out / "reward_model"), centred.mean(0)),
-        (f"{out}::wco", centred.min(0).values),
-        (f"{out}::uwo:0.5", centred.mean(0) - 0.5 * centred.var(0, unbiased=False)),
-    ):
-        source = load_reward_source(spec)
-        torch.testing.assert_close(source(contexts, outputs), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(source.ensemble.uncertainty_last, centred.std(0, unbiased=False))
+    assert_every_objective_combines(out, centred, contexts, outputs)
 
 
 def test_each_member_is_centred_on_the_training_completions(ensemble_run):
