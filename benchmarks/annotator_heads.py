@@ -24,14 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from rlhflab.commands.workflow import AnnotateConfig, SampleConfig, annotate, reward, sample, split_heldout
 from rlhflab.data import read_records, write_records
 from rlhflab.data.render import prompt_text, render_completion
 from rlhflab.feedback.agreement import oracle_agreement
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_text
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.offline import RewardConfig
-from rlhflab.workflow import AnnotateConfig, SampleConfig, annotate, reward, sample, split_heldout
 
 # The minority first: member 0 is the pool's least noisy annotator (temperatures double per member),
 # so the minority's labels carry enough signal for a head to learn from.

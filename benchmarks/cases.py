@@ -173,7 +173,7 @@ def _rl_algorithm(
     **extra,
 ):
     from rlhflab.data.records import Prompt
-    from rlhflab.rewards import RewardSource
+    from rlhflab.rewards.registry import RewardSource
     from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
     model, tokenizer = _policy()
@@ -229,7 +229,7 @@ def rlhflab_ppo(steps: int, epochs: int = 1) -> dict:
     """PPO at the settings of TRL's last PPOTrainer figure: 8 prompts x 32 new tokens, a separate
     value model (initialised from the policy), a frozen reference and a 135M reward model."""
     from rlhflab.models.scoring import score
-    from rlhflab.rewards import RewardSource
+    from rlhflab.rewards.registry import RewardSource
 
     s = SETTINGS["ppo"]
     reward_model, reward_tokenizer = _reward_model()
@@ -457,8 +457,8 @@ def generation(quick: bool) -> dict:
     interleaved (generate, engine) on the same prompts. End-of-sequence is ignored by both
     (``min_new_tokens`` for generate, no EOS ids for the engine), so every row produces exactly
     the requested number of tokens and both produce the same number of tokens."""
-    from rlhflab import generation as engine
-    from rlhflab.rollout import pad_left
+    from rlhflab.sampling import generation as engine
+    from rlhflab.sampling.rollout import pad_left
 
     s = SETTINGS["generation"]
     model, tokenizer = _policy()

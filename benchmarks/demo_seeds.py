@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhflab.evaluate import PolicyEvaluation, paired_difference
+from rlhflab.evaluation.metrics import PolicyEvaluation, paired_difference
 
 
 def _evaluations(run_dir: Path) -> dict:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from rlhflab import workflow
-from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound
+from rlhflab.commands import workflow
 from rlhflab.data import prompt_text
-from rlhflab.ensemble import ensemble_reward, parse_objective
+from rlhflab.decoding.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound
 from rlhflab.models import load_policy
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.ensemble import ensemble_reward, parse_objective
+from rlhflab.rewards.registry import load_reward_source
 
 RESULTS = Path(__file__).parent / "results"
 OBJECTIVES = {"single": None, "mean": "mean", "wco": "wco", "uwo": "uwo:1"}

@@ -24,15 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+from rlhflab.commands.language import ILFConfig, ReviseConfig, before_after, generate, measure_j, sft_on
+from rlhflab.commands.workflow import ilf, revise
 from rlhflab.data import Preference, load_prompts
 from rlhflab.data.render import prompt_text
 from rlhflab.feedback.agreement import oracle_agreement
+from rlhflab.feedback.judge import load_judge
 from rlhflab.feedback.oracles import sentiment_oracle
-from rlhflab.judge import load_judge
-from rlhflab.language import ILFConfig, ReviseConfig, before_after, generate, measure_j, sft_on
 from rlhflab.models import load_policy
-from rlhflab.rewards import load_reward_source
-from rlhflab.workflow import ilf, revise
+from rlhflab.rewards.registry import load_reward_source
 
 RESULTS = Path(__file__).parent / "results" / "language_feedback.md"
 POLICY = "smollm2-135m-instruct"

@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     import trl
     from trl import DPOTrainer, GRPOTrainer, RewardTrainer, RLOOTrainer, SFTTrainer  # noqa: F401
 
-    import rlhflab.generation  # noqa: F401
+    import rlhflab.sampling.generation  # noqa: F401
     import rlhflab.train.offline  # noqa: F401
     import rlhflab.train.policy_optimization  # noqa: F401
     import rlhflab.train.preference  # noqa: F401

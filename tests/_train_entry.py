@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 def count_a_reward(slow: float = 0.0, rule: str = "count_a"):
     """The fraction of 'a's in the output, or ("checksum") a deterministic score that varies from
     output to output even under greedy decoding, where no 'a' may ever appear."""
-    from rlhflab.rewards import RewardSource
+    from rlhflab.rewards.registry import RewardSource
 
     def fn(contexts, outputs):
         if slow:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhflab import demo
-from rlhflab.demo import DemoConfig, run_demo
+from rlhflab.commands import demo
+from rlhflab.commands.demo import DemoConfig, run_demo
+from rlhflab.commands.iterate import LoopConfig, run_loop
+from rlhflab.evaluation.plots import pyplot
 from rlhflab.files import write_text
-from rlhflab.loop import LoopConfig, run_loop
-from rlhflab.report import pyplot
 
 TINY_DEMO = dict(
     quick=True,

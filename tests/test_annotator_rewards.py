@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlhflab.commands.workflow import AnnotateConfig, annotate, reward
 from rlhflab.data.records import Preference, Samples
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.feedback.annotators import make_pool
@@ -17,11 +18,10 @@ from rlhflab.feedback.oracles import keyword_oracle
 from rlhflab.losses import bradley_terry_loss, mean_variance_bradley_terry_loss
 from rlhflab.models import load_reward_model
 from rlhflab.models.scoring import score
-from rlhflab.reward_heads import MANIFEST
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.heads import MANIFEST
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.loop import train
 from rlhflab.train.offline import RewardAlgorithm, RewardConfig
-from rlhflab.workflow import AnnotateConfig, annotate, reward
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 

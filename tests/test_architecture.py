@@ -69,11 +69,11 @@ def test_no_import_cycles_even_through_function_level_imports():
 
 
 def test_the_product_never_imports_the_toy_lab():
-    """Only the command table reaches the toy lab (for ``rlhflab toy``); the library never does."""
+    """Only the entry layer reaches the toy lab (``rlhflab toy``); the library never does."""
     offenders = {
         m: sorted(n for n in top | inner if n.startswith("rlhflab.toy"))
         for m, (top, inner) in _graph().items()
-        if not m.startswith("rlhflab.toy") and m != "rlhflab.cli"
+        if not m.startswith("rlhflab.toy") and m not in ("rlhflab.cli", "rlhflab.commands.toy")
     }
     assert not {m: v for m, v in offenders.items() if v}
 
@@ -85,15 +85,38 @@ def test_rlhflab_modules_are_imported_at_module_level():
     assert not late, late
 
 
-ENTRY_LAYER = ("rlhflab.cli", "rlhflab.workflow", "rlhflab.demo", "rlhflab.compare", "rlhflab.pool", "rlhflab.loop")
+ENTRY_PACKAGE = "rlhflab.commands"
+# The modules directly under src/rlhflab/: the command table and the leaves every package may use.
+TOP_LEVEL = {"cli", "config", "errors", "files", "seeds", "progress", "hardware"}
 
 
-def test_dependencies_point_down_from_the_entry_layer():
-    """Trainers, losses, models, data and the decoding and evaluation libraries never import the
-    entry functions of the commands."""
+def _is_entry(module: str) -> bool:
+    return module == ENTRY_PACKAGE or module.startswith(ENTRY_PACKAGE + ".")
+
+
+def test_only_the_command_table_imports_the_entry_layer():
+    """``rlhflab.commands`` is the entry layer (one function per command, the presets): ``cli``
+    imports it and nothing outside it does, so the library below never depends on a command."""
     offenders = {
-        m: sorted(n for n in top | inner if n in ENTRY_LAYER)
+        m: sorted(n for n in top | inner if _is_entry(n))
         for m, (top, inner) in _graph().items()
-        if m not in ENTRY_LAYER
+        if not _is_entry(m) and m != "rlhflab.cli"
+    }
+    assert not {m: v for m, v in offenders.items() if v}
+
+
+def test_the_top_level_holds_only_the_command_table_and_the_leaves():
+    """Every other module lives in the package of its concept (commands, data, feedback, rewards,
+    models, losses, sampling, decoding, train, evaluation, toy, app)."""
+    flat = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert flat == TOP_LEVEL, sorted(flat ^ TOP_LEVEL)
+
+
+def test_the_leaves_import_no_other_rlhflab_module_but_leaves():
+    leaves = {f"rlhflab.{name}" for name in TOP_LEVEL - {"cli"}} | {"rlhflab"}
+    offenders = {
+        m: sorted(n for n in top | inner if n not in leaves)
+        for m, (top, inner) in _graph().items()
+        if m in leaves
     }
     assert not {m: v for m, v in offenders.items() if v}

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from rlhflab.cli import main
+from rlhflab.commands.workflow import AnnotateConfig, annotate, reward
 from rlhflab.data import read_records, write_records
 from rlhflab.data.records import Rating, Samples
-from rlhflab.decoding import best_of_n
+from rlhflab.decoding.best_of_n import best_of_n
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.feedback.annotators import make_pool, parse_attribute_oracles
 from rlhflab.feedback.oracles import keyword_oracle
 from rlhflab.models import load_policy
-from rlhflab.reward_heads import MANIFEST, select_attributes
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.heads import MANIFEST, select_attributes
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.offline import RewardConfig
-from rlhflab.workflow import AnnotateConfig, annotate, reward
 from tests._env import TEST_SEED
 
 # ---- two attributes driven by two oracles R* -------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rlhflab.compare import CompareConfig, noise_verdicts, run_compare
+from rlhflab.commands.compare import CompareConfig, noise_verdicts, run_compare
 from rlhflab.errors import ConfigError
 
 # A compare run small enough for a test: tiny models, 8 feedback prompts, 4 × 2 evaluation samples.

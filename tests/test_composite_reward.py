@@ -11,13 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rlhflab.composite import CompositeTerm, is_composite_spec, parse_composite_spec, read_composite_file
+from rlhflab.commands.workflow import BestOfNConfig, bon, policy_optimization
 from rlhflab.errors import ConfigError
 from rlhflab.feedback.oracles import load_oracle
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.composite import CompositeTerm, is_composite_spec, parse_composite_spec, read_composite_file
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.loop import STATE_FILE, latest_checkpoint
 from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
-from rlhflab.workflow import BestOfNConfig, bon, policy_optimization
 from tests._env import TEST_SEED
 
 SEEN_OUTPUTS: list[str] = []

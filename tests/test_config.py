@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from rlhflab.compare import PRESETS as COMPARE_PRESETS
-from rlhflab.compare import CompareConfig
+from rlhflab.commands.compare import PRESETS as COMPARE_PRESETS
+from rlhflab.commands.compare import CompareConfig
+from rlhflab.commands.demo import PRESETS as DEMO_PRESETS
+from rlhflab.commands.demo import DemoConfig
 from rlhflab.config import parse_config
-from rlhflab.demo import PRESETS as DEMO_PRESETS
-from rlhflab.demo import DemoConfig
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig
 from rlhflab.train.rejection import RAFTConfig

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from rlhflab.decoding import best_of_n, plug_in_best_of_n_kl, rad_decode, rad_logits
+from rlhflab.decoding.best_of_n import best_of_n, plug_in_best_of_n_kl, rad_decode, rad_logits
 from rlhflab.models import load_policy
-from rlhflab.rewards import RewardSource
-from rlhflab.rollout import sample
+from rlhflab.rewards.registry import RewardSource
+from rlhflab.sampling.rollout import sample
 
 COUNT_A = RewardSource("fraction of 'a'", lambda c, o: [x.count("a") / max(1, len(x)) for x in o])
 CHECKSUM = RewardSource("checksum", lambda c, o: [(sum(map(ord, x)) % 101) / 100 for x in o])

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from rlhflab.cli import main
+from rlhflab.commands.workflow import EvalConfig, evaluate
 from rlhflab.data import Prompt, write_records
 from rlhflab.data.records import Rating
-from rlhflab.ensemble import (
+from rlhflab.errors import ConfigError
+from rlhflab.evaluation.metrics import ensemble_uncertainty_report
+from rlhflab.rewards.ensemble import (
     MANIFEST,
     Objective,
     RewardEnsemble,
@@ -22,12 +25,9 @@ from rlhflab.ensemble import (
     parse_objective,
     write_manifest,
 )
-from rlhflab.errors import ConfigError
-from rlhflab.evaluate import ensemble_uncertainty_report
-from rlhflab.rewards import RewardSource, load_reward_source
+from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.seeds import derive_seed
 from rlhflab.train.offline import RewardConfig
-from rlhflab.workflow import EvalConfig, evaluate
 from tests._train_entry import a_preferences
 
 # Three members' rewards on two samples, as constant functions of the batch.
@@ -143,7 +143,7 @@ def test_load_ensemble_uses_the_manifests_objective_unless_the_spec_names_one(tm
 @pytest.fixture
 def fake_member_training(monkeypatch):
     """``reward_ensemble`` with each member's training recorded instead of run, every member scoring 2."""
-    from rlhflab import workflow
+    from rlhflab.commands import workflow
 
     calls = []
 
@@ -158,7 +158,7 @@ def fake_member_training(monkeypatch):
 
 
 def test_bootstrap_members_train_on_their_own_resamples_and_resume_keeps_finished_ones(tmp_path, fake_member_training):
-    from rlhflab.workflow import reward_ensemble
+    from rlhflab.commands.workflow import reward_ensemble
 
     records = a_preferences(20, seed=3)
     cfg = RewardConfig(output_dir=str(tmp_path / "run"), ensemble=3, ensemble_data="bootstrap", seed=5)
@@ -179,7 +179,7 @@ def test_bootstrap_members_train_on_their_own_resamples_and_resume_keeps_finishe
 
 
 def test_rating_members_keep_their_level_and_seed_members_share_the_records(tmp_path, fake_member_training):
-    from rlhflab.workflow import reward_ensemble
+    from rlhflab.commands.workflow import reward_ensemble
 
     records = [Rating(prompt="p", completion=f"c{i}", score=float(i)) for i in range(6)]
     out = reward_ensemble(RewardConfig(output_dir=str(tmp_path), ensemble=2, feedback="rating"), records)
@@ -247,9 +247,9 @@ def test_reward_ensemble_writes_members_and_manifests_and_loads_from_either_fold
 
 
 def test_each_member_is_centred_on_the_training_completions(ensemble_run):
+    from rlhflab.commands.workflow import split_heldout
     from rlhflab.data import read_records
-    from rlhflab.ensemble import feedback_completions
-    from rlhflab.workflow import split_heldout
+    from rlhflab.rewards.ensemble import feedback_completions
 
     train_records, _ = split_heldout(read_records(ensemble_run.parent / "prefs.jsonl", "preference"), 0.1, 0)
     contexts, outputs = feedback_completions(train_records, "preference")

@@ -11,16 +11,16 @@ import torch
 from accelerate import Accelerator
 
 from rlhflab.cli import main
+from rlhflab.commands.workflow import reward, split_heldout
 from rlhflab.data import read_records, write_records
-from rlhflab.ensemble import MANIFEST, bootstrap_indices, feedback_completions, init_member_heads, member_seed
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import ensemble_uncertainty_report
+from rlhflab.evaluation.metrics import ensemble_uncertainty_report
 from rlhflab.models import load_reward_model
 from rlhflab.models.scoring import score
-from rlhflab.reward_heads import output_layer
-from rlhflab.rewards import RewardSource, load_reward_source
+from rlhflab.rewards.ensemble import MANIFEST, bootstrap_indices, feedback_completions, init_member_heads, member_seed
+from rlhflab.rewards.heads import output_layer
+from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.train.offline import RewardAlgorithm, RewardConfig
-from rlhflab.workflow import reward, split_heldout
 from tests._train_entry import a_preferences
 from tests.test_ensemble import assert_every_objective_combines
 

@@ -9,15 +9,15 @@ import torch
 
 from rlhflab.data.records import Preference, Prompt
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import (
+from rlhflab.evaluation.metrics import (
     distinct_n,
     evaluate_policy,
     evaluate_seen_unseen,
     expected_calibration_error,
     reward_model_report,
 )
-from rlhflab.rewards import RewardSource
-from rlhflab.tables import format_table
+from rlhflab.evaluation.tables import format_table
+from rlhflab.rewards.registry import RewardSource
 
 
 def fraction_of_a(contexts, outputs):
@@ -184,7 +184,7 @@ def test_format_table_renders_markdown():
 
 
 def _evaluation(prompt_index, rewards, contexts_by_prompt):
-    from rlhflab.evaluate import PolicyEvaluation
+    from rlhflab.evaluation.metrics import PolicyEvaluation
 
     return PolicyEvaluation(
         J=None,
@@ -208,7 +208,7 @@ def _evaluation(prompt_index, rewards, contexts_by_prompt):
 
 
 def test_paired_difference_is_the_mean_and_se_of_per_prompt_differences_by_hand():
-    from rlhflab.evaluate import paired_difference
+    from rlhflab.evaluation.metrics import paired_difference
 
     contexts = ["a", "b", "c"]
     # two samples per prompt; per-prompt means before 0.0, 1.0, 2.0 and after 0.5, 1.0, 3.0

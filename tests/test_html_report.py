@@ -11,11 +11,11 @@ import shutil
 import pytest
 from markupsafe import escape
 
-from rlhflab import html_report
 from rlhflab.cli import main as cli_main
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import PolicyEvaluation, disagreeing_pairs
-from rlhflab.html_report import read_run, write_report
+from rlhflab.evaluation import html_report
+from rlhflab.evaluation.html_report import read_run, write_report
+from rlhflab.evaluation.metrics import PolicyEvaluation, disagreeing_pairs
 from tests.report_runs import tiny_demo, tiny_loop, toy_report_folder
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_default_policy_loads_offline_and_follows_its_chat_template():
     from rlhflab.data import render_prompt
     from rlhflab.models import load_policy
-    from rlhflab.rollout import sample
+    from rlhflab.sampling.rollout import sample
 
     policy, tokenizer = load_policy("smollm2-135m-instruct")
     assert policy.config.vocab_size == 49152 and tokenizer.chat_template
@@ -35,7 +35,7 @@ def test_default_reward_backbone_scores_pairs_offline():
 
 
 def test_quick_demo_runs_the_whole_workflow_and_writes_its_report(tmp_path):
-    from rlhflab.demo import DemoConfig, run_demo
+    from rlhflab.commands.demo import DemoConfig, run_demo
 
     run_dir = run_demo(
         DemoConfig(

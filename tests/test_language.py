@@ -11,13 +11,7 @@ import pytest
 import torch
 
 from rlhflab.cli import main
-from rlhflab.data import read_records
-from rlhflab.data.records import LanguageFeedback
-from rlhflab.errors import DataError
-from rlhflab.feedback.annotators import SimulatedAnnotator, oracle_critique
-from rlhflab.feedback.oracles import load_oracle, sentiment_oracle
-from rlhflab.judge import JudgeVerdicts, ModelJudge, load_judge
-from rlhflab.language import (
+from rlhflab.commands.language import (
     ILFConfig,
     ReviseConfig,
     SentenceEmbedder,
@@ -28,10 +22,16 @@ from rlhflab.language import (
     refinement_prompt,
     select_by_similarity,
 )
+from rlhflab.commands.workflow import AnnotateConfig, annotate, ilf, revise
+from rlhflab.data import read_records
+from rlhflab.data.records import LanguageFeedback
+from rlhflab.errors import DataError
+from rlhflab.feedback.annotators import SimulatedAnnotator, oracle_critique
+from rlhflab.feedback.judge import JudgeVerdicts, ModelJudge, load_judge
+from rlhflab.feedback.oracles import load_oracle, sentiment_oracle
 from rlhflab.models import load_policy
 from rlhflab.models.tiny import build_char_tokenizer
-from rlhflab.rewards import load_reward_source
-from rlhflab.workflow import AnnotateConfig, annotate, ilf, revise
+from rlhflab.rewards.registry import load_reward_source
 from tests._env import TEST_SEED
 
 # ---- templates -------------------------------------------------------------------------------------

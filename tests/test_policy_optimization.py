@@ -16,7 +16,7 @@ import torch
 from rlhflab.data.records import Prompt
 from rlhflab.errors import TrainingError
 from rlhflab.models import load_policy
-from rlhflab.rewards import RewardSource
+from rlhflab.rewards.registry import RewardSource
 from rlhflab.train.loop import train
 from rlhflab.train.policy_optimization import (
     ESTIMATORS,
@@ -240,7 +240,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(model_cache, tmp_path)
 def test_pretraining_mix_term_keeps_the_demonstrations_likely(model_cache, tmp_path, record_margin):
     """PPO-ptx (Ouyang et al. 2022): with ptx_coef > 0 the policy keeps (here: raises) the likelihood
     of the pre-training demonstrations while it optimises the reward; without it, it does not."""
-    from rlhflab.rollout import batched_completion_logprobs, join_prompt_completion
+    from rlhflab.sampling.rollout import batched_completion_logprobs, join_prompt_completion
     from rlhflab.train.offline import tokenize_demonstrations
 
     def demo_nll(policy, tokenizer, examples):

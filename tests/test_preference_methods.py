@@ -211,9 +211,9 @@ def test_rlhflab_cdpo_without_label_smoothing_is_a_one_line_error(model_cache, t
 
 
 def test_compare_ranks_pool_samples_by_the_reward_model_best_first_with_ties():
-    from rlhflab.compare import _rankings_by_reward_model
+    from rlhflab.commands.compare import _rankings_by_reward_model
     from rlhflab.data.records import Samples
-    from rlhflab.rewards import RewardSource
+    from rlhflab.rewards.registry import RewardSource
 
     length = RewardSource("length", lambda c, o: [float(len(x)) for x in o])
     samples = [

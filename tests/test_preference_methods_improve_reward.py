@@ -22,7 +22,7 @@ import torch
 
 from rlhflab.data.records import Preference, Ranking
 from rlhflab.models import load_policy
-from rlhflab.rollout import sample
+from rlhflab.sampling.rollout import sample
 from rlhflab.train.loop import train
 from rlhflab.train.preference import (
     PreferenceAlgorithm,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlhflab.commands.workflow import positive_sft, raft, rso
 from rlhflab.data.records import Preference
-from rlhflab.rewards import RewardSource
+from rlhflab.rewards.registry import RewardSource
 from rlhflab.train.rejection import (
     PositiveSFTConfig,
     RAFTConfig,
@@ -20,7 +21,6 @@ from rlhflab.train.rejection import (
     select_top,
     statistical_rejection_sample,
 )
-from rlhflab.workflow import positive_sft, raft, rso
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 

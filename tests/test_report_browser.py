@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.html_report import write_report
+from rlhflab.evaluation.html_report import write_report
 from tests.app.browser_fixtures import browser  # noqa: F401
 from tests.report_runs import tiny_demo, tiny_loop, toy_report_folder
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhflab import generation
 from rlhflab.models.tiny import build_char_tokenizer, build_tiny_policy
-from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, sample
+from rlhflab.sampling import generation
+from rlhflab.sampling.rollout import completion_logprobs, join_prompt_completion, pad_left, sample
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def test_single_pass_iteration_equals_the_two_pass_one(algorithm, critic, tmp_pa
     taken from the update's own forward instead of a separate no-grad pass: same losses, KL and
     trained weights."""
     from rlhflab.data.records import Prompt
-    from rlhflab.rewards import RewardSource
+    from rlhflab.rewards.registry import RewardSource
     from rlhflab.train.loop import train
     from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 
@@ -319,7 +319,7 @@ def test_shared_prompt_logits_and_gradients_equal_the_full_forward(policy, monke
     the trunk's outputs (plain-head architectures) or by the model's own forward on each part."""
     import copy
 
-    from rlhflab import rollout
+    from rlhflab.sampling import rollout
 
     if head == "model forward twice":
         monkeypatch.setattr(rollout, "_PLAIN_HEAD_MODELS", set())

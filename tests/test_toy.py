@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhflab.rollout import sample
+from rlhflab.sampling.rollout import sample
 from rlhflab.toy import (
     best_of_n_distribution,
     best_of_n_kl_bound,

@@ -155,7 +155,7 @@ def test_best_of_n_samples_match_exact_best_of_n_distribution(lab, record_margin
     context (summed over contexts, weighted 1/C), and TV moves by at most 1/N under one sample's
     change, so P(TV > E + t) ≤ exp(−2 N t²) (McDiarmid): threshold = that bound + t at δ = 1e-4.
     """
-    from rlhflab.decoding import best_of_n
+    from rlhflab.decoding.best_of_n import best_of_n
     from rlhflab.toy.trainers import output_index
 
     instance, model, tokenizer = lab

@@ -17,7 +17,7 @@ import pytest
 
 from rlhflab.cli import COMMANDS
 from rlhflab.cli import main as cli_main
-from rlhflab.loop import LoopConfig
+from rlhflab.commands.iterate import LoopConfig
 
 # Proxy and oracle reward, each component of the composite reward, KL, losses, learning rate, throughput.
 EXPECTED = [

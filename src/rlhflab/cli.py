@@ -13,17 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhflab import workflow
-from rlhflab.app.commands import ServeConfig, feedback_main, serve
-from rlhflab.compare import CompareConfig, run_compare
+from rlhflab.commands import workflow
+from rlhflab.commands.compare import CompareConfig, run_compare
+from rlhflab.commands.demo import DemoConfig, run_demo
+from rlhflab.commands.feedback import ServeConfig, feedback_main, serve
+from rlhflab.commands.iterate import loop_main
+from rlhflab.commands.language import ILFConfig, ReviseConfig, format_before_after
+from rlhflab.commands.toy import main as toy_main
 from rlhflab.config import parse_config
-from rlhflab.demo import DemoConfig, run_demo
 from rlhflab.errors import RlhflabError
-from rlhflab.html_report import report_main
-from rlhflab.language import ILFConfig, ReviseConfig, format_before_after
-from rlhflab.loop import loop_main
-from rlhflab.report import format_evaluations
-from rlhflab.toy.cli import main as toy_main
+from rlhflab.evaluation.html_report import report_main
+from rlhflab.evaluation.plots import format_evaluations
 from rlhflab.train.offline import RewardConfig, SFTConfig
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig, RankingConfig

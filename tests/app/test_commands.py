@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from rlhflab.app.commands import PASSWORD_ENV
 from rlhflab.app.store import Store
 from rlhflab.cli import main
+from rlhflab.commands.feedback import PASSWORD_ENV
 from rlhflab.data import read_records
 from tests.app.conftest import FAST_HASHER, PASSWORD
 

@@ -17,9 +17,9 @@ import pytest
 
 from rlhflab.app.store import ProjectInfo, Store
 from rlhflab.app.web import create_app
+from rlhflab.commands.iterate import LoopConfig, run_loop
 from rlhflab.data import read_records
 from rlhflab.errors import ConfigError
-from rlhflab.loop import LoopConfig, run_loop
 from tests.app.web_fixtures import PASSWORD, World, hidden_fields, start_labelling
 from tests.test_loop import TINY
 

@@ -47,7 +47,7 @@ from datetime import datetime
 from typing import Any
 
 from rlhflab.app.tasks import gold_agrees
-from rlhflab.tables import format_table
+from rlhflab.evaluation.tables import format_table
 
 FLAG_GOLD_AGREEMENT = 0.6  # flag an annotator whose gold agreement is below this …
 FLAG_PEER_AGREEMENT = 0.5  # … or whose agreement with the other annotators is below this

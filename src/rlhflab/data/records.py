@@ -317,7 +317,7 @@ class Rating(_Record):
     ``scale``: ``"binary"`` (0/1), ``"likert:K"`` (integers 1..K), ``"continuous"`` (any finite
     number) or ``"categorical:a|b|c"`` (the score is the category's index). ``attribute``: what the
     score rates (``helpful``, ``harmless``, ...; the feedback app's attribute Likerts), one head each
-    of a multi-attribute reward model (:mod:`rlhflab.reward_heads`); None for one overall score.
+    of a multi-attribute reward model (:mod:`rlhflab.rewards.heads`); None for one overall score.
     """
 
     prompt: Text

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from rlhflab.errors import ConfigError, TrainingError
-from rlhflab.judge import judge_oracle
+from rlhflab.feedback.judge import judge_oracle
 
 Oracle = Callable[[str, str], float]
 
@@ -50,7 +50,7 @@ def keyword_oracle(word: str) -> Oracle:
     return oracle
 
 
-# ---- rule rewards: cheap programmatic objectives to weigh against a learned reward (rlhflab.composite)
+# ---- rule rewards: cheap programmatic objectives to weigh against a learned reward (rlhflab.rewards.composite)
 def length_oracle(context: str, output: str) -> float:
     """Minus the output's length in words: a rule reward that favours shorter outputs."""
     return -float(len(output.split()))

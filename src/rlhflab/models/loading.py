@@ -71,7 +71,7 @@ def load_policy(name_or_path: str, dtype: str | torch.dtype = "float32"):
 def load_reward_model(name_or_path: str, dtype: str | torch.dtype = "float32", num_labels: int = 1):
     """Load a reward model R_phi: any transformer backbone with a scalar head (one label), or with
     ``num_labels`` outputs on the one backbone (per-annotator or mean-variance heads, see
-    :mod:`rlhflab.reward_heads`).
+    :mod:`rlhflab.rewards.heads`).
 
     A plain backbone (e.g. ``minilm-l6``) gets a freshly initialised head; a saved reward model
     loads whole.

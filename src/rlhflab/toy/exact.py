@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
+from rlhflab.decoding.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.errors import DataError
 from rlhflab.files import write_json
 from rlhflab.toy.mdp import ToyInstance, exact_policy
@@ -123,7 +123,7 @@ def performance_gap(instance: ToyInstance, reward_model, kl_coef: float, seen=No
 
 # ---------------------------------------------------------------------------------------------
 # Best-of-n: sample n outputs from π_ref, keep the one with the highest reward (its exact
-# distribution and the KL bound are in rlhflab.best_of_n_math).
+# distribution and the KL bound are in rlhflab.decoding.best_of_n_math).
 
 
 def best_of_n(instance: ToyInstance, n: int, reward=None) -> dict:

@@ -7,7 +7,7 @@ tokens, 2-token contexts, horizon 3) there are 16 contexts and 1 + 4 + 16 + 64 =
 
 The policy is a real Hugging Face causal LM whose vocabulary is exactly these tokens, so the trainers
 that run on SmolLM2 run here unchanged; ``exact_policy`` reads its full output table by batched
-enumeration through ``rlhflab.rollout`` (the same log-prob code the trainers use).
+enumeration through ``rlhflab.sampling.rollout`` (the same log-prob code the trainers use).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from rlhflab.errors import ConfigError
 from rlhflab.losses import sequence_logprob, sft_loss
-from rlhflab.rollout import completion_logits, completion_logprobs, join_prompt_completion
+from rlhflab.sampling.rollout import completion_logits, completion_logprobs, join_prompt_completion
 
 END_TOKEN = "<eos>"
 DEFAULT_TOKENS = ("a", "b", "c", "d")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rlhflab.evaluation.plots import pyplot
 from rlhflab.files import atomic_path, write_json
-from rlhflab.report import pyplot
 
 __all__ = ["finish", "pyplot", "save_figure"]
 

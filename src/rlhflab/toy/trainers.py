@@ -1,7 +1,7 @@
 """The trainers of ``rlhflab.train`` verified against the closed form of Eq. 17.
 
 Each trainer runs *unchanged*, through ``rlhflab.train.loop.train``, on the toy MDP's tiny HF GPT-2:
-the policy samples token strings, a :class:`~rlhflab.rewards.RewardSource` scores the decoded text
+the policy samples token strings, a :class:`~rlhflab.rewards.registry.RewardSource` scores the decoded text
 with R* (looked up in the instance's table), and the trained model's exact output table (batched
 enumeration) is scored by :func:`~rlhflab.toy.exact.evaluate_model_against_optimum`. The bar is the
 fraction of the gap between π_ref's objective J − β·KL and the optimum β·Σ_c d_C(c)·log Z(c) (Eq. 17)
@@ -51,7 +51,7 @@ import torch
 
 from rlhflab.data.records import Prompt
 from rlhflab.files import write_text
-from rlhflab.rewards import RewardSource
+from rlhflab.rewards.registry import RewardSource
 from rlhflab.seeds import derive_seed
 from rlhflab.toy.exact import (
     evaluate_model_against_optimum,

@@ -15,7 +15,6 @@ import torch
 
 from rlhflab.config import PolicyOptions, TrainConfig, option
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
-from rlhflab.ensemble import bootstrap_indices, member_seed, parse_objective
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.losses import (
     bradley_terry_loss,
@@ -28,7 +27,8 @@ from rlhflab.losses import (
 from rlhflab.models.decoder_parts import cache_argument
 from rlhflab.models.loading import save_model
 from rlhflab.models.scoring import encode_for_reward
-from rlhflab.reward_heads import (
+from rlhflab.rewards.ensemble import bootstrap_indices, member_seed, parse_objective
+from rlhflab.rewards.heads import (
     ALL_ATTRIBUTES,
     MANIFEST,
     head_index,
@@ -36,7 +36,7 @@ from rlhflab.reward_heads import (
     parse_attribute_list,
     training_manifest,
 )
-from rlhflab.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
+from rlhflab.sampling.rollout import completion_logprobs, join_prompt_completion, pad_left, pad_right
 from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
 
@@ -200,7 +200,7 @@ class RewardConfig(TrainConfig):
         False,
         "One scalar head per annotator on the shared backbone, each pair's Bradley-Terry logit from its "
         "annotator's head (records need 'annotator'); --reward DIR is the heads' mean, DIR::annotator=NAME "
-        "one head (see rlhflab.reward_heads).",
+        "one head (see rlhflab.rewards.heads).",
     )
     distributional: bool = option(
         False,
@@ -218,7 +218,7 @@ class RewardConfig(TrainConfig):
     ensemble: int = option(
         1,
         "Reward models to train: K > 1 trains an ensemble (Coste et al. 2023) into OUT/member-00 ... and "
-        "writes OUT/ensemble.json; --reward OUT[::mean|wco|uwo[:LAMBDA]] loads it (see rlhflab.ensemble).",
+        "writes OUT/ensemble.json; --reward OUT[::mean|wco|uwo[:LAMBDA]] loads it (see rlhflab.rewards.ensemble).",
     )
     ensemble_data: str = option(
         "seeds",
@@ -240,7 +240,7 @@ class RewardConfig(TrainConfig):
         None,
         "With --feedback rating: one regression head per rated attribute (the ratings' 'attribute' column), "
         "'all' or a comma-separated list (ratings of other attributes are left out); --reward DIR is the "
-        "heads' mean, DIR::attribute=NAME one head (see rlhflab.reward_heads).",
+        "heads' mean, DIR::attribute=NAME one head (see rlhflab.rewards.heads).",
     )
 
     def validate(self) -> None:
@@ -298,14 +298,14 @@ class RewardAlgorithm(OfflineAlgorithm):
         self.records = list(records)
         self.share_prompts = supports_shared_prompt(model, tokenizer)
         # Several outputs per (c, o): one per annotator or attribute, or (mu, log sigma^2) (see
-        # rlhflab.reward_heads), or one per member of a shared-trunk ensemble.
+        # rlhflab.rewards.heads), or one per member of a shared-trunk ensemble.
         self.heads = training_manifest(config.per_annotator, config.distributional, self.records, config.attributes)
         shared_ensemble = config.ensemble > 1 and config.ensemble_trunk == "shared"
         needed = config.ensemble if shared_ensemble else num_outputs(self.heads)
         if model.config.num_labels != needed:
             raise ConfigError(
                 f"the reward model has {model.config.num_labels} output(s), this run needs {needed} "
-                "(load it with load_reward_model(..., num_labels=rlhflab.reward_heads.num_outputs(...)))"
+                "(load it with load_reward_model(..., num_labels=rlhflab.rewards.heads.num_outputs(...)))"
             )
         self.heads_per_record = needed if shared_ensemble else 1
         self.head_weights = None  # None: every record trains every head once (a plain model, or seeds)

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhflab.composite import CompositeReward
 from rlhflab.config import (
     DEFAULT_POLICY,
     LoopOptions,
@@ -59,7 +58,8 @@ from rlhflab.losses import (
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import disable_dropout, save_model
 from rlhflab.models.registry import resolve_model
-from rlhflab.rollout import (
+from rlhflab.rewards.composite import CompositeReward
+from rlhflab.sampling.rollout import (
     SequenceBatch,
     completion_logits,
     join_prompt_completion,

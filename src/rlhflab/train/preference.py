@@ -39,7 +39,7 @@ from rlhflab.losses import (
     sequence_logprob,
     slic_loss,
 )
-from rlhflab.rollout import completion_logprobs, join_prompt_completion
+from rlhflab.sampling.rollout import completion_logprobs, join_prompt_completion
 from rlhflab.train.loop import train
 from rlhflab.train.offline import OfflineAlgorithm, tokenize_demonstrations
 

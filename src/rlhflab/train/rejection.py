@@ -39,7 +39,7 @@ from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import apply_lora, save_model
-from rlhflab.rollout import sample
+from rlhflab.sampling.rollout import sample
 from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import train
 from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations

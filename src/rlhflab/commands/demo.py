@@ -15,17 +15,23 @@ from pathlib import Path
 
 import torch
 
-from rlhflab import workflow
+from rlhflab.commands import workflow
+from rlhflab.commands.pool import build_feedback_pool, pool_options
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import evaluate_on_sets, paired_difference, standard_error
+from rlhflab.evaluation.html_report import write_report
+from rlhflab.evaluation.metrics import evaluate_on_sets, paired_difference, standard_error
+from rlhflab.evaluation.plots import (
+    evaluation_rows,
+    format_evaluations,
+    plot_before_after,
+    plot_training_curves,
+    read_metrics,
+)
 from rlhflab.files import write_json, write_text
 from rlhflab.hardware import matmul_peak
-from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
-from rlhflab.pool import build_feedback_pool, pool_options
-from rlhflab.report import evaluation_rows, format_evaluations, plot_before_after, plot_training_curves, read_metrics
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
 
 # The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhflab.evaluate import PolicyEvaluation
+from rlhflab.evaluation.metrics import PolicyEvaluation
+from rlhflab.evaluation.tables import format_table
 from rlhflab.files import atomic_path
-from rlhflab.tables import format_table
 
 EVAL_COLUMNS = [
     ("policy", "policy", ""),

@@ -31,9 +31,8 @@ import yaml
 
 from rlhflab import __version__
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import PolicyEvaluation, disagreeing_pairs, paired_difference, pairwise_order_agreement
-from rlhflab.files import write_text
-from rlhflab.report import (
+from rlhflab.evaluation.metrics import PolicyEvaluation, disagreeing_pairs, paired_difference, pairwise_order_agreement
+from rlhflab.evaluation.plots import (
     plot_before_after,
     plot_comparison,
     plot_losses,
@@ -42,6 +41,7 @@ from rlhflab.report import (
     plot_training_curves,
     read_metrics,
 )
+from rlhflab.files import write_text
 
 REPORT_FILE = "report.html"
 SAMPLES_SHOWN = 6  # prompts per context set in "before and after"

@@ -46,16 +46,16 @@ from rlhflab.data.readers import write_records
 from rlhflab.data.records import Preference, Prompt
 from rlhflab.data.render import encode_prompts, prompt_text, render_completion
 from rlhflab.errors import ConfigError, DataError
-from rlhflab.evaluate import PolicyEvaluation, evaluate_policy, paired_difference
+from rlhflab.evaluation.metrics import PolicyEvaluation, evaluate_policy, paired_difference
 from rlhflab.feedback.agreement import oracle_agreement
 from rlhflab.feedback.annotators import SimulatedAnnotator, annotate_language_feedback
+from rlhflab.feedback.judge import load_judge
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import append_jsonl, write_json, write_jsonl
-from rlhflab.judge import load_judge
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import load_tokenizer, save_model
 from rlhflab.models.registry import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, resolve_model
-from rlhflab.rollout import sample
+from rlhflab.sampling.rollout import sample
 from rlhflab.seeds import derive_seed
 from rlhflab.train.offline import tokenize_demonstrations
 from rlhflab.train.rejection import train_round

@@ -25,8 +25,8 @@ from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.progress import stage
-from rlhflab.rewards import RewardSource
-from rlhflab.rollout import batched_completion_logprobs, sample
+from rlhflab.rewards.registry import RewardSource
+from rlhflab.sampling.rollout import batched_completion_logprobs, sample
 
 ADAPTERS_DISABLED = "adapters-disabled"  # reference = the LoRA policy with its adapters switched off
 
@@ -386,13 +386,13 @@ def ensemble_uncertainty_report(
 
     For each named set of (contexts, outputs) samples (e.g. ``seen`` and ``unseen`` contexts): the
     Spearman correlation between the disagreement s(c, o) = std_k R_k(c, o) (over the centred
-    members, :func:`rlhflab.ensemble.member_disagreement`) and the error |z(R̄)(c, o) − z(R*)(c, o)|
+    members, :func:`rlhflab.rewards.ensemble.member_disagreement`) and the error |z(R̄)(c, o) − z(R*)(c, o)|
     of the members' mean R̄. R_phi (centred log-odds) and R* (the oracle's own units) share no scale,
     so each is standardised, z(x) = (x − mean) / std, over the samples of *all* sets pooled: one
     affine map per reward, so that an error R̄ makes on a whole set (higher on unseen contexts, say)
     still counts as error, which standardising each set alone would remove. A useful uncertainty
     gives a positive correlation, and more disagreement on unseen contexts than on seen ones.
-    ``ensemble``: a :class:`rlhflab.ensemble.RewardEnsemble` (``load_reward_source(DIR).ensemble``).
+    ``ensemble``: a :class:`rlhflab.rewards.ensemble.RewardEnsemble` (``load_reward_source(DIR).ensemble``).
     Returns ``{set: {"n", "mean_disagreement", "mean_error", "spearman", "note"}}``."""
     from scipy.stats import spearmanr
 

@@ -29,25 +29,25 @@ from pathlib import Path
 
 import torch
 
-from rlhflab import workflow
+from rlhflab.commands import workflow
+from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.data import Ranking, prompt_text
-from rlhflab.decoding import best_of_n
+from rlhflab.decoding.best_of_n import best_of_n
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import (
+from rlhflab.evaluation.html_report import write_report
+from rlhflab.evaluation.metrics import (
     PolicyEvaluation,
     distinct_n,
     evaluate_on_sets,
     paired_difference,
     standard_error,
 )
+from rlhflab.evaluation.plots import plot_comparison
+from rlhflab.evaluation.tables import format_table
 from rlhflab.files import write_json, write_text
-from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
-from rlhflab.pool import Pool, build_feedback_pool, pool_options
-from rlhflab.report import plot_comparison
-from rlhflab.rewards import load_reward_source
-from rlhflab.tables import format_table
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig, RankingConfig
 from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig

@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab import workflow
 from rlhflab.app.store import Store, StoreError
+from rlhflab.commands import workflow
+from rlhflab.commands.demo import PRESETS as DEMO_PRESETS
+from rlhflab.commands.pool import pool_options
 from rlhflab.config import (
     apply_preset,
     default_run_dir,
@@ -51,23 +53,21 @@ from rlhflab.config import (
     save_config,
 )
 from rlhflab.data import Samples, read_records, write_records
-from rlhflab.demo import PRESETS as DEMO_PRESETS
 from rlhflab.errors import ConfigError
-from rlhflab.evaluate import (
+from rlhflab.evaluation.html_report import write_report
+from rlhflab.evaluation.metrics import (
     PolicyEvaluation,
     evaluate_on_sets,
     paired_difference,
     pairwise_order_agreement,
     reward_model_report,
 )
+from rlhflab.evaluation.plots import plot_reliability, plot_rounds
+from rlhflab.evaluation.tables import format_table
 from rlhflab.files import write_json, write_text
-from rlhflab.html_report import write_report
 from rlhflab.models import load_policy
-from rlhflab.pool import pool_options
-from rlhflab.report import plot_reliability, plot_rounds
-from rlhflab.rewards import load_reward_source
+from rlhflab.rewards.registry import load_reward_source
 from rlhflab.seeds import derive_seed
-from rlhflab.tables import format_table
 from rlhflab.train.offline import RewardConfig
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig

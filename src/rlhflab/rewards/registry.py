@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.composite import composite_reward, is_composite_spec
-from rlhflab.ensemble import is_ensemble, load_ensemble
 from rlhflab.errors import ConfigError, TrainingError
+from rlhflab.feedback.judge import is_judge_spec, load_judge
 from rlhflab.feedback.oracles import load_oracle, score_batch
-from rlhflab.judge import is_judge_spec, load_judge
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.scoring import score
-from rlhflab.reward_heads import is_reward_heads, load_head_scores, load_reward_heads
+from rlhflab.rewards.composite import composite_reward, is_composite_spec
+from rlhflab.rewards.ensemble import is_ensemble, load_ensemble
+from rlhflab.rewards.heads import is_reward_heads, load_head_scores, load_reward_heads
 
 
 class RewardSource:
@@ -41,12 +41,12 @@ class RewardSource:
 def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size: int = 32) -> RewardSource:
     """``spec`` is a saved reward-model directory (or a registry name / hub id of one), an oracle
     name (``sentiment``, ``brevity``) or ``package.module:function``, a model judge
-    (``judge:MODEL``, scored against a reference reply: :mod:`rlhflab.judge`), or a composite of these
-    (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.composite`)."""
+    (``judge:MODEL``, scored against a reference reply: :mod:`rlhflab.feedback.judge`), or a composite of these
+    (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.rewards.composite`)."""
     if is_composite_spec(spec):
         return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size))
     if Path(spec.partition("::")[0]).is_dir():
-        # An ensemble folder (ensemble.json), optionally DIR::OBJECTIVE: see rlhflab.ensemble.
+        # An ensemble folder (ensemble.json), optionally DIR::OBJECTIVE: see rlhflab.rewards.ensemble.
         path, sep, objective = spec.partition("::")
         if is_reward_heads(path):  # DIR[::annotator=|attribute=NAME], a head per group or (mu, sigma): reward_heads
             heads = load_reward_heads(path, objective if sep else None, device, batch_size)
@@ -68,7 +68,7 @@ def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size
         return RewardSource(
             f"reward model {spec}", lambda c, o: score(model, tokenizer, c, o, batch_size=batch_size), is_model=True
         )
-    if is_judge_spec(spec):  # a causal LM comparing each output with a fixed reference reply (rlhflab.judge)
+    if is_judge_spec(spec):  # a causal LM comparing each output with a fixed reference reply (rlhflab.feedback.judge)
         return RewardSource(spec, load_judge(spec, batch_size=batch_size).reward)
     path = spec.partition("::")[0]
     if ":" not in path and ("/" in path or path.startswith(".")):  # no oracle spec looks like this: a path

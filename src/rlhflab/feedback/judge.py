@@ -29,7 +29,7 @@ from rlhflab.data.render import prompt_text, render_completion, render_prompt
 from rlhflab.errors import ConfigError
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import load_policy
-from rlhflab.rollout import pad_left, position_ids_from_mask
+from rlhflab.sampling.rollout import pad_left, position_ids_from_mask
 
 # The default task's instruction to the judge, as annotators are told what to look for (Section 7.3.2).
 JUDGE_QUESTION = "Which response is the better reply to the prompt: warmer, kinder and more positive?"

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhflab.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.data.render import encode_prompts, prompt_text
-from rlhflab.generation import sample_from_probs
+from rlhflab.decoding.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound, kl_per_context
 from rlhflab.models.decoder_parts import context_length
-from rlhflab.rewards import RewardSource
-from rlhflab.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
+from rlhflab.rewards.registry import RewardSource
+from rlhflab.sampling.generation import sample_from_probs
+from rlhflab.sampling.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
 
 
 def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None = None) -> float:

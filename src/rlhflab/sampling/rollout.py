@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhflab import generation
 from rlhflab.errors import ConfigError
 from rlhflab.models.decoder_parts import cache_argument, causal_lm, head, trunk
 from rlhflab.progress import bar
+from rlhflab.sampling import generation
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

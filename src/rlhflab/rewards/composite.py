@@ -161,7 +161,7 @@ def _unique_names(terms: list[CompositeTerm]) -> list[CompositeTerm]:
 
 
 class CompositeReward:
-    """A reward source (``(contexts, outputs) -> Tensor (B,)``, like :class:`rlhflab.rewards.RewardSource`)
+    """A reward source (``(contexts, outputs) -> Tensor (B,)``, like :class:`rlhflab.rewards.registry.RewardSource`)
     returning sum_k w_k * norm_k(R_k) (module docstring); ``components_last`` maps each component's
     name to its raw values on the last batch."""
 
@@ -214,7 +214,7 @@ def _state_of(source) -> dict | None:
 
 def composite_reward(spec: str, load: Callable[[str], object]) -> CompositeReward:
     """Parse a composite spec (a string or a YAML file name) and load each component with ``load``
-    (``rlhflab.rewards.load_reward_source``); a component that fails to load is an error naming its term."""
+    (``rlhflab.rewards.registry.load_reward_source``); a component that fails to load is an error naming its term."""
     terms = read_composite_file(spec) if spec.endswith(YAML_SUFFIXES) else parse_composite_spec(spec)
     sources = []
     for term in terms:

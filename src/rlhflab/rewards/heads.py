@@ -32,7 +32,7 @@ outputs (written before the folder is renamed into place)::
     {"format": "rlhflab-reward-heads/1", "kind": "attribute", "attributes": ["helpful", ...]}
     {"format": "rlhflab-reward-heads/1", "kind": "mean_variance"}
 
-As a reward source (:func:`rlhflab.rewards.load_reward_source`):
+As a reward source (:func:`rlhflab.rewards.registry.load_reward_source`):
 
 - ``DIR`` with annotator heads: the mean over heads, (1/K) Σ_a R^a(c, o). Every annotator weighs the
   same, whatever their share of the labels. Bradley-Terry fixes only differences of one head's
@@ -41,7 +41,7 @@ As a reward source (:func:`rlhflab.rewards.load_reward_source`):
 - ``DIR`` with attribute heads: the mean over attributes, the predicted mean rating (regression
   fixes each head's level on the rating scale).
 - ``DIR::annotator=NAME`` / ``DIR::attribute=NAME``: that head alone; a composite weighs several,
-  ``"0.7*DIR::attribute=helpful + 0.3*DIR::attribute=harmless"`` (:mod:`rlhflab.composite`).
+  ``"0.7*DIR::attribute=helpful + 0.3*DIR::attribute=harmless"`` (:mod:`rlhflab.rewards.composite`).
 - ``DIR`` with mean-variance heads: μ; the source's ``heads.uncertainty_last`` holds σ for each
   output of the last batch.
 """
@@ -274,7 +274,7 @@ def _selected_group(where: str, selector: str, manifest: dict) -> str:
 def load_head_scores(directory: str | Path, num_heads: int, device: str | torch.device = "cpu", batch_size: int = 32):
     """A saved model with ``num_heads`` outputs as one callable ``(contexts, outputs) -> Tensor (K, B)``,
     every head's reward in one forward: how a shared-trunk ensemble's members are scored
-    (:func:`rlhflab.ensemble.load_ensemble`)."""
+    (:func:`rlhflab.rewards.ensemble.load_ensemble`)."""
     model, tokenizer = load_reward_model(str(directory), num_labels=num_heads)
     model.to(device).eval().requires_grad_(False)
 

@@ -16,10 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhflab.commands.language import ILFConfig, ReviseConfig, ilf_rounds, load_constitution, revise_train
 from rlhflab.config import PolicyOptions, PromptOptions, SamplingOptions, default_run_dir, option, save_config
 from rlhflab.data import Demonstration, Prompt, Samples, encode_prompts, load_prompts, read_records, write_records
-from rlhflab.decoding import best_of_n, rad_decode
-from rlhflab.ensemble import (
+from rlhflab.decoding.best_of_n import best_of_n, rad_decode
+from rlhflab.errors import ConfigError
+from rlhflab.evaluation.metrics import ensemble_uncertainty_report, evaluate_policy, reward_model_report
+from rlhflab.feedback import annotators as ann
+from rlhflab.feedback.agreement import oracle_agreement
+from rlhflab.feedback.judge import JudgeAnnotator, is_judge_spec, load_judge
+from rlhflab.feedback.oracles import load_oracle
+from rlhflab.files import write_json
+from rlhflab.models import apply_lora, load_policy, load_reward_model
+from rlhflab.models.decoder_parts import context_length
+from rlhflab.rewards.ensemble import (
     bootstrap_indices,
     centring_offset,
     feedback_completions,
@@ -27,17 +37,7 @@ from rlhflab.ensemble import (
     member_seed,
     write_manifest,
 )
-from rlhflab.errors import ConfigError
-from rlhflab.evaluate import ensemble_uncertainty_report, evaluate_policy, reward_model_report
-from rlhflab.feedback import annotators as ann
-from rlhflab.feedback.agreement import oracle_agreement
-from rlhflab.feedback.oracles import load_oracle
-from rlhflab.files import write_json
-from rlhflab.judge import JudgeAnnotator, is_judge_spec, load_judge
-from rlhflab.language import ILFConfig, ReviseConfig, ilf_rounds, load_constitution, revise_train
-from rlhflab.models import apply_lora, load_policy, load_reward_model
-from rlhflab.models.decoder_parts import context_length
-from rlhflab.reward_heads import (
+from rlhflab.rewards.heads import (
     annotator_names,
     init_attribute_levels,
     load_head_scores,
@@ -45,8 +45,8 @@ from rlhflab.reward_heads import (
     select_attributes,
     training_manifest,
 )
-from rlhflab.rewards import load_reward_source
-from rlhflab.rollout import sample as sample_rollout
+from rlhflab.rewards.registry import load_reward_source
+from rlhflab.sampling.rollout import sample as sample_rollout
 from rlhflab.train.loop import latest_checkpoint, train
 from rlhflab.train.offline import RewardAlgorithm, RewardConfig, SFTAlgorithm, SFTConfig, tokenize_demonstrations
 from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
@@ -287,7 +287,7 @@ def _shared_trunk_ensemble(cfg: RewardConfig, records: list) -> Path:
     """``--ensemble K --ensemble_trunk shared``: one run of one model with K heads, head k initialised
     from ``member_seed(cfg.seed, k)`` (and trained on that member's resample under bootstrap, see
     :class:`RewardAlgorithm`); then each head's centring offset and the manifests, OUT/ensemble.json
-    last (:mod:`rlhflab.ensemble`). ``--resume OUT`` resumes the run, or keeps its model if it finished."""
+    last (:mod:`rlhflab.rewards.ensemble`). ``--resume OUT`` resumes the run, or keeps its model if it finished."""
     out = Path(cfg.resume or cfg.output_dir or default_run_dir("reward"))
     seeds = [member_seed(cfg.seed, k) for k in range(cfg.ensemble)]
     if not (out / "reward_model").is_dir():
@@ -313,7 +313,7 @@ def reward_ensemble(cfg: RewardConfig, records: list) -> Path:
     ``OUT/member-KK`` with seed ``member_seed(cfg.seed, k)`` (and, with ``ensemble_data=bootstrap``,
     on its own resample of the records); then each member's centring offset and the manifests
     ``OUT/reward_model/ensemble.json`` and, last, ``OUT/ensemble.json`` (layout and centring:
-    :mod:`rlhflab.ensemble`). ``--resume OUT`` keeps finished members and resumes the others from
+    :mod:`rlhflab.rewards.ensemble`). ``--resume OUT`` keeps finished members and resumes the others from
     their checkpoints. Returns OUT. With ``ensemble_trunk=shared``: :func:`_shared_trunk_ensemble`."""
     if cfg.ensemble_trunk == "shared":
         return _shared_trunk_ensemble(cfg, records)
@@ -497,7 +497,7 @@ def rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path
 
 # ---- learning from language: ILF and critique-and-revise ------------------------------------------
 def ilf(cfg: ILFConfig, policy=None, tokenizer=None) -> tuple[Path, dict]:
-    """Imitation learning from language feedback on ``cfg.data`` or simulated critiques (rlhflab.language)."""
+    """Imitation learning from language feedback on ``cfg.data`` or simulated critiques (rlhflab.commands.language)."""
     records = read_records(cfg.data, "language_feedback") if cfg.data else None
     policy, tokenizer = _load_policy(cfg, policy, tokenizer)
     prompts = load_prompts(cfg.prompts, cfg.limit)
@@ -505,7 +505,7 @@ def ilf(cfg: ILFConfig, policy=None, tokenizer=None) -> tuple[Path, dict]:
 
 
 def revise(cfg: ReviseConfig, policy=None, tokenizer=None) -> tuple[Path, dict]:
-    """Critique and revise under a constitution, SFT on the revisions, pairs as preferences (rlhflab.language)."""
+    """Critique and revise under a constitution, SFT on the revisions, pairs as preferences (rlhflab.commands.language)."""
     principles = load_constitution(cfg.constitution)
     policy, tokenizer = _load_policy(cfg, policy, tokenizer)
     oracle = load_reward_source(cfg.oracle) if cfg.oracle else None

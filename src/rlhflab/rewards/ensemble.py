@@ -59,7 +59,7 @@ import torch
 from rlhflab.data.render import prompt_text, render_completion
 from rlhflab.errors import ConfigError
 from rlhflab.files import read_json_manifest, write_json
-from rlhflab.reward_heads import output_layer
+from rlhflab.rewards.heads import output_layer
 from rlhflab.seeds import derive_seed
 
 FORMAT = "rlhflab-ensemble/1"

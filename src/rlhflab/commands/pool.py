@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab import workflow
+from rlhflab.commands import workflow
 from rlhflab.config import REPORT_TO_HELP, option, preset_option, tracker_names
 from rlhflab.data import Prompt, Samples
-from rlhflab.rewards import RewardSource, load_reward_source
+from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.train.offline import RewardConfig
 
 

@@ -1,0 +1,1 @@
+"""The hot path: sampling completions (the generation engine) and completion log-probabilities."""
