@@ -24,14 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from rlhflab.commands.workflow import AnnotateConfig, SampleConfig, annotate, reward, sample, split_heldout
+from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
+from rlhflab.commands.train import run_reward
 from rlhflab.data import read_records, write_records
 from rlhflab.data.render import prompt_text, render_completion
 from rlhflab.feedback.agreement import oracle_agreement
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.files import write_text
 from rlhflab.rewards.registry import load_reward_source
-from rlhflab.train.offline import RewardConfig
+from rlhflab.train.reward_model import RewardConfig, split_heldout
 
 # The minority first: member 0 is the pool's least noisy annotator (temperatures double per member),
 # so the minority's labels carry enough signal for a head to learn from.
@@ -55,7 +56,7 @@ def run_seed(args, seed: int, samples_path: str | None) -> dict:
         samples = read_records(samples_path, "samples")
     else:
         samples_path = str(work / "samples.jsonl")
-        samples = sample(
+        samples = run_sample(
             SampleConfig(
                 prompts="train",
                 limit=args.prompts,
@@ -66,7 +67,7 @@ def run_seed(args, seed: int, samples_path: str | None) -> dict:
             )
         )
     oracles = [s.strip() for s in args.annotator_oracles.split(",")]
-    feedback = annotate(
+    feedback = run_annotate(
         AnnotateConfig(
             samples=samples_path,
             annotators=len(oracles),
@@ -101,7 +102,7 @@ def run_seed(args, seed: int, samples_path: str | None) -> dict:
             progress=False,
         )
         done = work / kind / "reward_model"
-        runs[kind] = work / kind if done.is_dir() else reward(config)[0]  # trained by an earlier run
+        runs[kind] = work / kind if done.is_dir() else run_reward(config)[0]  # trained by an earlier run
     pooled = load_reward_source(str(runs["pooled"] / "reward_model"))
     mean_of_heads = load_reward_source(str(runs["heads"] / "reward_model"))
     oracle_of = {f"annotator-{i}": spec for i, spec in enumerate(oracles)}  # make_pool's member names

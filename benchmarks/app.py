@@ -1,17 +1,20 @@
-"""The feedback app under load, on this machine: how long the server takes to render the labelling
-page and to store a label with 1, 10 and 50 annotators at once, and how long an export of 100,000
-labels takes. Goals (issue E1): p95 server time under 50 ms at 50 annotators; export under 10 s.
+"""The feedback app under load, on this machine, on SQLite and on PostgreSQL side by side: how long
+the server takes to render the labelling page and to store a label with 1, 10 and 50 annotators at
+once, at a person's pace and saturated, and how long an export of 100,000 labels takes. Goals (issue
+26): paced p95 under 50 ms at 50 annotators on both databases; saturated throughput; export < 10 s.
 
-    python benchmarks/app.py                      # SQLite file in a temporary folder
-    python benchmarks/app.py --db postgresql+psycopg://postgres@127.0.0.1:5432/DBNAME
+    python benchmarks/app.py                      # SQLite and PostgreSQL (127.0.0.1:5432), one worker
+    python benchmarks/app.py --workers 2          # `rlhflab serve --workers 2`
+    python benchmarks/app.py --databases sqlite   # one of them
     python benchmarks/app.py --quick              # fewer requests, for a first look
-    python benchmarks/app.py --think 10           # annotators reading each page ~10 s
 
 Each annotator is an async HTTP client doing what a browser does: GET the labelling page (which
 hands out the next item), then POST the form with the page's hidden fields, without following the
 redirect. "Server time" is what the app itself spent on a request, from its ``Server-Timing``
-header (a client's latency at 50 annotators is mostly waiting in the server's queue on 2 cores, and
-is reported beside it). The server is ``rlhflab serve`` in a subprocess, one uvicorn worker.
+header; "client time" adds the HTTP round trip and the wait in the server's queue (on 2 cores the
+clients, the server and PostgreSQL share them). The server is ``rlhflab serve`` in a subprocess, on
+a fresh database for each part (a SQLite file in a temporary folder; a PostgreSQL database created
+on ``--pg_server`` and dropped afterwards). Its stderr is scanned for tracebacks, which are counted.
 Results: ``benchmarks/results/app.md`` and ``app.json``.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import json
 import os
@@ -52,16 +56,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db_url: str, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rlhflab.cli", "serve", "--db", db_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def start_server(db_url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
+    """``rlhflab serve`` on ``port``, its stderr going to ``log`` (a pipe nobody reads would fill and
+    stall it)."""
+    command = [sys.executable, "-m", "rlhflab.cli", "serve", "--db", db_url, "--port", str(port)]
+    process = subprocess.Popen([*command, "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.time() + 60
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"rlhflab serve exited: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"rlhflab serve exited: {log.read_text()[-2000:]}")
         try:
             httpx.get(f"http://127.0.0.1:{port}/login", timeout=1)
             return process
@@ -69,6 +72,28 @@ def start_server(db_url: str, port: int) -> subprocess.Popen:
             time.sleep(0.2)
     process.kill()
     raise RuntimeError("rlhflab serve did not answer within 60 s")
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, folder: Path, pg_server: str, part: str):
+    """The URL of an empty database for one part of the benchmark: a new SQLite file in ``folder``,
+    or a new PostgreSQL database on ``pg_server`` (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'{part}.db'}"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(pg_server)
+    name = f"rlhflab_bench_{uuid.uuid4().hex[:10]}"
+    connect = dict(host=server.host, port=server.port or 5432, user=server.username, dbname=server.database)
+    with psycopg.connect(**connect, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(**connect, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -82,7 +107,11 @@ async def annotator(base: str, project_id: int, session: str, count: int, timing
     0 … think seconds); record server and client times."""
     if think > 0:  # people do not all open the page in the same millisecond
         await asyncio.sleep(rng.uniform(0, think))
-    async with httpx.AsyncClient(base_url=base, cookies={SESSION_COOKIE: session}, timeout=120) as client:
+    # idle connections are dropped before the server's keep-alive timeout (5 s) closes them: a request
+    # sent on a connection the server is closing at that moment fails (httpx does not retry)
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    cookies = {SESSION_COOKIE: session}
+    async with httpx.AsyncClient(base_url=base, cookies=cookies, timeout=120, limits=limits) as client:
         for n in range(count):
             for kind in ("page", "submit"):
                 if kind == "submit" and think > 0:
@@ -104,7 +133,7 @@ async def annotator(base: str, project_id: int, session: str, count: int, timing
                 timings[kind]["client"].append(client_ms)
 
 
-def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: float) -> list[dict]:
+def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: float, workers: int) -> list[dict]:
     store = Store(db_url)
     most = max(levels)
     samples = Path(tempfile.mkdtemp()) / "samples.jsonl"
@@ -130,7 +159,8 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
     store.close()
 
     port = free_port()
-    server = start_server(db_url, port)
+    log = Path(tempfile.mkdtemp()) / "serve.log"
+    server = start_server(db_url, port, workers, log)
     rows = []
     try:
         base = f"http://127.0.0.1:{port}"
@@ -152,6 +182,8 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
                 server_ms, client_ms = timings[kind]["server"], timings[kind]["client"]
                 rows.append(
                     {
+                        "database": "PostgreSQL" if db_url.startswith("postgresql") else "SQLite",
+                        "workers": workers,
                         "think_s": think,
                         "annotators": level,
                         "request": "labelling page (GET)" if kind == "page" else "label submission (POST)",
@@ -165,8 +197,18 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
                 )
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        server.kill()
-        server.wait()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    text = log.read_text(errors="replace")
+    tracebacks = text.count("Traceback (most recent call last)")
+    if tracebacks:
+        print(f"server log ({tracebacks} tracebacks): {text[-3000:]}", file=sys.stderr)
+    for row in rows:
+        row["server_tracebacks"] = tracebacks
     return rows
 
 
@@ -225,61 +267,77 @@ def bench_export(db_url: str, num_labels: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file per part)")
+    parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--pg_server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server (and a database to connect to) where a fresh database is made per part",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="`rlhflab serve --workers`")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--labels_each", type=int, default=10, help="labels per annotator per level and pace")
     parser.add_argument(
         "--think", type=float, default=4.0, help="mean seconds an annotator reads a page before answering"
     )
     parser.add_argument("--export_labels", type=int, default=100_000)
-    parser.add_argument("--quick", action="store_true", help="3 labels each, 10,000 exported")
+    parser.add_argument("--quick", action="store_true", help="50 annotators only, 3 labels each, 10,000 exported")
     args = parser.parse_args()
     if args.quick:
-        args.labels_each, args.export_labels = 3, 10_000
+        args.levels, args.labels_each, args.export_labels = [max(args.levels)], 3, 10_000
     folder = Path(tempfile.mkdtemp(prefix="rlhflab-app-bench-"))
     peak = matmul_peak()["gflops_median"]
-    rows = []
-    for think in (args.think, 0.0):  # a fast human's pace, then no pause at all (the server saturated)
-        db_url = args.db or f"sqlite:///{folder / f'labelling-{think:g}.db'}"
-        rows += bench_labelling(db_url, args.levels, args.labels_each, think)
-        if args.db:
-            break  # one database holds one "bench" project
-    export = bench_export(args.db or f"sqlite:///{folder / 'export.db'}", args.export_labels)
-    backend = "PostgreSQL" if (args.db or "").startswith("postgresql") else "SQLite (WAL, synchronous=FULL)"
+    rows, exports = [], {}
+    for kind in args.databases:
+        for think in (args.think, 0.0):  # a fast human's pace, then no pause at all (the server saturated)
+            with fresh_database(kind, folder, args.pg_server, f"labelling-{think:g}") as url:
+                rows += bench_labelling(url, args.levels, args.labels_each, think, args.workers)
+        with fresh_database(kind, folder, args.pg_server, "export") as url:
+            exports[kind] = bench_export(url, args.export_labels)
     lines = [
         "# Feedback app under load",
         "",
-        f"`python benchmarks/app.py{' --quick' if args.quick else ''}` on {os.cpu_count()} cores "
-        f"(fp32 matmul {peak:.0f} GFLOP/s), {backend}, one uvicorn worker; {args.labels_each} labels per "
-        "annotator per row. Each annotator loads the labelling page (which hands out the next item), reads it "
-        f"for a uniform {args.think / 2:g}-{1.5 * args.think:g} s (think = {args.think:g} s; people take longer) "
-        "or not at all (think = 0: every client fires its next request at once, a saturation test), then "
-        "posts the form. Server time: the app's own `Server-Timing` (from the request reaching the app to "
-        "its response; includes waiting for a worker thread and for the database); client time adds the "
-        "HTTP round trip.",
+        f"`python benchmarks/app.py{' --quick' if args.quick else ''} --workers {args.workers}` on "
+        f"{os.cpu_count()} cores (fp32 matmul {peak:.0f} GFLOP/s; the clients, the server and PostgreSQL share "
+        f"them), {args.workers} uvicorn worker(s), SQLite (WAL, synchronous=FULL) and PostgreSQL; "
+        f"{args.labels_each} labels per annotator per row. Each annotator loads the labelling page (which hands "
+        f"out the next item), reads it for a uniform {args.think / 2:g}-{1.5 * args.think:g} s (think = "
+        f"{args.think:g} s; people take longer) or not at all (think = 0: every client fires its next request at "
+        "once, a saturation test), then posts the form. Server time: the app's own `Server-Timing` (from the "
+        "request reaching the app to its response; includes waiting for a worker thread and for the database); "
+        "client time adds the HTTP round trip and the wait in the server's queue.",
         "",
-        "| think s | annotators | request | n | server p50 ms | server p95 ms | client p50 ms | client p95 ms "
-        "| labels/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| database | think s | annotators | request | n | server p50 ms | server p95 ms | client p50 ms "
+        "| client p95 ms | labels/s | tracebacks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['think_s']:g} | {r['annotators']} | {r['request']} | {r['n']} | {r['server_p50_ms']:.1f} "
-            f"| {r['server_p95_ms']:.1f} | {r['client_p50_ms']:.1f} | {r['client_p95_ms']:.1f} "
-            f"| {r['labels_per_second']:.1f} |"
+            f"| {r['database']} | {r['think_s']:g} | {r['annotators']} | {r['request']} | {r['n']} "
+            f"| {r['server_p50_ms']:.1f} | {r['server_p95_ms']:.1f} | {r['client_p50_ms']:.1f} "
+            f"| {r['client_p95_ms']:.1f} | {r['labels_per_second']:.1f} | {r['server_tracebacks']} |"
         )
     most = max(args.levels)
-    for think in sorted({r["think_s"] for r in rows}, reverse=True):
-        worst = max(r["server_p95_ms"] for r in rows if r["annotators"] == most and r["think_s"] == think)
-        lines += ["", f"Goal p95 < 50 ms at {most} annotators, think {think:g} s: worst server p95 {worst:.1f} ms."]
-    lines += [
-        "",
-        f"Export of {export['labels']:,} labels to preferences JSONL ({export['rows_written']:,} rows): "
-        f"{export['seconds']:.2f} s (goal < 10 s).",
-    ]
+    lines += ["", f"At {most} annotators (goal: paced p95 < 50 ms on both databases):", ""]
+    lines += ["| database | paced server p95 ms | paced client p95 ms | saturated labels/s | tracebacks |"]
+    lines += ["|---|---|---|---|---|"]
+    for database in dict.fromkeys(r["database"] for r in rows):
+        at = [r for r in rows if r["database"] == database and r["annotators"] == most]
+        paced = [r for r in at if r["think_s"] > 0]
+        saturated = [r for r in at if r["think_s"] == 0]
+        lines.append(
+            f"| {database} | {max(r['server_p95_ms'] for r in paced):.1f} "
+            f"| {max(r['client_p95_ms'] for r in paced):.1f} | {saturated[0]['labels_per_second']:.1f} "
+            f"| {sum(r['server_tracebacks'] for r in at) // 2} |"
+        )
+    lines.append("")
+    for kind, export in exports.items():
+        lines.append(
+            f"Export of {export['labels']:,} labels to preferences JSONL ({export['rows_written']:,} rows), "
+            f"{'PostgreSQL' if kind == 'postgresql' else 'SQLite'}: {export['seconds']:.2f} s (goal < 10 s)."
+        )
     RESULTS.mkdir(exist_ok=True)
-    write_text(RESULTS / "app.md", "\n".join(lines) + "\n")
-    write_json(RESULTS / "app.json", {"labelling": rows, "export": export, "matmul_gflops": peak})
+    stem = "app" if args.workers == 1 else f"app-workers{args.workers}"
+    write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+    write_json(RESULTS / f"{stem}.json", {"labelling": rows, "export": exports, "matmul_gflops": peak})
     print("\n".join(lines))
 
 

@@ -117,7 +117,7 @@ def _preference_records(tokenizer):
 
 def rlhflab_reward(steps: int) -> dict:
     from rlhflab.models.scoring import encode_for_reward
-    from rlhflab.train.offline import RewardAlgorithm, RewardConfig
+    from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 
     s = SETTINGS["pairs"]
     model, tokenizer = _reward_model()

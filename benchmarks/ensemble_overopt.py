@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands import workflow
-from rlhflab.data import prompt_text
+from rlhflab.commands.collect import SampleConfig, run_sample
+from rlhflab.data import load_prompts, prompt_text
 from rlhflab.decoding.best_of_n_math import best_of_n_distribution, best_of_n_kl_bound
 from rlhflab.models import load_policy
 from rlhflab.rewards.ensemble import ensemble_reward, parse_objective
@@ -127,12 +127,12 @@ def _samples(args, seed: int, run: Path) -> dict:
     policy, tokenizer = load_policy("smollm2-135m-instruct")
     oracle = load_reward_source("sentiment")
     sets = {
-        "seen": workflow.load_prompts("train")[: args.prompts],
-        "unseen": workflow.load_prompts("unseen", args.prompts),
+        "seen": load_prompts("train")[: args.prompts],
+        "unseen": load_prompts("unseen", args.prompts),
     }
     out = {}
     for name, prompts in sets.items():
-        sample_cfg = workflow.SampleConfig(
+        sample_cfg = SampleConfig(
             policy="smollm2-135m-instruct",
             num_samples=args.n,
             max_new_tokens=24,
@@ -140,7 +140,7 @@ def _samples(args, seed: int, run: Path) -> dict:
             seed=seed + 7,
             output="",
         )
-        samples = workflow.sample(sample_cfg, policy, tokenizer, prompts)
+        samples = run_sample(sample_cfg, policy, tokenizer, prompts)
         contexts = [prompt_text(s.prompt) for s in samples for _ in s.completions]
         texts = [c for s in samples for c in s.completions]
         out[name] = {

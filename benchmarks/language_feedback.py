@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhflab.commands.language import ILFConfig, ReviseConfig, before_after, generate, measure_j, sft_on
-from rlhflab.commands.workflow import ilf, revise
+from rlhflab.commands.language import run_ilf, run_revise
 from rlhflab.data import Preference, load_prompts
 from rlhflab.data.render import prompt_text
 from rlhflab.feedback.agreement import oracle_agreement
@@ -33,6 +32,7 @@ from rlhflab.feedback.judge import load_judge
 from rlhflab.feedback.oracles import sentiment_oracle
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
+from rlhflab.train.language import ILFConfig, ReviseConfig, before_after, measure_j, sample_completions, sft_on
 
 RESULTS = Path(__file__).parent / "results" / "language_feedback.md"
 POLICY = "smollm2-135m-instruct"
@@ -46,7 +46,7 @@ def judge_part(seed: int) -> dict:
     policy, tokenizer = load_policy(POLICY)
     prompts = load_prompts("train")[64 : 64 + JUDGE_PAIRS]  # not the prompts ILF and revise train on
     cfg = ILFConfig(seed=seed, max_new_tokens=SIZES["max_new_tokens"])
-    texts = generate(policy, tokenizer, prompts, cfg, 2, cfg.max_new_tokens, seed)
+    texts = sample_completions(policy, tokenizer, prompts, cfg, 2, cfg.max_new_tokens, seed)
     contexts, a, b = [], [], []
     for i, p in enumerate(prompts):
         if texts[2 * i].strip() and texts[2 * i + 1].strip() and texts[2 * i] != texts[2 * i + 1]:
@@ -81,7 +81,7 @@ def judge_part(seed: int) -> dict:
 
 def ilf_part(seed: int, run_dir: Path) -> dict:
     cfg = ILFConfig(seed=seed, output_dir=str(run_dir), progress=False, **SIZES)
-    _, summary = ilf(cfg)
+    _, summary = run_ilf(cfg)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     return {"J": summary, "rounds": rounds}
 
@@ -104,7 +104,7 @@ def control_part(seed: int, run_dir: Path) -> dict:
 def revise_part(seed: int, run_dir: Path) -> dict:
     sizes = {k: v for k, v in SIZES.items() if k not in ("prompts_per_round", "limit")}
     cfg = ReviseConfig(seed=seed, output_dir=str(run_dir), progress=False, limit=12, **sizes)
-    _, summary = revise(cfg)
+    _, summary = run_revise(cfg)
     return summary
 
 

@@ -141,7 +141,7 @@ def run(kind, run_dir, overrides):
         )
         algorithm = SFTAlgorithm(config, model, tokenizer, examples)
     elif kind == "reward":
-        from rlhflab.train.offline import RewardAlgorithm, RewardConfig
+        from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 
         config = _apply(
             RewardConfig(output_dir=run_dir, batch_size=8, max_steps=4, learning_rate=1e-3, progress=False), overrides

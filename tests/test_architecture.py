@@ -115,8 +115,24 @@ def test_the_top_level_holds_only_the_command_table_and_the_leaves():
 def test_the_leaves_import_no_other_rlhflab_module_but_leaves():
     leaves = {f"rlhflab.{name}" for name in TOP_LEVEL - {"cli"}} | {"rlhflab"}
     offenders = {
-        m: sorted(n for n in top | inner if n not in leaves)
-        for m, (top, inner) in _graph().items()
-        if m in leaves
+        m: sorted(n for n in top | inner if n not in leaves) for m, (top, inner) in _graph().items() if m in leaves
     }
     assert not {m: v for m, v in offenders.items() if v}
+
+
+def test_the_python_api_is_the_only_other_door_to_the_entry_layer_and_every_name_resolves():
+    """``import rlhflab`` exposes the training entry points lazily (``rlhflab._API``), the one
+    place besides ``cli`` that names ``rlhflab.commands``; no other module reaches it through
+    ``importlib`` where the import graph above cannot see."""
+    import importlib
+
+    import rlhflab
+
+    for name, (module, attribute) in rlhflab._API.items():
+        assert getattr(importlib.import_module(module), attribute) is getattr(rlhflab, name), name
+    dynamic = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p != PACKAGE / "__init__.py" and 'import_module("rlhflab.commands' in p.read_text()
+    )
+    assert not dynamic, dynamic

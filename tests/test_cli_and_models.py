@@ -107,7 +107,8 @@ def test_sample_then_annotate_from_the_command_line(tmp_path):
                 "3",
                 "--max_new_tokens",
                 "6",
-                "--no_use_chat_template",
+                "--use_chat_template",
+                "false",
                 "--output",
                 str(samples),
             ]
@@ -152,7 +153,8 @@ def test_eval_reports_seen_and_unseen_contexts_with_kl_to_the_reference(tmp_path
                 "4",
                 "--max_new_tokens",
                 "6",
-                "--no_use_chat_template",
+                "--use_chat_template",
+                "false",
                 "--output",
                 str(out),
             ]

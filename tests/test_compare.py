@@ -31,17 +31,17 @@ def test_noise_verdicts_say_beyond_noise_or_which_evaluation_budget_would_show_t
 @pytest.mark.integration
 def test_quick_compare_reports_each_methods_paired_change_and_a_verdict(model_cache, tmp_path):
     run_dir = run_compare(
-        CompareConfig(methods="ppo,dpo,bon", output_dir=str(tmp_path / "cmp"), online_samples=16, **TINY_COMPARE)
+        CompareConfig(methods="ppo,dpo,kto,bon", output_dir=str(tmp_path / "cmp"), online_samples=16, **TINY_COMPARE)
     )
     rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
-    assert {r["method"] for r in rows} == {"initial", "ppo", "dpo", "bon"}
+    assert {r["method"] for r in rows} == {"initial", "ppo", "dpo", "kto", "bon"}
     for r in rows:
         assert r["n"] == 4 * 2  # every method, best-of-n included, judged on 2 samples of each of 4 prompts
         if r["method"] != "initial":
             assert r["delta_J_se"] is not None
             assert r["z"] == (pytest.approx(r["delta_J"] / r["delta_J_se"]) if r["delta_J_se"] else None)
     report = (run_dir / "comparison.md").read_text()
-    assert "## Beyond noise?" in report and report.count("- ") >= 6  # 3 methods × 2 context sets
+    assert "## Beyond noise?" in report and report.count("- ") >= 8  # 4 methods × 2 context sets
 
 
 @pytest.mark.integration

@@ -16,6 +16,7 @@ from rlhflab.data import (
     Samples,
     load_prompt_set,
     parse_scale,
+    prompt_text,
     ranking_to_preferences,
     read_records,
     records_to_dataset,
@@ -268,8 +269,8 @@ def test_write_records_leaves_no_temporary_files(tmp_path):
 # ---- rendering ----------------------------------------------------------------------------------
 
 
-def test_string_prompt_is_wrapped_as_a_user_turn_with_generation_prompt(char_tokenizer):
-    text = render_prompt("Describe a rainy Monday.", char_tokenizer)
+def test_string_prompt_forced_through_the_template_is_wrapped_as_a_user_turn_with_generation_prompt(char_tokenizer):
+    text = render_prompt("Describe a rainy Monday.", char_tokenizer, use_chat_template=True)
     assert text == "<|im_start|>user\nDescribe a rainy Monday.<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -308,7 +309,7 @@ def test_render_completion_returns_assistant_text_without_eos(char_tokenizer):
 def test_shipped_prompt_sets_are_distinct_short_and_disjoint():
     train, unseen = load_prompt_set("train"), load_prompt_set("unseen")
     assert len(train) == 240 and len(unseen) == 80
-    train_text, unseen_text = [p.prompt for p in train], [p.prompt for p in unseen]
+    train_text, unseen_text = [prompt_text(p.prompt) for p in train], [prompt_text(p.prompt) for p in unseen]
     assert len(set(train_text)) == 240 and len(set(unseen_text)) == 80
     assert not set(train_text) & set(unseen_text)
     assert max(len(p.split()) for p in train_text + unseen_text) < 25
@@ -318,7 +319,7 @@ def test_unseen_prompts_come_from_a_different_domain_than_training_prompts():
     # Sections 5.1/6.2: out-of-distribution contexts. No content word of the unseen set's topics
     # (the words that vary from prompt to prompt) should be common in the training set.
     def vocabulary(prompts):
-        return {w.strip(".,?'").lower() for p in prompts for w in p.prompt.split() if len(w) > 5}
+        return {w.strip(".,?'").lower() for p in prompts for w in prompt_text(p.prompt).split() if len(w) > 5}
 
     train, unseen = vocabulary(load_prompt_set("train")), vocabulary(load_prompt_set("unseen"))
     assert len(train & unseen) / len(unseen) < 0.1
@@ -332,3 +333,13 @@ def test_unknown_prompt_set_is_a_config_error():
 def test_nan_is_never_silently_accepted_as_a_margin():
     with pytest.raises(DataError, match="field 'margin'"):
         Preference("p", "a", "b", margin=math.nan)
+
+
+def test_jsonl_lines_end_at_newline_only_so_unicode_line_breaks_may_stand_in_strings(tmp_path):
+    path = tmp_path / "breaks.jsonl"
+    rows = [{"prompt": "a\u2028b", "completion": "c\u0085d"}, {"prompt": "e\u2029f", "completion": "g\x1ch"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert [(d.prompt, d.completion) for d in read_records(path, "demonstration")] == [
+        ("a\u2028b", "c\u0085d"),
+        ("e\u2029f", "g\x1ch"),
+    ]

@@ -43,7 +43,7 @@ def test_quick_demo_runs_the_whole_workflow_and_writes_its_report(tmp_path):
             output_dir=str(tmp_path / "demo"),
             feedback_prompts=16,
             eval_prompts=8,
-            ppo_iterations=3,
+            policy_iterations=3,
             prompts_per_iteration=8,
             max_new_tokens=12,
         )

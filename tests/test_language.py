@@ -11,27 +11,26 @@ import pytest
 import torch
 
 from rlhflab.cli import main
-from rlhflab.commands.language import (
-    ILFConfig,
-    ReviseConfig,
+from rlhflab.commands.collect import AnnotateConfig, run_annotate
+from rlhflab.commands.language import run_ilf, run_revise
+from rlhflab.data import read_records
+from rlhflab.data.records import LanguageFeedback
+from rlhflab.errors import DataError
+from rlhflab.feedback.annotators import SimulatedAnnotator, oracle_critique
+from rlhflab.feedback.judge import JudgeVerdicts, ModelJudge, load_judge
+from rlhflab.feedback.language import (
     SentenceEmbedder,
-    choose_refinements,
     clean_generation,
     conversation,
     load_constitution,
     refinement_prompt,
     select_by_similarity,
 )
-from rlhflab.commands.workflow import AnnotateConfig, annotate, ilf, revise
-from rlhflab.data import read_records
-from rlhflab.data.records import LanguageFeedback
-from rlhflab.errors import DataError
-from rlhflab.feedback.annotators import SimulatedAnnotator, oracle_critique
-from rlhflab.feedback.judge import JudgeVerdicts, ModelJudge, load_judge
 from rlhflab.feedback.oracles import load_oracle, sentiment_oracle
 from rlhflab.models import load_policy
 from rlhflab.models.tiny import build_char_tokenizer
 from rlhflab.rewards.registry import load_reward_source
+from rlhflab.train.language import ILFConfig, ReviseConfig, choose_refinements
 from tests._env import TEST_SEED
 
 # ---- templates -------------------------------------------------------------------------------------
@@ -210,7 +209,7 @@ def test_judge_is_a_reward_source_and_an_annotator_that_reports_its_position_bia
     samples.write_text(json.dumps({"prompt": "How was it?", "completions": ["Great fun!", "Awful.", "ok"]}) + "\n")
     out = tmp_path / "prefs.jsonl"
     cfg = AnnotateConfig(samples=str(samples), annotator="judge:tiny-policy", pairs_per_prompt=3, output=str(out))
-    records = annotate(cfg)
+    records = run_annotate(cfg)
     assert len(records) == 3 and {r.annotator for r in records} == {"judge:tiny-policy"}
     report = json.loads((tmp_path / "prefs.jsonl.judge.json").read_text())
     assert report["pairs"] == 3 and -0.5 <= report["position_bias"] <= 0.5
@@ -264,7 +263,7 @@ def test_ilf_keeps_the_refinement_closest_to_each_critique_and_fine_tunes_on_it(
     policy, tokenizer = load_policy("tiny-policy")
     before = _params(policy)
     cfg = ILFConfig(data=str(data), embedder="tiny-reward", num_refinements=3, num_epochs=2, **_common(tmp_path, "ilf"))
-    run_dir, summary = ilf(cfg, policy, tokenizer)
+    run_dir, summary = run_ilf(cfg, policy, tokenizer)
     kept = [json.loads(line) for line in (run_dir / "round-0" / "refinements.jsonl").read_text().splitlines()]
     assert [len(k["refinements"]) for k in kept] == [3, 3, 3]
     assert kept[2]["kept"] == "aaa corrected"  # a person's correction outranks the sampled refinements
@@ -297,7 +296,7 @@ def test_ilf_without_data_critiques_fresh_samples_every_round(model_cache, tmp_p
         num_epochs=1,
         **_common(tmp_path, "ilf-sim"),
     )
-    run_dir, _ = ilf(cfg)
+    run_dir, _ = run_ilf(cfg)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1] and all(1 <= r["records"] <= 4 for r in rounds)
     first = [json.loads(line) for line in (run_dir / "round-0" / "refinements.jsonl").read_text().splitlines()]
@@ -336,7 +335,7 @@ def test_revise_writes_revision_pairs_as_preferences_and_fine_tunes_on_the_revis
         num_epochs=2,
         **_common(tmp_path, "revise"),
     )
-    run_dir, summary = revise(cfg, policy, tokenizer)
+    run_dir, summary = run_revise(cfg, policy, tokenizer)
     rows = [json.loads(line) for line in (run_dir / "revisions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(len(r["passes"]) == 2 for r in rows)
     assert {p["principle"] for r in rows for p in r["passes"]} <= {"warm", "kind"}
@@ -387,7 +386,7 @@ def test_ilf_and_the_judge_on_the_default_models(tmp_path):
         output_dir=str(tmp_path / "ilf"),
         progress=False,
     )
-    run_dir, summary = ilf(cfg)
+    run_dir, summary = run_ilf(cfg)
     rows = [json.loads(line) for line in (run_dir / "round-0" / "refinements.jsonl").read_text().splitlines()]
     assert rows and all(len(r["refinements"]) == 2 and r["feedback"] for r in rows)
     assert any(r["kept"] is not None for r in rows) and math.isfinite(summary["seen"]["delta_J"])

@@ -16,7 +16,7 @@ import pytest
 from rlhflab.commands.iterate import LoopConfig, round_prompts, run_loop, split_evenly
 from rlhflab.data import read_records, write_records
 from rlhflab.errors import ConfigError, DataError
-from tests.report_runs import TINY_LOOP
+from tests.evaluation.report_runs import TINY_LOOP
 
 # A loop small enough for a test: 2 rounds of 4 prompts × 4 samples (6 pairs each) on tiny models.
 TINY = {**TINY_LOOP, "poll_seconds": 0.05}

@@ -16,13 +16,8 @@ from rlhflab.errors import DataError
 from rlhflab.models import load_policy, load_reward_model
 from rlhflab.models.scoring import score
 from rlhflab.train.loop import train
-from rlhflab.train.offline import (
-    RewardAlgorithm,
-    RewardConfig,
-    SFTAlgorithm,
-    SFTConfig,
-    tokenize_demonstrations,
-)
+from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
+from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences, demonstrations
 from tests._train_entry import main as train_entry_main
@@ -70,12 +65,14 @@ def test_sft_lowers_its_loss_and_changes_the_weights(model_cache, tmp_path, reco
         torch.testing.assert_close(v, after[k])
 
 
-def test_gradient_accumulation_does_not_change_the_logged_loss(model_cache, tmp_path):
+def test_gradient_accumulation_multiplies_the_batch_and_leaves_the_logged_loss(model_cache, tmp_path):
+    """batch_size 2 x 2 accumulated micro-batches (TRL's meaning) trains as batch_size 4."""
     trajectories = []
     for steps in (1, 2):
-        train_entry_main(["sft", str(tmp_path / f"accumulate-{steps}"), f"gradient_accumulation_steps={steps}"])
+        options = [f"gradient_accumulation_steps={steps}", f"batch_size={4 // steps}"]
+        train_entry_main(["sft", str(tmp_path / f"accumulate-{steps}"), *options])
         trajectories.append(losses(tmp_path / f"accumulate-{steps}"))
-    assert trajectories[1] == pytest.approx(trajectories[0], rel=1e-4)
+    assert len(trajectories[1]) == 4 and trajectories[1] == pytest.approx(trajectories[0], rel=1e-4)
 
 
 def test_tokenize_demonstrations_names_line_and_field_of_an_over_long_example(char_tokenizer):
@@ -163,7 +160,7 @@ def test_reward_model_scores_each_distinct_completion_once_per_batch(model_cache
     rewards are the ones a separate forward gives (dropout is off, so the gradient is unchanged)."""
     from types import SimpleNamespace
 
-    import rlhflab.train.offline as offline
+    import rlhflab.train.reward_model as offline
 
     model, tokenizer = load_reward_model("tiny-reward")
     algorithm = RewardAlgorithm(RewardConfig(batch_size=1), model, tokenizer, a_preferences(4))

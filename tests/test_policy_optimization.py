@@ -155,7 +155,8 @@ def test_lora_policy_uses_adapter_disabled_reference_and_saves_merged(model_cach
 
     model, tokenizer = load_policy("tiny-policy")
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    config = rl_config(tmp_path / "lora", kl_coef=0.1, num_iterations=4, learning_rate=1e-2)
+    # merge_lora: saved as plain weights (without it, as adapters: tests/test_models_travel.py)
+    config = rl_config(tmp_path / "lora", kl_coef=0.1, num_iterations=4, learning_rate=1e-2, merge_lora=True)
     algorithm, rows = run_rl(config, reward=LOWERCASE, policy=(lora, tokenizer))
 
     assert algorithm.reference is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhflab.commands.workflow import positive_sft, raft, rso
+from rlhflab.commands.train import run_positive_sft, run_raft, run_rso
 from rlhflab.data.records import Preference
 from rlhflab.rewards.registry import RewardSource
 from rlhflab.train.rejection import (
@@ -81,7 +81,7 @@ def test_raft_raises_a_known_reward_over_rounds(model_cache, tmp_path, prompts_f
         progress=False,
         seed=TEST_SEED,
     )
-    run_dir = raft(cfg, reward_source=COUNT_A)
+    run_dir = run_raft(cfg, reward_source=COUNT_A)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["samples_drawn"] for r in rounds] == [128] * 4 and [r["kept"] for r in rounds] == [16] * 4
     assert all(r["reward_kept"] >= r["reward"] for r in rounds)
@@ -109,7 +109,7 @@ def test_rso_trains_dpo_on_pairs_whose_chosen_side_the_reward_prefers(model_cach
         progress=False,
         seed=TEST_SEED,
     )
-    run_dir = rso(cfg, reward_source=COUNT_A)
+    run_dir = run_rso(cfg, reward_source=COUNT_A)
     stats = json.loads((run_dir / "rso_sampling.json").read_text())
     assert stats["samples_drawn"] == 128 and stats["mean_reward_accepted"] >= stats["mean_reward_candidates"]
     pairs = [json.loads(line) for line in (run_dir / "rso_preferences.jsonl").read_text().splitlines()]
@@ -170,7 +170,7 @@ def test_positive_only_sft_trains_on_the_chosen_responses_only(model_cache, tmp_
         progress=False,
         seed=TEST_SEED,
     )
-    run_dir = positive_sft(cfg, records=a_preferences(16))
+    run_dir = run_positive_sft(cfg, records=a_preferences(16))
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     record_margin("last loss / first loss", losses[-1] / losses[0], 0.7, above=False)
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0]

@@ -194,7 +194,7 @@ def _char_tokenizer_without_pair_tokens():
 @pytest.mark.parametrize("group_size", [2, 3])
 def test_shared_prompt_rewards_and_gradients_equal_the_plain_forward(group_size):
     from rlhflab.models.scoring import encode_for_reward
-    from rlhflab.train.offline import shared_prompt_encoding, shared_prompt_rewards, supports_shared_prompt
+    from rlhflab.train.reward_model import shared_prompt_encoding, shared_prompt_rewards, supports_shared_prompt
 
     tokenizer = _char_tokenizer_without_pair_tokens()
     model = _tiny_decoder_reward_model(tokenizer)
@@ -220,7 +220,7 @@ def test_reward_loss_is_unchanged_by_prompt_sharing():
     from types import SimpleNamespace
 
     from rlhflab.data.records import Preference
-    from rlhflab.train.offline import RewardAlgorithm, RewardConfig
+    from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 
     tokenizer = _char_tokenizer_without_pair_tokens()
     model = _tiny_decoder_reward_model(tokenizer)
@@ -238,7 +238,7 @@ def test_reward_loss_is_unchanged_by_prompt_sharing():
 def test_encoder_reward_models_do_not_share_prompts():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from rlhflab.train.offline import supports_shared_prompt
+    from rlhflab.train.reward_model import supports_shared_prompt
 
     tokenizer = build_char_tokenizer()  # has [CLS]/[SEP]: sentence pairs, bidirectional attention
     model = BertForSequenceClassification(

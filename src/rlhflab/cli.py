@@ -13,21 +13,38 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhflab.commands import workflow
+from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
 from rlhflab.commands.compare import CompareConfig, run_compare
+from rlhflab.commands.decode import BestOfNConfig, RADConfig, run_bon, run_rad
 from rlhflab.commands.demo import DemoConfig, run_demo
-from rlhflab.commands.feedback import ServeConfig, feedback_main, serve
-from rlhflab.commands.iterate import loop_main
-from rlhflab.commands.language import ILFConfig, ReviseConfig, format_before_after
-from rlhflab.commands.toy import main as toy_main
-from rlhflab.config import parse_config
+from rlhflab.commands.evaluate import EvalConfig, run_eval
+from rlhflab.commands.feedback import ServeConfig, run_feedback, run_serve
+from rlhflab.commands.frontier import FrontierConfig, run_frontier
+from rlhflab.commands.iterate import LoopConfig, loop_done, run_loop
+from rlhflab.commands.language import run_ilf, run_revise
+from rlhflab.commands.report import ReportConfig, run_report
+from rlhflab.commands.toy import ToyConfig, format_toy_result, run_toy
+from rlhflab.commands.train import (
+    run_kto,
+    run_policy_optimization,
+    run_positive_sft,
+    run_preference_optimization,
+    run_raft,
+    run_ranking_optimization,
+    run_reward,
+    run_rso,
+    run_sft,
+)
+from rlhflab.config import explicit_options, parse_config
 from rlhflab.errors import RlhflabError
-from rlhflab.evaluation.html_report import report_main
 from rlhflab.evaluation.plots import format_evaluations
-from rlhflab.train.offline import RewardConfig, SFTConfig
+from rlhflab.train.language import ILFConfig, ReviseConfig, format_before_after
+from rlhflab.train.loop import processes_the_launcher_dropped, torchrun_argv
+from rlhflab.train.offline import SFTConfig
 from rlhflab.train.policy_optimization import RLConfig
-from rlhflab.train.preference import PreferenceConfig, RankingConfig
+from rlhflab.train.preference import KTOConfig, PreferenceConfig, RankingConfig
 from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig
+from rlhflab.train.reward_model import RewardConfig
 
 
 def _saved(run_dir, *extra: str) -> str:
@@ -56,7 +73,7 @@ def _revise_done(cfg, result) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its config, its entry function (``workflow`` and the run modules) and what it
+    """A subcommand: its config, its entry function (in ``rlhflab.commands``) and what it
     prints when done. ``fixed`` flags come first (``rlhflab ppo`` is the policy command with
     ``--algorithm ppo``); a command without a config parses its own arguments."""
 
@@ -65,12 +82,14 @@ class Command:
     help: str
     done: Callable[[Any, Any], str] = lambda cfg, result: ""
     fixed: tuple[str, ...] = ()
+    positional: str | None = None  # the option that the leading non-flag arguments fill
+    explicit: bool = False  # the entry is also told which options were given (a resumed run checks them)
 
 
 def _policy_command(algorithm: str, help: str) -> Command:
     return Command(
         RLConfig,
-        workflow.policy_optimization,
+        run_policy_optimization,
         help,
         lambda cfg, run_dir: _saved(run_dir, f"metrics in {run_dir / 'metrics.jsonl'}"),
         ("--algorithm", algorithm),
@@ -90,20 +109,20 @@ def _loss_command(config: type, entry: Callable, loss: str, help: str) -> Comman
 COMMANDS: dict[str, Command] = {
     "demo": Command(DemoConfig, run_demo, "the whole workflow on the offline defaults, ending in a run report"),
     "sample": Command(
-        workflow.SampleConfig,
-        workflow.sample,
+        SampleConfig,
+        run_sample,
         "sample completions from a policy",
         lambda cfg, records: f"wrote {len(records)} prompts x {cfg.num_samples} samples to {cfg.output}",
     ),
     "annotate": Command(
-        workflow.AnnotateConfig,
-        workflow.annotate,
+        AnnotateConfig,
+        run_annotate,
         "label samples with simulated annotators driven by an oracle R*",
         lambda cfg, records: f"wrote {len(records)} {cfg.feedback} records to {cfg.output}",
     ),
-    "sft": Command(SFTConfig, workflow.sft, "supervised fine-tuning on demonstrations", lambda cfg, d: _saved(d)),
+    "sft": Command(SFTConfig, run_sft, "supervised fine-tuning on demonstrations", lambda cfg, d: _saved(d)),
     "reward": Command(
-        RewardConfig, workflow.reward, "train a reward model (Bradley-Terry, Plackett-Luce, regression)", _reward_done
+        RewardConfig, run_reward, "train a reward model (Bradley-Terry, Plackett-Luce, regression)", _reward_done
     ),
     "ppo": _policy_command("ppo", "PPO with a KL penalty (Eq. 16)"),
     "a2c": _policy_command("a2c", "advantage actor-critic with a KL penalty"),
@@ -112,47 +131,50 @@ COMMANDS: dict[str, Command] = {
     "grpo": _policy_command("grpo", "group relative policy optimisation"),
     "dpo": _loss_command(
         PreferenceConfig,
-        workflow.preference_optimization,
+        run_preference_optimization,
         "dpo",
         "direct preference optimisation (also cdpo, rdpo: --loss)",
     ),
-    "ipo": _loss_command(PreferenceConfig, workflow.preference_optimization, "ipo", "identity preference optimisation"),
+    "ipo": _loss_command(PreferenceConfig, run_preference_optimization, "ipo", "identity preference optimisation"),
     "slic": _loss_command(
         PreferenceConfig,
-        workflow.preference_optimization,
+        run_preference_optimization,
         "slic",
         "SLiC-HF: rank-calibration hinge plus regularisation",
     ),
+    "kto": Command(
+        KTOConfig, run_kto, "KTO on unpaired good / bad labels (Ethayarajh et al. 2024)", lambda cfg, d: _saved(d)
+    ),
     "rrhf": _loss_command(
         RankingConfig,
-        workflow.ranking_optimization,
+        run_ranking_optimization,
         "rrhf",
         "RRHF: ranking hinge over k responses plus SFT on the best",
     ),
     "pro": _loss_command(
-        RankingConfig, workflow.ranking_optimization, "pro", "PRO: Plackett-Luce over k responses plus SFT on the best"
+        RankingConfig, run_ranking_optimization, "pro", "PRO: Plackett-Luce over k responses plus SFT on the best"
     ),
     "raft": Command(
         RAFTConfig,
-        workflow.raft,
+        run_raft,
         "rejection-sampling fine-tuning (RAFT / ReST / expert iteration)",
         lambda cfg, d: _saved(d, f"per-round samples and rewards in {d / 'rounds.jsonl'}"),
     ),
     "rso": Command(
         RSOConfig,
-        workflow.rso,
+        run_rso,
         "statistical rejection sampling toward pi*, then DPO or SLiC",
         lambda cfg, d: _saved(d, f"sampled pairs in {d / 'rso_preferences.jsonl'}"),
     ),
     "sft-positive": Command(
         PositiveSFTConfig,
-        workflow.positive_sft,
+        run_positive_sft,
         "SFT on the chosen responses of a preference file (baseline)",
         lambda cfg, d: _saved(d),
     ),
     "ilf": Command(
         ILFConfig,
-        workflow.ilf,
+        run_ilf,
         "imitation learning from language feedback: refine given critiques, keep the closest, SFT",
         lambda cfg, result: (
             _saved(result[0], f"refinements in {result[0]}/round-*/refinements.jsonl")
@@ -162,19 +184,19 @@ COMMANDS: dict[str, Command] = {
     ),
     "revise": Command(
         ReviseConfig,
-        workflow.revise,
+        run_revise,
         "critique and revise under a constitution, SFT on the revisions, pairs as preferences",
         _revise_done,
     ),
     "bon": Command(
-        workflow.BestOfNConfig,
-        workflow.bon,
+        BestOfNConfig,
+        run_bon,
         "best-of-n sampling with a reward source, with its KL bound and estimate",
         lambda cfg, summary: json.dumps(summary, indent=2) + f"\nchosen completions written to {cfg.output}",
     ),
     "rad": Command(
-        workflow.RADConfig,
-        workflow.rad,
+        RADConfig,
+        run_rad,
         "reward-augmented decoding (top-k reweighted by a reward source)",
         lambda cfg, summary: json.dumps(summary, indent=2) + f"\ncompletions written to {cfg.output}",
     ),
@@ -184,23 +206,43 @@ COMMANDS: dict[str, Command] = {
         "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot",
         lambda cfg, d: f"table in {d / 'comparison.md'} and {d / 'comparison.json'}; plot {d / 'comparison.png'}",
     ),
+    "frontier": Command(
+        FrontierConfig,
+        run_frontier,
+        "J and J_hat against KL for best-of-n, PPO and DPO: points along training, Gao fits, reference curve",
+        lambda cfg, d: f"table and fits in {d / 'frontier.md'} and {d / 'frontier.json'}; plot {d / 'frontier.png'}",
+    ),
     "loop": Command(
-        None, loop_main, "iterated RLHF: rounds of fresh feedback on the current policy (simulated, people, or a file)"
+        LoopConfig,
+        run_loop,
+        "iterated RLHF: rounds of fresh feedback on the current policy (simulated, people, or a file)",
+        loop_done,
+        explicit=True,
     ),
     "eval": Command(
-        workflow.EvalConfig,
-        workflow.evaluate,
+        EvalConfig,
+        run_eval,
         "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts",
         lambda cfg, results: format_evaluations({cfg.policy: results}),
     ),
     "report": Command(
-        None, report_main, "one self-contained HTML report of one run or several: J beside J_hat, hacking, curves"
+        ReportConfig,
+        run_report,
+        "one self-contained HTML report of one run or several: J beside J_hat, hacking, curves",
+        lambda cfg, path: f"report written to {path}",
+        positional="run_dirs",
     ),
-    "toy": Command(None, toy_main, "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)"),
+    "toy": Command(
+        ToyConfig,
+        run_toy,
+        "the exact toy lab (closed-form optimum, coverage, over-optimisation, ...)",
+        format_toy_result,
+        positional="experiment",
+    ),
     "feedback": Command(
-        None, feedback_main, "feedback from people: create projects, add users, invite, stats, export labels"
+        None, run_feedback, "feedback from people: create projects, add users, invite, stats, export labels"
     ),
-    "serve": Command(ServeConfig, serve, "serve the feedback web app (labelling, review, dashboard)"),
+    "serve": Command(ServeConfig, run_serve, "serve the feedback web app (labelling, review, dashboard)"),
 }
 
 
@@ -209,8 +251,15 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     command = COMMANDS[name]
     if command.config is None:
         return int(command.entry(list(argv)) or 0)
-    cfg = parse_config(command.config, [*command.fixed, *argv], f"rlhflab {name}", command.config.__doc__)
-    message = command.done(cfg, command.entry(cfg))
+    argv = list(argv)
+    if command.positional:
+        leading = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+        if leading:
+            argv = [f"--{command.positional}", *argv[:leading], *argv[leading:]]
+    argv = [*command.fixed, *argv]
+    cfg = parse_config(command.config, argv, f"rlhflab {name}", command.config.__doc__)
+    extra = (explicit_options(command.config, argv),) if command.explicit else ()
+    message = command.done(cfg, command.entry(cfg, *extra))
     if message:
         print(message)
     return 0
@@ -237,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    dropped = processes_the_launcher_dropped()
+    if dropped > 1 and argv == sys.argv[1:]:
+        print(
+            f"rlhflab: accelerate launch --cpu starts one process; starting {dropped} through torchrun", file=sys.stderr
+        )
+        os.execv(sys.executable, torchrun_argv(dropped))
     try:
         result = run_command(command, rest)
     except RlhflabError as exc:

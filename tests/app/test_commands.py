@@ -137,11 +137,119 @@ def test_serve_says_where_it_listens_and_how_to_add_the_first_admin(sqlite_url, 
     import uvicorn
 
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **server: served.update(app=app, **server))
     assert main(["serve", "--db", sqlite_url, "--port", "8123"]) == 0
     out = capsys.readouterr().out
     assert "open http://127.0.0.1:8123/" in out and "rlhflab feedback users --add NAME --role admin" in out
     assert served["host"] == "127.0.0.1" and served["port"] == 8123 and served["app"].state.store.url == sqlite_url
+    assert served["timeout_keep_alive"] == 5
     Store(sqlite_url, password_hasher=FAST_HASHER).create_user("boss", PASSWORD, "admin")
     assert main(["serve", "--db", sqlite_url]) == 0
     assert "no admin yet" not in capsys.readouterr().out
+
+
+SAMPLES_ROW = {"prompt": "p", "completions": ["a", "b"]}
+
+
+def labelled_project(url, samples_file) -> None:
+    """Project 'x' on ``url`` with one label from annotator 'ann'."""
+    assert feedback("create", "--name", "x", "--samples", samples_file, "--db", url) == 0
+    with Store(url, password_hasher=FAST_HASHER) as store:
+        user = store.create_user("ann", PASSWORD, "annotator")
+        store.add_members("x", ["ann"])
+        task = store.next_task(store.project("x").id, user)
+        store.submit_label(task.assignment_id, user, {"choice": "left"}, "k", 1.0)
+
+
+def test_export_never_replaces_a_folder_of_files_unless_told_to(sqlite_url, samples_file, tmp_path, capsys):
+    labelled_project(sqlite_url, samples_file)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    assert feedback("export", "--project", "x", "--output", folder, "--db", sqlite_url) == 2
+    assert "--overwrite" in one_line_error(capsys)
+    assert (folder / "thesis.tex").read_text() == "years of work"
+    assert feedback("export", "--project", "x", "--output", folder, "--overwrite", "--db", sqlite_url) == 0
+    assert not (folder / "thesis.tex").exists() and len(read_records(folder, "preference")) == 1
+
+
+def test_hostile_command_line_input_is_a_one_line_error(sqlite_url, samples_file, tmp_path, capsys):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text('{"prompt": "p", "completions": [' + "9" * 5001 + "]}\n")
+    lonely = tmp_path / "lonely.jsonl"
+    lonely.write_text(json.dumps(SAMPLES_ROW) + '\n{"prompt": "p", "completions": ["a", "b\\ud800"]}\n')
+    for samples, expected in ((deep, f"{deep}:1: unreadable JSON"), (huge, f"{huge}:1: unreadable JSON"),
+                              (lonely, f"{lonely}:2: field 'completions[1]': holds a lone UTF-16 surrogate")):  # fmt: skip
+        assert feedback("create", "--name", "x", "--samples", samples, "--db", sqlite_url) == 2
+        assert expected in one_line_error(capsys)
+    nul = tmp_path / "nul.md"
+    nul.write_text("read\x00me")
+    assert feedback("create", "--name", "x", "--samples", samples_file, "--instructions", nul, "--db", sqlite_url) == 2
+    assert f"{nul}: holds a NUL character" in one_line_error(capsys)
+    assert (
+        feedback("create", "--name", "x", "--samples", samples_file, "--instructions", "a\x00b", "--db", sqlite_url)
+        == 2
+    )
+    assert "--instructions holds a NUL character" in one_line_error(capsys)
+    assert feedback("create", "--name", "x\udcff", "--samples", samples_file, "--db", sqlite_url) == 2
+    assert "--name holds a lone UTF-16 surrogate" in one_line_error(capsys)
+
+    assert feedback("invite", "--ttl_hours", "inf", "--db", sqlite_url) == 2
+    assert "at most" in one_line_error(capsys)
+    latin1 = tmp_path / "password.txt"
+    latin1.write_bytes("pässwörd long enough\n".encode("latin-1"))
+    assert feedback("users", "--add", "ann", "--password_file", latin1, "--db", sqlite_url) == 2
+    assert "not UTF-8" in one_line_error(capsys)
+
+    labelled_project(sqlite_url, samples_file)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for output in (a_file / "out.jsonl", "/proc/rlhflab/out.jsonl", "/proc/self/out.jsonl"):
+        assert feedback("export", "--project", "x", "--output", output, "--db", sqlite_url) == 2
+        assert f"{output}: cannot write the export there" in one_line_error(capsys)
+
+
+def test_serve_links_invitations_to_its_public_url(sqlite_url, monkeypatch, capsys):
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **server: served.update(app=app))
+    assert main(["serve", "--db", sqlite_url, "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert served["app"].state.public_url == "http://0.0.0.0:8123"
+    assert main(["serve", "--db", sqlite_url, "--public_url", "https://labels.example.org/"]) == 0
+    assert served["app"].state.public_url == "https://labels.example.org"
+    capsys.readouterr()
+    assert main(["serve", "--db", sqlite_url, "--public_url", "labels.example.org"]) == 2
+    assert "public URL" in one_line_error(capsys)
+
+
+def test_serve_with_workers_hands_each_process_the_same_options(sqlite_url, monkeypatch, capsys):
+    import uvicorn
+
+    from rlhflab.app.web import SERVE_OPTIONS_ENV, app_from_environment
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **server: served.update(app=app, **server))
+    monkeypatch.setenv(SERVE_OPTIONS_ENV, "{}")  # restored after the test, which run_serve changes
+    argv = [
+        "serve",
+        "--db",
+        sqlite_url,
+        "--workers",
+        "3",
+        "--public_url",
+        "https://l.example.org",
+        "--read_timeout",
+        "7",
+    ]
+    assert main(argv) == 0
+    assert "3 workers" in capsys.readouterr().out
+    assert served["app"] == "rlhflab.app.web:app_from_environment" and served["factory"] and served["workers"] == 3
+    app = app_from_environment()  # as a worker process builds it, from the environment it inherits
+    assert app.state.store.url == sqlite_url and app.state.public_url == "https://l.example.org"
+    app.state.store.close()
+    for bad in (["--workers", "0"], ["--read_timeout", "inf"], ["--read_timeout", "0"], ["--keep_alive_timeout", "0"]):
+        assert main(["serve", "--db", sqlite_url, *bad]) == 2
+        assert bad[0] in one_line_error(capsys)

@@ -85,13 +85,46 @@ def test_migrations_create_exactly_the_schema_the_models_declare(db_url):
         migrate(engine)  # at head: nothing to do
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), m.Base.metadata) == []
-            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
             if engine.dialect.name == "sqlite":
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
                 assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
     finally:
         engine.dispose()
+
+
+def test_ids_are_64_bit_on_every_database(store, samples_file):
+    """PostgreSQL's ids were 32-bit (serial) until migration 0002; an id past 2^31 is stored now, and
+    the next id the sequence hands out follows it."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            m.User.__table__.insert().values(
+                id=2**62, username="far", password_hash="x", role="admin", created_at=m.utcnow()
+            )
+        )
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('users', 'id'), :id)"), {"id": 2**62})
+    token, _ = store.create_session(2**62)
+    assert store.session_user(token)[0].id == 2**62
+    assert store.create_user("next", PASSWORD, "annotator").id == 2**62 + 1
+    with pytest.raises(NotFound):
+        store.project(2**63)
+
+
+def test_an_invitation_lives_a_finite_time_of_at_most_a_year(store):
+    for ttl in (float("inf"), float("nan"), 0, -1, 24 * 367):
+        with pytest.raises(StoreError, match="ttl_hours|at most"):
+            store.create_invitation("annotator", None, ttl_hours=ttl)
+
+
+def test_a_gold_item_labelled_by_more_than_the_overlap_stays_gold(store, samples_file, tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"prompt": "g", "completions": ["a", "b"], "answer": 0}])
+    project, admin, annotators, _ = project_with_members(store, samples_file, 3, overlap=1, gold=gold, gold_rate=1.0)
+    gold_tasks = [t for u in annotators for t in label_until_done(store, project.id, u, limit=1)]
+    assert len(gold_tasks) == 3 and all(t.is_gold for t in gold_tasks)
+    with pytest.raises(StoreError, match="stays gold"):
+        store.set_gold(gold_tasks[0].item_id, None, admin)
 
 
 def test_sqlite_write_transactions_begin_immediate_and_reads_see_one_snapshot(tmp_path):

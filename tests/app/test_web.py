@@ -11,8 +11,9 @@ import pytest
 
 from rlhflab.app import quality
 from rlhflab.app.auth import PRELOGIN_COOKIE, SESSION_COOKIE
+from rlhflab.app.middleware import CONTENT_SECURITY_POLICY
 from rlhflab.app.tasks import TASKS
-from rlhflab.app.web import CONTENT_SECURITY_POLICY, create_app
+from rlhflab.app.web import DEFAULT_PUBLIC_URL, create_app
 from tests.app import web_fixtures
 from tests.app.web_fixtures import PASSWORD, hidden_fields, start_labelling, write_samples
 
@@ -142,7 +143,8 @@ def test_an_invitation_link_registers_once_and_joins_its_projects(world):
     made = admin.post("/admin/invitations", {"role": "annotator", "projects": ["binary project"]})
     assert made.status_code == 201
     link = re.search(r'id="invitation-link" class="copy" readonly value="([^"]+)"', made.text).group(1)
-    path = link.removeprefix("http://testserver")
+    assert link.startswith(DEFAULT_PUBLIC_URL + "/invite/")
+    path = link.removeprefix(DEFAULT_PUBLIC_URL)
     assert path.startswith("/invite/")
 
     guest = world.client()

@@ -28,6 +28,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # transaction takes the write lock at BEGIN) or "DEFERRED" (a read transaction).
 SQLITE_BEGIN = "rlhflab_sqlite_begin"
 APP_DIR = Path(__file__).resolve().parent
+# Connections one process keeps (POOL_SIZE) and may open at most (POOL_SIZE + POOL_OVERFLOW): as many
+# as the threads that may run a Store call at once (anyio's default thread limiter, 40, runs
+# FastAPI's sync routes and ``run_in_threadpool``), so a saturated server never has a request wait
+# out the pool's timeout for a connection (a 500). On PostgreSQL, ``--workers N`` needs
+# N x 40 connections within the server's max_connections (100 by default).
+POOL_SIZE, POOL_OVERFLOW = 10, 30
 
 
 def default_db_url() -> str:
@@ -82,11 +88,11 @@ def make_engine(url: str | None = None) -> Engine:
             parsed,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             # An in-memory database exists only inside its one connection.
-            **({"poolclass": StaticPool} if memory else {"pool_size": 10, "max_overflow": 20}),
+            **({"poolclass": StaticPool} if memory else {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}),
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
 
 
 def read_only(engine: Engine) -> Engine:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -28,10 +29,22 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Assignment states: open (shown, not yet labelled), done (labelled), skipped (given back; the
-# annotator is never offered the item again, and the slot goes to someone else).
-OPEN, DONE, SKIPPED = "open", "done", "skipped"
+# annotator is never offered the item again, and the slot goes to someone else), revoked (taken
+# back by an admin's action: the annotator's open assignments when they are excluded, and their done
+# ones whose slot went to someone else meanwhile, when they are included again; a revoked
+# assignment's label is left out like an excluded annotator's, so no item counts more than
+# ``overlap`` labels).
+OPEN, DONE, SKIPPED, REVOKED = "open", "done", "skipped", "revoked"
+# Statuses whose assignment holds one of an item's ``overlap`` slots.
+HOLDS_A_SLOT = (OPEN, DONE)
 # Qualification states of a membership (Section 7.3.3: annotators screened by agreement with experts).
 NOT_REQUIRED, IN_PROGRESS, QUALIFIED, FAILED = "not_required", "in_progress", "qualified", "failed"
+
+
+# Ids are 64-bit wherever the database has the choice (BIGINT on PostgreSQL, migration 0002); on
+# SQLite an id must be exactly INTEGER to be the rowid (and so to autoincrement), which is 64-bit.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1  # the largest value an id column holds, on either database
 
 
 def utcnow() -> dt.datetime:
@@ -76,7 +89,7 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))  # admin | annotator | reviewer
@@ -88,15 +101,15 @@ class Invitation(Base):
 
     __tablename__ = "invitations"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     projects: Mapped[list[Any]] = mapped_column(JSON)  # project names the new user joins
-    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_by: Mapped[int | None] = mapped_column(ID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
-    used_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    used_by: Mapped[int | None] = mapped_column(ID, ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class Session(Base):
@@ -104,9 +117,9 @@ class Session(Base):
 
     __tablename__ = "sessions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ID, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
@@ -115,7 +128,7 @@ class Session(Base):
 class Project(Base):
     __tablename__ = "projects"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     task: Mapped[str] = mapped_column(String(16))  # one of tasks.TASKS
     attributes: Mapped[list[Any]] = mapped_column(JSON)  # rating attributes (empty for other tasks)
@@ -134,9 +147,9 @@ class Membership(Base):
     __tablename__ = "memberships"
     __table_args__ = (UniqueConstraint("project_id", "user_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ID, ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ID, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16))  # annotator | reviewer
     instructions_seen_at: Mapped[dt.datetime | None]
     qualification: Mapped[str] = mapped_column(String(16), default=NOT_REQUIRED)
@@ -149,8 +162,8 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (UniqueConstraint("project_id", "position"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ID, ForeignKey("projects.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)  # the order items are handed out in
     prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of chat messages
     completions: Mapped[list[Any]] = mapped_column(JSON)  # in their original order
@@ -168,10 +181,10 @@ class Assignment(Base):
         Index("ix_assignments_project_user_status", "project_id", "user_id", "status"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ID, ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ID, ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ID, ForeignKey("users.id", ondelete="CASCADE"))
     shown_order: Mapped[list[Any]] = mapped_column(JSON)  # shown_order[displayed position] = original index
     status: Mapped[str] = mapped_column(String(16), default=OPEN)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -186,13 +199,34 @@ class Label(Base):
         Index("ix_labels_project_user", "project_id", "user_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ID, ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ID, ForeignKey("items.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ID, ForeignKey("users.id", ondelete="CASCADE"))
+    assignment_id: Mapped[int] = mapped_column(ID, ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     seconds: Mapped[float | None] = mapped_column(Float)  # time on the page, as the page measured it
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)  # the item was gold when labelled
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LoginFailure(Base):
+    """A failed sign-in, kept for ``Store.LOGIN_WINDOW`` to throttle guessing (OWASP ASVS 2.2.1).
+
+    A table rather than a rate-limiting library: the libraries that fit FastAPI (slowapi and
+    ``limits``, fastapi-limiter) keep their counts in process memory, Redis, Memcached or MongoDB,
+    so they would either forget every count at a restart and count each worker apart, or need a
+    service the app does not otherwise run. The database is shared by every worker and survives
+    restarts; a failed login is rare enough for one insert each."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_username_at", "username", "at"),
+        Index("ix_login_failures_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))  # as typed (cut to 64): the account tried
+    address: Mapped[str | None] = mapped_column(String(64))  # the client's IP address; None from the CLI
+    at: Mapped[dt.datetime]

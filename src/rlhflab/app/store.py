@@ -40,6 +40,7 @@ from sqlalchemy.orm import sessionmaker
 from rlhflab.app import models as m
 from rlhflab.app.db import default_db_url, make_engine, migrate, read_only
 from rlhflab.app.export import ExportError, export_rows
+from rlhflab.app.models import MAX_ID
 from rlhflab.app.tasks import (
     DEFAULT_ATTRIBUTES,
     ROLES,
@@ -53,8 +54,9 @@ from rlhflab.app.tasks import (
     validate_gold,
     validate_label,
 )
-from rlhflab.data import Samples, read_records
-from rlhflab.errors import ConfigError, RlhflabError
+from rlhflab.app.text import first_unstorable, unstorable_text
+from rlhflab.data import Samples, read_records, read_rows
+from rlhflab.errors import ConfigError, DataError, RlhflabError
 from rlhflab.seeds import derive_seed
 
 T = TypeVar("T")
@@ -65,6 +67,14 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PROJECT_NAME = 100
 MAX_IDEMPOTENCY_KEY = 128
 SESSION_HOURS = 12
+# The longest an invitation may stay valid (a timestamp this far ahead is still one every database holds).
+MAX_INVITATION_HOURS = 24 * 366
+# Login throttling (OWASP ASVS 2.2.1): this many failed sign-ins within LOGIN_WINDOW, for one account
+# or from one address, refuse further attempts until the oldest of them is that old. The address
+# limit is higher: people behind one NAT share it, and it is there for guessing across accounts.
+LOGIN_WINDOW = dt.timedelta(minutes=15)
+MAX_FAILURES_PER_ACCOUNT = 5
+MAX_FAILURES_PER_ADDRESS = 20
 # A write that loses a race (a unique constraint, a PostgreSQL deadlock, a SQLite writer that waited
 # out its busy timeout) is run again from the start, up to this many times.
 WRITE_ATTEMPTS = 8
@@ -80,6 +90,33 @@ class NotFound(StoreError):
 
 class Forbidden(StoreError):
     """The user can see the object but may not do this to it."""
+
+
+class TooManyLogins(StoreError):
+    """Too many failed sign-ins lately, for the account or from the address (HTTP 429)."""
+
+    def __init__(self, retry_after: int):
+        minutes = max(1, math.ceil(retry_after / 60))
+        super().__init__(
+            f"Too many failed sign-ins for this account or from this address; try again in {minutes} minute"
+            + ("s" if minutes > 1 else "")
+        )
+        self.retry_after = retry_after
+
+
+def check_id(value: Any, what: str) -> int:
+    """``value`` if it can name a row (an integer within the id columns' range), else NotFound, as for
+    any id that names nothing: the database is never asked about an id it could not hold."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise NotFound(f"no {what} {value!r}"[:80])
+    return value
+
+
+def check_text(value: str, what: str) -> str:
+    problem = unstorable_text(value)
+    if problem:
+        raise StoreError(f"{what} {problem}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -144,7 +181,8 @@ class InvitationInfo:
 
 
 def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogatepass: a forged token holding a lone surrogate matches nothing instead of failing
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _user_info(user: m.User) -> UserInfo:
@@ -160,15 +198,19 @@ def _retryable(error: Exception) -> bool:
 
 
 def _active_assignments(item_id) -> Any:
-    """How many annotators an item is assigned to and still counts: assignments neither skipped nor
-    held by an annotator excluded from the project (their slots go to someone else)."""
+    """How many annotators an item is assigned to and still counts: open or done assignments (not
+    skipped or revoked) held by annotators not excluded from the project (their slots go to someone else)."""
     return (
         select(func.count(m.Assignment.id))
         .join(
             m.Membership,
             and_(m.Membership.project_id == m.Assignment.project_id, m.Membership.user_id == m.Assignment.user_id),
         )
-        .where(m.Assignment.item_id == item_id, m.Assignment.status != m.SKIPPED, m.Membership.excluded.is_(False))
+        .where(
+            m.Assignment.item_id == item_id,
+            m.Assignment.status.in_(m.HOLDS_A_SLOT),
+            m.Membership.excluded.is_(False),
+        )
         .scalar_subquery()
     )
 
@@ -195,6 +237,17 @@ def _scheduled_count(next_position: int, available: int, gold_left: int, period:
         else:
             return count
         count, position = count + 1, position + 1
+
+
+def _read_samples(source: str | os.PathLike) -> list[Samples]:
+    """The Samples records of a file (as ``read_records`` reads them), its rows checked first for
+    text no column can store: a one-line DataError naming the file, the line and the field."""
+    name, rows = read_rows(source)
+    for line, row in rows:
+        found = first_unstorable(row)
+        if found:
+            raise DataError(name, line, found[0], found[1])
+    return read_records(source, "samples")
 
 
 def _open_and_owned(assignment, user: UserInfo, project_id: int | None) -> bool:
@@ -274,6 +327,10 @@ class Store:
     def _project_row(session: DBSession, project: int | str) -> m.Project:
         if isinstance(project, bool) or not isinstance(project, (int, str)):
             raise NotFound(f"no project {project!r}")
+        if isinstance(project, int):
+            check_id(project, "project")
+        elif unstorable_text(project):
+            raise NotFound(f"no project {ascii(project)}")
         column = m.Project.id if isinstance(project, int) else m.Project.name
         row = session.scalars(select(m.Project).where(column == project)).first()
         if row is None:
@@ -338,6 +395,7 @@ class Store:
             raise StoreError(f"unknown role '{role}'; choose from {', '.join(ROLES)}")
         if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
             raise StoreError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        check_text(password, "the password")
 
     def create_user(self, username: str, password: str, role: str) -> UserInfo:
         """A new user with an Argon2 password hash. StoreError if the name is taken or invalid."""
@@ -352,22 +410,60 @@ class Store:
         except IntegrityError:
             raise StoreError(f"user '{username}' already exists") from None
 
-    def authenticate(self, username: str, password: str) -> UserInfo | None:
+    def authenticate(self, username: str, password: str, address: str | None = None) -> UserInfo | None:
         """The user if the password is theirs, else None (the same answer, in the same time, for an
-        unknown username)."""
+        unknown username). ``address``: the client's, for throttling (None at the command line).
+
+        TooManyLogins, before any password is checked, after too many failures within LOGIN_WINDOW
+        for the account or from the address (a right password is refused then too, or guessing would
+        go on). A failure is recorded; a success forgets the account's failures. The check and the
+        record are separate transactions, so a burst of parallel guesses may pass the limit by the
+        number in flight: throttling bounds the rate of guessing, it is not an exact count."""
+        if unstorable_text(username) or unstorable_text(password):
+            return None  # no account has such a name or password (the web app refuses them with 422)
+        account = username[:64]  # as the failures table keeps it (no real username is longer)
+        self._refuse_if_throttled(account, address)
         with self._read() as session:
             user = session.scalars(select(m.User).where(m.User.username == username)).first()
         try:
             self._hasher.verify(user.password_hash if user else self._decoy_hash, password)
         except (VerificationError, InvalidHashError):
+            self._record_login_failure(account, address)
             return None
         if user is None:
+            self._record_login_failure(account, address)
             return None
-        if self._hasher.check_needs_rehash(user.password_hash):
-            new_hash = self._hasher.hash(password)
-            with self._write() as session:
+        with self._write() as session:
+            session.execute(delete(m.LoginFailure).where(m.LoginFailure.username == account))
+            if self._hasher.check_needs_rehash(user.password_hash):
+                new_hash = self._hasher.hash(password)
                 session.execute(update(m.User).where(m.User.id == user.id).values(password_hash=new_hash))
         return _user_info(user)
+
+    def _refuse_if_throttled(self, username: str, address: str | None) -> None:
+        """TooManyLogins if the account, or the address, has its limit of recent failures; its
+        ``retry_after`` is when the oldest failure that counts leaves the window."""
+        now = m.utcnow()
+        limits = [(m.LoginFailure.username == username, MAX_FAILURES_PER_ACCOUNT)]
+        if address is not None:
+            limits.append((m.LoginFailure.address == address, MAX_FAILURES_PER_ADDRESS))
+        with self._read() as session:
+            for who, limit in limits:
+                recent = session.scalars(
+                    select(m.LoginFailure.at)
+                    .where(who, m.LoginFailure.at > now - LOGIN_WINDOW)
+                    .order_by(m.LoginFailure.at.desc())
+                    .offset(limit - 1)
+                    .limit(1)
+                ).first()
+                if recent is not None:
+                    raise TooManyLogins(max(1, math.ceil((recent + LOGIN_WINDOW - now).total_seconds())))
+
+    def _record_login_failure(self, username: str, address: str | None) -> None:
+        now = m.utcnow()
+        with self._write() as session:
+            session.execute(delete(m.LoginFailure).where(m.LoginFailure.at <= now - LOGIN_WINDOW))
+            session.add(m.LoginFailure(username=username, address=None if address is None else address[:64], at=now))
 
     def users(self, user: UserInfo | None = None) -> list[UserInfo]:
         """Every user, by name (admins only, when ``user`` is given)."""
@@ -383,8 +479,10 @@ class Store:
         ``created_by`` is None for an invitation made at the command line."""
         if role not in ROLES:
             raise StoreError(f"unknown role '{role}'; choose from {', '.join(ROLES)}")
-        if not ttl_hours > 0:
+        if isinstance(ttl_hours, bool) or not isinstance(ttl_hours, (int, float)) or not ttl_hours > 0:
             raise StoreError("an invitation needs a positive lifetime (ttl_hours)")
+        if not ttl_hours <= MAX_INVITATION_HOURS:  # also refuses inf and nan
+            raise StoreError(f"an invitation lives at most {MAX_INVITATION_HOURS} hours (a year), not {ttl_hours}")
         token = secrets.token_urlsafe(32)
         now = m.utcnow()
         with self._write() as session:
@@ -524,6 +622,8 @@ class Store:
         """
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_PROJECT_NAME:
             raise StoreError(f"a project needs a name of 1-{MAX_PROJECT_NAME} characters")
+        check_text(name, "the project name")
+        check_text(instructions or "", "the instructions text")
         if task not in TASKS:
             raise StoreError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
         attributes = list(attributes)
@@ -545,8 +645,12 @@ class Store:
         if isinstance(qualification_items, bool) or not isinstance(qualification_items, int) or qualification_items < 0:
             raise StoreError(f"qualification_items must be a non-negative integer, got {qualification_items!r}")
 
-        records = read_records(samples, "samples") if isinstance(samples, (str, os.PathLike)) else list(samples)
+        records = _read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
         items = items_from_samples(task, records)
+        for i, (prompt, completions) in enumerate(items):
+            found = first_unstorable({"prompt": prompt, "completions": completions})
+            if found:  # Samples records given directly (a file's rows were checked line by line)
+                raise StoreError(f"<samples>: item {i + 1}: field '{found[0]}' {found[1]}")
         if not items:
             source = samples if isinstance(samples, (str, os.PathLike)) else "<samples>"
             need = "2 distinct non-empty completions" if task in ("pairwise", "ranking") else "a non-empty completion"
@@ -829,8 +933,14 @@ class Store:
         unless the assignment is the user's own and open (and in ``project_id``, when given: a page of
         one project cannot answer another's assignment).
         """
+        check_id(assignment_id, "open assignment")
         if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise LabelError(f"an idempotency key is a string of 1-{MAX_IDEMPOTENCY_KEY} characters")
+        if unstorable_text(idempotency_key):
+            raise LabelError(f"field 'idempotency_key' {unstorable_text(idempotency_key)}")
+        unstorable = first_unstorable(value)
+        if unstorable:
+            raise LabelError(f"field 'value.{unstorable[0]}' {unstorable[1]}")
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
                 raise LabelError(f"seconds must be a number, got {seconds!r}")
@@ -849,6 +959,10 @@ class Store:
                     raise NotFound(f"no open assignment {assignment_id}")
                 return self._label_info(earlier, duplicate=True)
             if not _open_and_owned(assignment, user, project_id):
+                raise NotFound(f"no open assignment {assignment_id}")
+            # Exclusion revokes open assignments; this holds should one be opened in a race with it.
+            membership = self._membership(session, assignment.project_id, user.id)
+            if membership is None or membership.excluded:
                 raise NotFound(f"no open assignment {assignment_id}")
             project = session.get(m.Project, assignment.project_id)
             item = session.get(m.Item, assignment.item_id)
@@ -897,6 +1011,7 @@ class Store:
     def skip(self, assignment_id: int, user: UserInfo, project_id: int | None = None) -> None:
         """Give an open assignment back: the slot goes to another annotator, and this user is never
         offered the item again. Qualification items cannot be skipped (StoreError)."""
+        check_id(assignment_id, "open assignment")
 
         def give_back(session: DBSession) -> None:
             assignment = session.scalars(
@@ -924,8 +1039,9 @@ class Store:
         with self._read() as session:
             project, _ = self._visible_project(session, project_id, user, "reviewer")
             rows = session.execute(
-                select(m.Item, m.Label, m.User.username, m.Membership.excluded)
+                select(m.Item, m.Label, m.User.username, m.Membership.excluded, m.Assignment.status)
                 .join(m.Label, m.Label.item_id == m.Item.id)
+                .join(m.Assignment, m.Assignment.id == m.Label.assignment_id)
                 .join(m.User, m.User.id == m.Label.user_id)
                 .join(
                     m.Membership,
@@ -935,7 +1051,7 @@ class Store:
                 .order_by(m.Item.position, m.Label.id)
             ).all()
         by_item: dict[int, dict] = {}
-        for item, label, username, excluded in rows:
+        for item, label, username, excluded, status in rows:
             entry = by_item.setdefault(
                 item.id,
                 {
@@ -953,25 +1069,33 @@ class Store:
                     "label_id": label.id,
                     "annotator": username,
                     "value": dict(label.value),
-                    "excluded": excluded,
+                    "excluded": excluded or status == m.REVOKED,
                     "created_at": label.created_at,
                 }
             )
         disagreeing = [e for e in by_item.values() if labels_disagree(project.task, [x["value"] for x in e["labels"]])]
         return disagreeing[:limit]
 
-    def set_gold(self, item_id: int, answer: Any, user: UserInfo | None) -> None:
+    def set_gold(self, item_id: int, answer: Any, user: UserInfo | None, project_id: int | None = None) -> None:
         """Make an item gold with ``answer`` (original indices, as in a gold file; LabelError if it
-        does not fit), or, with ``answer=None``, an ordinary item again. Reviewers and admins only."""
+        does not fit), or, with ``answer=None``, an ordinary item again, unless more annotators
+        labelled it (as gold, everyone does) than the project's overlap. Reviewers and admins only;
+        with ``project_id``, only an item of that project (NotFound for any other)."""
+        check_id(item_id, "item")
 
         def mark(session: DBSession) -> None:
-            item = session.get(m.Item, item_id)
-            if item is None:
+            item = session.scalars(select(m.Item).where(m.Item.id == item_id).with_for_update()).first()
+            if item is None or (project_id is not None and item.project_id != project_id):
                 raise NotFound(f"no item {item_id}")
             project, _ = self._visible_project(session, item.project_id, user, "reviewer")
             if answer is None:
                 if item.is_qualification:
                     raise StoreError("a qualification item stays gold")
+                holding = session.scalar(select(_active_assignments(item.id)))
+                if item.is_gold and holding > project.overlap:
+                    raise StoreError(
+                        f"item {item.id} stays gold: {holding} annotators hold it, more than the overlap of {project.overlap}"
+                    )
                 item.is_gold, item.gold_answer = False, None
                 return
             item.gold_answer = validate_gold(project.task, project.attributes, len(item.completions), answer)
@@ -980,8 +1104,12 @@ class Store:
         self._write_retrying(mark)
 
     def set_excluded(self, project_id: int, username: str, excluded: bool, user: UserInfo | None) -> None:
-        """Exclude an annotator from a project (or take them back): their labels are left out of
-        exports, their slots go to other annotators and they get no more tasks. Admins only."""
+        """Exclude an annotator from a project (or take them back). Admins only.
+
+        Excluded: their labels are left out of exports, their slots go to other annotators, they get
+        no more tasks, and their open assignments are revoked (a page opened before cannot be
+        submitted). Taken back: their labels count again, except on items whose slot went to someone
+        else meanwhile (those assignments are revoked, so no item counts more than ``overlap``)."""
 
         def mark(session: DBSession) -> None:
             project, _ = self._visible_project(session, project_id, user)
@@ -990,17 +1118,50 @@ class Store:
                 select(m.Membership)
                 .join(m.User, m.User.id == m.Membership.user_id)
                 .where(m.Membership.project_id == project.id, m.User.username == username)
+                .with_for_update(of=m.Membership)
             ).first()
             if member is None:
                 raise NotFound(f"'{username}' is not a member of project '{project.name}'")
-            member.excluded = bool(excluded)
+            if bool(excluded) == member.excluded:
+                return
+            mine = (m.Assignment.project_id == project.id, m.Assignment.user_id == member.user_id)
+            if excluded:
+                session.execute(
+                    update(m.Assignment).where(*mine, m.Assignment.status == m.OPEN).values(status=m.REVOKED)
+                )
+                member.excluded = True
+                return
+            self._revoke_refilled(session, project, member.user_id)
+            member.excluded = False
 
         self._write_retrying(mark)
+
+    @staticmethod
+    def _revoke_refilled(session: DBSession, project: m.Project, user_id: int) -> None:
+        """Revoke ``user_id``'s done assignments on the non-gold items whose ``overlap`` slots other
+        annotators fill. The items are locked first (as ``_claim_item`` locks the item it assigns),
+        so no assignment is being made to them while they are counted."""
+        done = select(m.Assignment.item_id).where(
+            m.Assignment.project_id == project.id, m.Assignment.user_id == user_id, m.Assignment.status == m.DONE
+        )
+        items = session.scalars(
+            select(m.Item.id)
+            .where(m.Item.id.in_(done), m.Item.is_gold.is_(False))
+            .order_by(m.Item.id)
+            .with_for_update()
+        ).all()
+        full = [item_id for item_id in items if session.scalar(select(_active_assignments(item_id))) >= project.overlap]
+        if full:
+            session.execute(
+                update(m.Assignment)
+                .where(m.Assignment.user_id == user_id, m.Assignment.item_id.in_(full))
+                .values(status=m.REVOKED)
+            )
 
     # ---- analysis ---------------------------------------------------------------------------------
     def _label_rows(self, session: DBSession, project: m.Project, include_excluded: bool) -> list[dict]:
         query = (
-            select(m.Label, m.Item, m.User.username, m.Membership.excluded, m.Assignment.shown_order)
+            select(m.Label, m.Item, m.User.username, m.Membership.excluded, m.Assignment)
             .join(m.Item, m.Item.id == m.Label.item_id)
             .join(m.User, m.User.id == m.Label.user_id)
             .join(m.Assignment, m.Assignment.id == m.Label.assignment_id)
@@ -1012,7 +1173,7 @@ class Store:
             .order_by(m.Label.id)
         )
         if not include_excluded:
-            query = query.where(m.Membership.excluded.is_(False))
+            query = query.where(m.Membership.excluded.is_(False), m.Assignment.status != m.REVOKED)
         return [
             {
                 "label_id": label.id,
@@ -1024,17 +1185,18 @@ class Store:
                 "prompt": item.prompt,
                 "completions": list(item.completions),
                 "value": dict(label.value),
-                "shown_order": list(shown_order),
-                "swapped": list(shown_order) != sorted(shown_order),
+                "shown_order": list(assignment.shown_order),
+                "swapped": list(assignment.shown_order) != sorted(assignment.shown_order),
                 "seconds": label.seconds,
                 "created_at": label.created_at,
                 "gold": item.is_gold,
                 "gold_answer": item.gold_answer,
                 "qualification": item.is_qualification,
-                "excluded": excluded,
+                # a revoked assignment's label is left out as an excluded annotator's is
+                "excluded": excluded or assignment.status == m.REVOKED,
                 "attributes": list(project.attributes),
             }
-            for label, item, username, excluded, shown_order in session.execute(query)
+            for label, item, username, excluded, assignment in session.execute(query)
         ]
 
     def label_rows(

@@ -14,8 +14,10 @@ agreement, Section 7.3.3) can be measured; :func:`gold_agrees` is that compariso
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
+from rlhflab.app.text import first_unstorable
 from rlhflab.data import Samples, read_rows
 from rlhflab.errors import DataError, RlhflabError
 
@@ -49,8 +51,9 @@ def _permutation(value: Any, k: int, what: str) -> list[int]:
 
 
 def _rating(value: Any, what: str) -> int:
-    # A form posts "5"; JSON posts 5. Either is a rating; "true" or 5.5 is not.
-    if isinstance(value, str) and value.strip().isdigit():
+    # A form posts "5"; JSON posts 5. Either is a rating; "true", 5.5 or "²" is not (str.isdigit()
+    # and int() take Unicode digits: ASCII ones only here).
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not RATING_MIN <= value <= RATING_MAX:
         raise LabelError(f"{what} must be an integer from {RATING_MIN} to {RATING_MAX}, got {value!r}")
@@ -151,6 +154,9 @@ def read_gold(source: str | os.PathLike, task: str, attributes: list[str]) -> li
         raise DataError(name, None, None, "critique projects have no gold answers")
     gold = []
     for line, row in rows:
+        unstorable = first_unstorable(row)
+        if unstorable:
+            raise DataError(name, line, *unstorable)
         record = Samples.from_dict(row, name, line)
         for i, c in enumerate(record.completions):
             if not _usable(c):

@@ -29,8 +29,17 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands import workflow
 from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options
+from rlhflab.commands.presets import PRESETS as ALL_PRESETS
+from rlhflab.commands.train import (
+    run_kto,
+    run_policy_optimization,
+    run_positive_sft,
+    run_preference_optimization,
+    run_raft,
+    run_ranking_optimization,
+    run_rso,
+)
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.data import Ranking, prompt_text
 from rlhflab.decoding.best_of_n import best_of_n
@@ -49,49 +58,13 @@ from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
-from rlhflab.train.preference import PreferenceConfig, RankingConfig
+from rlhflab.train.preference import KTOConfig, PreferenceConfig, RankingConfig, unpair
 from rlhflab.train.rejection import PositiveSFTConfig, RAFTConfig, RSOConfig
 
-METHODS = ["ppo", "dpo", "ipo", "slic", "rrhf", "raft", "rso", "bon", "sft-positive"]
+METHODS = ["ppo", "dpo", "ipo", "slic", "kto", "rrhf", "raft", "rso", "bon", "sft-positive"]
 
 
-# Budgets on the offline defaults (full) and on tiny in-process models (quick).
-PRESETS = {
-    "full": dict(
-        methods="ppo,dpo,bon,sft-positive",
-        policy="smollm2-135m-instruct",
-        reward_backbone="minilm-l6",
-        oracle="sentiment",
-        feedback_prompts=48,
-        eval_prompts=32,
-        max_new_tokens=24,
-        online_samples=96,
-        offline_steps=12,
-        preference_learning_rate=5e-6,
-        sft_learning_rate=2e-5,
-        ppo_learning_rate=2e-5,
-        reward_learning_rate=5e-5,
-        reward_epochs=2.0,
-        eval_samples=4,
-    ),
-    "quick": dict(
-        methods=",".join(METHODS),
-        policy="tiny-policy",
-        reward_backbone="tiny-reward",
-        oracle="keyword:e",
-        feedback_prompts=64,
-        eval_prompts=32,
-        max_new_tokens=32,
-        online_samples=256,
-        offline_steps=30,
-        preference_learning_rate=3e-3,
-        sft_learning_rate=3e-3,
-        ppo_learning_rate=3e-3,
-        reward_learning_rate=1e-3,
-        reward_epochs=4.0,
-        eval_samples=2,
-    ),
-}
+PRESETS = ALL_PRESETS["compare"]
 
 
 @dataclass
@@ -105,16 +78,20 @@ class CompareConfig(pool_options(PRESETS, "compare")):
         PRESETS, "online_samples", "Fresh policy samples each online method (ppo, raft, rso) may draw."
     )
     offline_steps: int | None = preset_option(
-        PRESETS, "offline_steps", "Optimiser steps of each offline method (dpo, ipo, slic, rrhf, sft-positive, rso)."
+        PRESETS,
+        "offline_steps",
+        "Optimiser steps of each offline method (dpo, ipo, slic, kto, rrhf, sft-positive, rso).",
     )
     batch_size: int = option(8, "Examples per optimiser step of the offline methods.")
     preference_learning_rate: float | None = preset_option(
-        PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, rrhf, rso."
+        PRESETS, "preference_learning_rate", "Learning rate of dpo, ipo, slic, kto, rrhf, rso."
     )
     sft_learning_rate: float | None = preset_option(
         PRESETS, "sft_learning_rate", "Learning rate of sft-positive and raft."
     )
-    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
+    policy_learning_rate: float | None = preset_option(
+        PRESETS, "policy_learning_rate", "PPO learning rate.", aliases=["--ppo_learning_rate"]
+    )
     prompts_per_iteration: int = option(16, "Prompts per PPO iteration.")
     bon_n: int = option(4, "n of best-of-n.")
     raft_rounds: int = option(2, "RAFT rounds.")
@@ -249,7 +226,7 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
         prompts_per_iteration=cfg.prompts_per_iteration,
         max_new_tokens=cfg.max_new_tokens,
         kl_coef=cfg.kl_coef,
-        learning_rate=cfg.ppo_learning_rate,
+        learning_rate=cfg.policy_learning_rate,
         epochs=2,
         use_chat_template=s.use_chat,
         seed=cfg.seed,
@@ -257,20 +234,26 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
         report_to=cfg.report_to,
         output_dir=str(s.run_dir / "ppo"),
     )
-    method_dir = workflow.policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.reward(), s.oracle)
+    method_dir = run_policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.reward(), s.oracle)
     return MethodRun(iterations * cfg.prompts_per_iteration, method_dir)
 
 
 def _run_preference(s: _Shared, method: str) -> MethodRun:
     pcfg = s.preference_config(PreferenceConfig, method, loss=method, kl_coef=s.cfg.kl_coef)
-    return MethodRun(0, workflow.preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
+    return MethodRun(0, run_preference_optimization(pcfg, s.fresh(), s.tokenizer, s.pool.preferences))
+
+
+def _run_kto(s: _Shared, method: str) -> MethodRun:
+    # The pool's pairs unpaired as TRL's KTOTrainer reads a paired set: 2N good / bad examples.
+    kcfg = s.preference_config(KTOConfig, method, kl_coef=s.cfg.kl_coef)
+    return MethodRun(0, run_kto(kcfg, s.fresh(), s.tokenizer, unpair(s.pool.preferences)))
 
 
 def _run_rrhf(s: _Shared, method: str) -> MethodRun:
     rankings = _rankings_by_reward_model(s.pool.samples, s.reward())
     rcfg = s.preference_config(RankingConfig, method, loss="rrhf")
     rcfg.batch_size = min(rcfg.batch_size, len(rankings))
-    return MethodRun(0, workflow.ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
+    return MethodRun(0, run_ranking_optimization(rcfg, s.fresh(), s.tokenizer, rankings))
 
 
 def _run_rso(s: _Shared, method: str) -> MethodRun:
@@ -286,7 +269,7 @@ def _run_rso(s: _Shared, method: str) -> MethodRun:
         num_accepted=min(4, n),
         max_new_tokens=cfg.max_new_tokens,
     )
-    return MethodRun(rso_cfg.limit * n, workflow.rso(rso_cfg, s.fresh(), s.tokenizer, s.reward()))
+    return MethodRun(rso_cfg.limit * n, run_rso(rso_cfg, s.fresh(), s.tokenizer, s.reward()))
 
 
 def _run_raft(s: _Shared, method: str) -> MethodRun:
@@ -309,7 +292,7 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
         batch_size=cfg.batch_size,
         output_dir=str(s.run_dir / "raft"),
     )
-    method_dir = workflow.raft(raft_cfg, s.fresh(), s.tokenizer, s.reward())
+    method_dir = run_raft(raft_cfg, s.fresh(), s.tokenizer, s.reward())
     return MethodRun(cfg.raft_rounds * per_round * cfg.samples_per_prompt, method_dir)
 
 
@@ -320,7 +303,7 @@ def _run_positive_sft(s: _Shared, method: str) -> MethodRun:
         use_chat_template=s.use_chat,
         **{**s.common, "learning_rate": s.cfg.sft_learning_rate},
     )
-    return MethodRun(0, workflow.positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
+    return MethodRun(0, run_positive_sft(scfg, s.fresh(), s.tokenizer, s.pool.preferences))
 
 
 # Every method of METHODS: how it runs from the shared pool.
@@ -329,6 +312,7 @@ RUNNERS = {
     "dpo": _run_preference,
     "ipo": _run_preference,
     "slic": _run_preference,
+    "kto": _run_kto,
     "rrhf": _run_rrhf,
     "raft": _run_raft,
     "rso": _run_rso,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands import workflow
 from rlhflab.commands.pool import build_feedback_pool, pool_options
+from rlhflab.commands.presets import PRESETS as ALL_PRESETS
+from rlhflab.commands.train import run_policy_optimization
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
 from rlhflab.errors import ConfigError
 from rlhflab.evaluation.html_report import write_report
@@ -34,39 +35,7 @@ from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.policy_optimization import RLConfig
 
-# The demo's sizes on the offline defaults (full) and on tiny in-process models (quick).
-PRESETS = {
-    "full": dict(
-        policy="smollm2-135m-instruct",
-        reward_backbone="minilm-l6",
-        oracle="sentiment",
-        feedback_prompts=160,
-        eval_prompts=64,
-        ppo_iterations=12,
-        prompts_per_iteration=16,
-        max_new_tokens=24,
-        ppo_learning_rate=5e-5,
-        ppo_epochs=2,
-        eval_samples=4,
-        reward_learning_rate=5e-5,
-        reward_epochs=2.0,
-    ),
-    "quick": dict(
-        policy="tiny-policy",
-        reward_backbone="tiny-reward",
-        oracle="keyword:e",
-        feedback_prompts=64,
-        eval_prompts=32,
-        ppo_iterations=30,
-        prompts_per_iteration=16,
-        max_new_tokens=48,
-        ppo_learning_rate=3e-3,
-        ppo_epochs=2,
-        eval_samples=2,
-        reward_learning_rate=1e-3,
-        reward_epochs=4.0,
-    ),
-}
+PRESETS = ALL_PRESETS["demo"]
 
 
 @dataclass
@@ -74,11 +43,17 @@ class DemoConfig(pool_options(PRESETS, "demo")):
     """The whole RLHF workflow on the offline defaults (SmolLM2-135M-Instruct, MiniLM reward model,
     the sentiment oracle as R*). --quick runs it on tiny in-process models for a first look."""
 
-    ppo_iterations: int | None = preset_option(PRESETS, "ppo_iterations", "PPO iterations.")
+    policy_iterations: int | None = preset_option(
+        PRESETS, "policy_iterations", "PPO iterations.", aliases=["--ppo_iterations"]
+    )
     prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per PPO iteration.")
     kl_coef: float = option(0.05, "beta, the KL penalty weight of PPO.")
-    ppo_learning_rate: float | None = preset_option(PRESETS, "ppo_learning_rate", "PPO learning rate.")
-    ppo_epochs: int | None = preset_option(PRESETS, "ppo_epochs", "PPO epochs per rollout.")
+    policy_learning_rate: float | None = preset_option(
+        PRESETS, "policy_learning_rate", "PPO learning rate.", aliases=["--ppo_learning_rate"]
+    )
+    policy_epochs: int | None = preset_option(
+        PRESETS, "policy_epochs", "PPO passes over each rollout.", aliases=["--ppo_epochs"]
+    )
 
     def resolved(self) -> DemoConfig:
         """The options left unset filled from the chosen preset."""
@@ -156,19 +131,19 @@ def run_demo(cfg: DemoConfig) -> Path:
         policy=cfg.policy,
         reward=str(reward_dir / "reward_model"),
         oracle=cfg.oracle,
-        num_iterations=cfg.ppo_iterations,
+        num_iterations=cfg.policy_iterations,
         prompts_per_iteration=cfg.prompts_per_iteration,
         max_new_tokens=cfg.max_new_tokens,
         kl_coef=cfg.kl_coef,
-        learning_rate=cfg.ppo_learning_rate,
-        epochs=cfg.ppo_epochs,
+        learning_rate=cfg.policy_learning_rate,
+        epochs=cfg.policy_epochs,
         use_chat_template=use_chat,
         seed=cfg.seed,
         output_dir=str(run_dir / "ppo"),
         report_to=cfg.report_to,
     )
     ppo_dir = stages.run(
-        "PPO against the reward model", workflow.policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle
+        "PPO against the reward model", run_policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle
     )
     final_policy, _ = load_policy(str(ppo_dir / "policy"))
 
@@ -203,7 +178,7 @@ def _summary(cfg, results, reward_report, seconds, num_prefs, run_dir, peaks) ->
         f"# rlhflab demo — {run_dir}",
         "",
         f"Initial policy `{cfg.policy}`, reward model on `{cfg.reward_backbone}`, oracle R* = `{cfg.oracle}`. "
-        f"{num_prefs} simulated preference pairs; PPO for {cfg.ppo_iterations} iterations "
+        f"{num_prefs} simulated preference pairs; PPO for {cfg.policy_iterations} iterations "
         f"(β = {cfg.kl_coef}).",
         "",
         "## Policies: true reward J beside proxy Ĵ",

@@ -8,7 +8,9 @@ half-made left behind: a project is created in one transaction, an export writte
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +22,8 @@ from rlhflab.app.export import FORMATS, KINDS
 from rlhflab.app.quality import agreement, annotator_quality, format_quality
 from rlhflab.app.store import ProjectInfo, Store, UserInfo
 from rlhflab.app.tasks import ROLES, TASKS
-from rlhflab.app.web import create_app
+from rlhflab.app.text import unstorable_text
+from rlhflab.app.web import SERVE_OPTIONS_ENV, create_app, public_base
 from rlhflab.config import option, parse_config
 from rlhflab.errors import ConfigError, DataError
 
@@ -43,6 +46,15 @@ class DatabaseOptions:
         "Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (default: $RLHFLAB_DB or sqlite:///rlhflab-feedback.db).",
     )
 
+    def validate(self) -> None:
+        """No option may hold a NUL (no path or database column takes one) or a lone surrogate (what
+        Python makes of an argument that is not UTF-8)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem = unstorable_text(value) if isinstance(value, str) else None
+            if problem:
+                raise ConfigError(f"--{f.name} {problem}")
+
 
 @dataclass
 class FeedbackCreateConfig(DatabaseOptions):
@@ -61,6 +73,7 @@ class FeedbackCreateConfig(DatabaseOptions):
     seed: int = option(0, "Seeds the order each annotator sees an item's completions in.")
 
     def validate(self) -> None:
+        super().validate()
         if not self.name:
             raise ConfigError("--name is required")
         if not self.samples:
@@ -99,6 +112,7 @@ class FeedbackAssignConfig(DatabaseOptions):
     role: str = option("annotator", "Their role in the project.", choices=["annotator", "reviewer"])
 
     def validate(self) -> None:
+        super().validate()
         if not self.project or not _names(self.users):
             raise ConfigError("--project and --users are required")
 
@@ -110,6 +124,7 @@ class FeedbackStatsConfig(DatabaseOptions):
     project: str | None = option(None, "Project name.")
 
     def validate(self) -> None:
+        super().validate()
         if not self.project:
             raise ConfigError("--project is required")
 
@@ -123,8 +138,10 @@ class FeedbackExportConfig(DatabaseOptions):
     output: str | None = option(None, "Output: FILE.jsonl, FILE.parquet, or a folder (datasets save_to_disk).")
     format: str | None = option(None, "Output format (default: from the output's suffix).", choices=list(FORMATS))
     include_excluded: bool = option(False, "Keep the labels of annotators an admin excluded.")
+    overwrite: bool = option(False, "Replace --output if it is a folder that holds files (else that is an error).")
 
     def validate(self) -> None:
+        super().validate()
         if not self.project or not self.output:
             raise ConfigError("--project and --output are required")
 
@@ -136,10 +153,29 @@ class ServeConfig(DatabaseOptions):
     host: str = option("127.0.0.1", "Interface to listen on (127.0.0.1: this machine only).")
     port: int = option(8000, "Port to listen on.")
     secure_cookies: bool = option(False, "Mark session cookies Secure (serve behind HTTPS).")
+    public_url: str | None = option(
+        None, "Address people reach the app at, which invitation links begin with (default: http://HOST:PORT)."
+    )
+    workers: int = option(1, "Server processes (uvicorn workers), each with its own database connections.")
+    read_timeout: float = option(30.0, "Seconds a request body may pause before the request is answered 408.")
+    keep_alive_timeout: int = option(5, "Seconds an idle connection is kept open between requests (uvicorn's).")
+
+    def validate(self) -> None:
+        super().validate()
+        public_base(self.base_url())
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if not 0 < self.read_timeout <= 3600:  # also refuses nan and inf
+            raise ConfigError(f"--read_timeout must be between 0 and 3600 seconds, got {self.read_timeout}")
+        if self.keep_alive_timeout < 1:
+            raise ConfigError(f"--keep_alive_timeout must be at least 1 second, got {self.keep_alive_timeout}")
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
 
 
 # ---- entry functions ------------------------------------------------------------------------------
-def create(cfg: FeedbackCreateConfig) -> ProjectInfo:
+def run_feedback_create(cfg: FeedbackCreateConfig) -> ProjectInfo:
     instructions = ""
     if cfg.instructions:
         path = Path(cfg.instructions)
@@ -149,6 +185,8 @@ def create(cfg: FeedbackCreateConfig) -> ProjectInfo:
             instructions = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise DataError(str(path), None, None, f"not UTF-8 text ({e.reason})") from None
+        if unstorable_text(instructions):
+            raise DataError(str(path), None, None, unstorable_text(instructions))
     with Store(cfg.db) as store:
         return store.create_project(
             cfg.name,
@@ -170,7 +208,10 @@ def _new_password(cfg: FeedbackUsersConfig) -> str:
         path = Path(cfg.password_file)
         if not path.is_file():
             raise ConfigError(f"{path}: password file not found")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: the password file is not UTF-8 text ({e.reason})") from None
         return lines[0] if lines else ""
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
@@ -182,28 +223,28 @@ def _new_password(cfg: FeedbackUsersConfig) -> str:
     return password
 
 
-def users(cfg: FeedbackUsersConfig) -> UserInfo | list[UserInfo]:
+def run_feedback_users(cfg: FeedbackUsersConfig) -> UserInfo | list[UserInfo]:
     with Store(cfg.db) as store:
         if cfg.add:
             return store.create_user(cfg.add, _new_password(cfg), cfg.role)
         return store.users()
 
 
-def invite(cfg: FeedbackInviteConfig) -> str:
+def run_feedback_invite(cfg: FeedbackInviteConfig) -> str:
     """The invitation's link (its path, after ``base_url``)."""
     with Store(cfg.db) as store:
         token = store.create_invitation(cfg.role, None, _names(cfg.projects), cfg.ttl_hours)
     return f"{cfg.base_url.rstrip('/')}/invite/{token}"
 
 
-def assign(cfg: FeedbackAssignConfig) -> list[str]:
+def run_feedback_assign(cfg: FeedbackAssignConfig) -> list[str]:
     names = _names(cfg.users)
     with Store(cfg.db) as store:
         store.add_members(cfg.project, names, cfg.role)
     return names
 
 
-def stats(cfg: FeedbackStatsConfig) -> str:
+def run_feedback_stats(cfg: FeedbackStatsConfig) -> str:
     """The quality report of ``rlhflab.app.quality`` over every label of the project (each row says
     whether its annotator is excluded; the report decides what to count)."""
     with Store(cfg.db) as store:
@@ -211,22 +252,41 @@ def stats(cfg: FeedbackStatsConfig) -> str:
     return format_quality(annotator_quality(rows), agreement(rows))
 
 
-def export(cfg: FeedbackExportConfig) -> dict:
+def run_feedback_export(cfg: FeedbackExportConfig) -> dict:
+    output = Path(cfg.output)
+    # A folder export replaces its output whole: never a folder of someone's files, unless asked.
+    if output.is_dir() and any(output.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"{output}: a folder that holds files; choose another --output, or add --overwrite")
     with Store(cfg.db) as store:
-        return store.export(cfg.project, cfg.kind, cfg.output, cfg.include_excluded, format=cfg.format)
+        try:
+            return store.export(cfg.project, cfg.kind, output, cfg.include_excluded, format=cfg.format)
+        except OSError as e:
+            raise ConfigError(f"{output}: cannot write the export there ({e.strerror or e})") from None
 
 
-def serve(cfg: ServeConfig) -> None:
+def run_serve(cfg: ServeConfig) -> None:
     """Run the web app until interrupted (the store migrates the database on start), after saying
-    where it listens and, on a database without an admin, how to add one."""
+    where it listens and, on a database without an admin, how to add one.
+
+    With ``--workers N`` (N > 1) uvicorn starts N processes from the factory
+    ``rlhflab.app.web:app_from_environment``, each building its app from the options put in
+    ``$RLHFLAB_SERVE_OPTIONS``; the database was migrated here first, so they find it at head."""
     import uvicorn
 
     store = Store(cfg.db)
     where = store.engine.url.render_as_string(hide_password=True)
-    print(f"rlhflab serve: database {where}; open http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
+    workers = f", {cfg.workers} workers" if cfg.workers > 1 else ""
+    print(f"rlhflab serve: database {where}{workers}; open http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
     if not any(user.role == "admin" for user in store.users()):
         print("no admin yet: add one with `rlhflab feedback users --add NAME --role admin`", flush=True)
-    uvicorn.run(create_app(store=store, secure_cookies=cfg.secure_cookies), host=cfg.host, port=cfg.port)
+    options = {"secure_cookies": cfg.secure_cookies, "public_url": cfg.base_url(), "read_timeout": cfg.read_timeout}
+    server = {"host": cfg.host, "port": cfg.port, "timeout_keep_alive": cfg.keep_alive_timeout}
+    if cfg.workers == 1:
+        uvicorn.run(create_app(store=store, **options), **server)
+        return
+    store.close()
+    os.environ[SERVE_OPTIONS_ENV] = json.dumps({"url": store.url, **options})
+    uvicorn.run("rlhflab.app.web:app_from_environment", factory=True, workers=cfg.workers, **server)
 
 
 # ---- `rlhflab feedback SUBCOMMAND` ---------------------------------------------------------------
@@ -259,20 +319,24 @@ class Subcommand(NamedTuple):
 SUBCOMMANDS: dict[str, Subcommand] = {
     "create": Subcommand(
         FeedbackCreateConfig,
-        create,
+        run_feedback_create,
         "create a labelling project from samples",
         lambda cfg, p: f"created {p.task} project '{p.name}' (id {p.id}) with {p.num_items} items",
     ),
     "assign": Subcommand(
         FeedbackAssignConfig,
-        assign,
+        run_feedback_assign,
         "add users to a project as annotators or reviewers",
         lambda cfg, names: f"{', '.join(names)} now {cfg.role}(s) of project '{cfg.project}'",
     ),
-    "users": Subcommand(FeedbackUsersConfig, users, "add a user, or list them", _users_done),
-    "invite": Subcommand(FeedbackInviteConfig, invite, "make a single-use invitation link", lambda cfg, link: link),
-    "stats": Subcommand(FeedbackStatsConfig, stats, "agreement and annotator quality", lambda cfg, text: text),
-    "export": Subcommand(FeedbackExportConfig, export, "export labels as feedback records", _export_done),
+    "users": Subcommand(FeedbackUsersConfig, run_feedback_users, "add a user, or list them", _users_done),
+    "invite": Subcommand(
+        FeedbackInviteConfig, run_feedback_invite, "make a single-use invitation link", lambda cfg, link: link
+    ),
+    "stats": Subcommand(
+        FeedbackStatsConfig, run_feedback_stats, "agreement and annotator quality", lambda cfg, text: text
+    ),
+    "export": Subcommand(FeedbackExportConfig, run_feedback_export, "export labels as feedback records", _export_done),
 }
 
 
@@ -286,7 +350,7 @@ def _usage() -> str:
     )
 
 
-def feedback_main(argv: Sequence[str]) -> int:
+def run_feedback(argv: Sequence[str]) -> int:
     """``rlhflab feedback SUBCOMMAND ...``: parse the subcommand's config, run it, print what it made."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

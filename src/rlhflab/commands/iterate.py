@@ -31,7 +31,6 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,20 +38,19 @@ import numpy as np
 import torch
 
 from rlhflab.app.store import Store, StoreError
-from rlhflab.commands import workflow
-from rlhflab.commands.demo import PRESETS as DEMO_PRESETS
+from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
 from rlhflab.commands.pool import pool_options
+from rlhflab.commands.presets import PRESETS as ALL_PRESETS
+from rlhflab.commands.train import run_policy_optimization, run_preference_optimization, run_reward
 from rlhflab.config import (
     apply_preset,
     default_run_dir,
-    explicit_options,
     load_yaml,
     option,
-    parse_config,
     preset_option,
     save_config,
 )
-from rlhflab.data import Samples, read_records, write_records
+from rlhflab.data import Samples, load_prompts, read_records, write_records
 from rlhflab.errors import ConfigError
 from rlhflab.evaluation.html_report import write_report
 from rlhflab.evaluation.metrics import (
@@ -68,36 +66,16 @@ from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
 from rlhflab.seeds import derive_seed
-from rlhflab.train.offline import RewardConfig
 from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig
+from rlhflab.train.reward_model import RewardConfig
 
 CONFIG_FILE = "loop_config.yaml"
 ROUND_FILE = "round.json"  # written last: a round whose file exists is finished
 FEEDBACK_MODES = ["simulated", "app", "file"]
 ALGORITHMS = ["ppo", "rloo", "grpo", "dpo"]
 
-# The demo's options under the loop's names (its PPO is the loop's policy update).
-_DEMO_NAMES = {"ppo_iterations": "policy_iterations", "ppo_learning_rate": "policy_learning_rate"}
-# Sizes on the offline defaults (full: exactly the demo's, split over the rounds; the demo's
-# ppo_epochs is the loop's --ppo_epochs default) and on tiny models (quick).
-PRESETS = {
-    "full": {_DEMO_NAMES.get(k, k): v for k, v in DEMO_PRESETS["full"].items() if k != "ppo_epochs"},
-    "quick": dict(
-        policy="tiny-policy",
-        reward_backbone="tiny-reward",
-        oracle="keyword:e",
-        feedback_prompts=48,
-        eval_prompts=24,
-        eval_samples=2,
-        max_new_tokens=32,
-        policy_iterations=24,
-        prompts_per_iteration=16,
-        policy_learning_rate=3e-3,
-        reward_learning_rate=1e-3,
-        reward_epochs=4.0,
-    ),
-}
+PRESETS = ALL_PRESETS["loop"]
 
 
 @dataclass
@@ -137,7 +115,9 @@ class LoopConfig(pool_options(PRESETS, "loop")):
     policy_learning_rate: float | None = preset_option(
         PRESETS, "policy_learning_rate", "Learning rate of the policy update."
     )
-    ppo_epochs: int = option(2, "PPO passes over each rollout.")
+    policy_epochs: int | None = preset_option(
+        PRESETS, "policy_epochs", "PPO passes over each rollout (ppo only).", aliases=["--ppo_epochs"]
+    )
     kl_coef: float = option(0.05, "beta: the KL penalty (RL) or DPO's beta.")
     dpo_epochs: float = option(2.0, "DPO passes over the round's pairs.")
     dpo_learning_rate: float = option(5e-6, "DPO learning rate (real models; --quick uses the policy rate).")
@@ -351,14 +331,14 @@ def _feedback(
     cfg: LoopConfig, run_dir: Path, round_number: int, samples: list[Samples], samples_path: Path, output: Path
 ):
     if cfg.feedback == "simulated":
-        annotate_cfg = workflow.AnnotateConfig(
+        annotate_cfg = AnnotateConfig(
             samples=str(samples_path),
             oracle=cfg.oracle,
             feedback="preference",
             seed=_round_seed(cfg.seed, "annotate", round_number),
             output=str(output),
         )
-        workflow.annotate(annotate_cfg, samples)
+        run_annotate(annotate_cfg, samples)
     elif cfg.feedback == "app":
         _app_feedback(cfg, run_dir, round_number, samples_path, output)
     else:
@@ -372,7 +352,7 @@ class _Run:
     def __init__(self, cfg: LoopConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
-        train_prompts = workflow.load_prompts("train")
+        train_prompts = load_prompts("train")
         if cfg.feedback_prompts > len(train_prompts):
             raise ConfigError(
                 f"--feedback_prompts {cfg.feedback_prompts} > the {len(train_prompts)} shipped train prompts"
@@ -392,7 +372,7 @@ class _Run:
         self.iterations = split_evenly(cfg.policy_iterations, cfg.rounds)
         self.prompt_sets = {
             "seen": feedback_prompts[: cfg.eval_prompts],
-            "unseen": workflow.load_prompts("unseen", cfg.eval_prompts),
+            "unseen": load_prompts("unseen", cfg.eval_prompts),
         }
         self.initial, self.tokenizer = load_policy(cfg.policy)
         self.initial.eval()
@@ -429,6 +409,9 @@ class _Run:
 def run_loop(cfg: LoopConfig, explicit: set[str] | None = None) -> Path:
     """Run (or resume) the loop; returns the run directory. ``explicit``: the options given on the
     command line, compared with a resumed run's (None: every option is compared)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per model load would bury the loop's own status lines
     cfg, run_dir = _open_run(cfg, explicit)
     run = _Run(cfg, run_dir)
     initial = run.initial_evaluation()
@@ -501,7 +484,7 @@ def _run_round(run: _Run, r: int, initial: dict) -> dict:
 def _sample(run: _Run, r: int, output: Path) -> None:
     cfg = run.cfg
     policy, tokenizer = load_policy(run.policy_path(r - 1))
-    sample_cfg = workflow.SampleConfig(
+    sample_cfg = SampleConfig(
         policy=run.policy_path(r - 1),
         num_samples=cfg.samples_per_prompt,
         max_new_tokens=cfg.max_new_tokens,
@@ -509,7 +492,7 @@ def _sample(run: _Run, r: int, output: Path) -> None:
         seed=_round_seed(cfg.seed, "sample", r),
         output=str(output),
     )
-    workflow.sample(sample_cfg, policy, tokenizer, run.round_prompts[r - 1])
+    run_sample(sample_cfg, policy, tokenizer, run.round_prompts[r - 1])
 
 
 def _shift(run: _Run, r: int, new_labels: list, output: Path) -> None:
@@ -542,7 +525,7 @@ def _train_reward(run: _Run, r: int) -> None:
         progress=True,
         report_to=cfg.report_to,
     )
-    workflow.reward(reward_cfg, cfg.oracle)
+    run_reward(reward_cfg, cfg.oracle)
 
 
 def _update_policy(run: _Run, r: int, reward_model) -> None:
@@ -565,7 +548,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
             progress=True,
             report_to=cfg.report_to,
         )
-        workflow.preference_optimization(pcfg, policy, tokenizer, read_records(pcfg.data, "preference"), reference)
+        run_preference_optimization(pcfg, policy, tokenizer, read_records(pcfg.data, "preference"), reference)
         return
     rl_cfg = RLConfig(
         algorithm=cfg.algorithm,
@@ -578,14 +561,14 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         max_new_tokens=cfg.max_new_tokens,
         kl_coef=cfg.kl_coef,
         learning_rate=cfg.policy_learning_rate,
-        epochs=cfg.ppo_epochs if cfg.algorithm == "ppo" else 0,
+        epochs=cfg.policy_epochs if cfg.algorithm == "ppo" else None,
         use_chat_template=run.use_chat,
         seed=seed,
         output_dir=str(folder / "policy_run"),
         progress=True,
         report_to=cfg.report_to,
     )
-    workflow.policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
+    run_policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
 
 
 def _evaluate(run: _Run, r: int, reward_model, output: Path) -> None:
@@ -723,16 +706,8 @@ def loop_summary(cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path
     return "\n".join(lines) + "\n"
 
 
-# ---- the command ---------------------------------------------------------------------------------------
-def loop_main(argv: Sequence[str]) -> int:
-    """``rlhflab loop``: parses its options itself, to know which were given (a resumed run checks
-    those against its saved config)."""
-    from transformers.utils import logging as hf_logging
-
-    cfg = parse_config(LoopConfig, list(argv), "rlhflab loop", LoopConfig.__doc__)
-    hf_logging.disable_progress_bar()  # a bar per model load would bury the loop's own status lines
-    run_dir = run_loop(cfg, explicit_options(LoopConfig, list(argv)))
-    print(
-        f"report in {run_dir / 'report.md'} and {run_dir / 'report.html'}; per-round rows in {run_dir / 'rounds.json'}; plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
+def loop_done(cfg: LoopConfig, run_dir: Path) -> str:
+    return (
+        f"report in {run_dir / 'report.md'} and {run_dir / 'report.html'}; per-round rows in {run_dir / 'rounds.json'}; "
+        f"plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
     )
-    return 0

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab.commands import workflow
+from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
+from rlhflab.commands.train import run_reward
 from rlhflab.config import REPORT_TO_HELP, option, preset_option, tracker_names
-from rlhflab.data import Prompt, Samples
+from rlhflab.data import Prompt, Samples, load_prompts
 from rlhflab.rewards.registry import RewardSource, load_reward_source
-from rlhflab.train.offline import RewardConfig
+from rlhflab.train.reward_model import RewardConfig
 
 
 @dataclass
@@ -107,11 +108,11 @@ def build_feedback_pool(
     seen and unseen prompts: the reward model is then also compared with R* on them.
     """
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
-    feedback_prompts = workflow.load_prompts("train")[: cfg.feedback_prompts]
+    feedback_prompts = load_prompts("train")[: cfg.feedback_prompts]
     seen_prompts = feedback_prompts[: cfg.eval_prompts]
-    unseen_prompts = workflow.load_prompts("unseen", cfg.eval_prompts)
+    unseen_prompts = load_prompts("unseen", cfg.eval_prompts)
 
-    sample_cfg = workflow.SampleConfig(
+    sample_cfg = SampleConfig(
         policy=cfg.policy,
         num_samples=cfg.samples_per_prompt,
         max_new_tokens=cfg.max_new_tokens,
@@ -119,15 +120,15 @@ def build_feedback_pool(
         seed=cfg.seed,
         output=str(run_dir / "samples.jsonl"),
     )
-    samples = stage("sample initial policy", workflow.sample, sample_cfg, policy, tokenizer, feedback_prompts)
-    annotate_cfg = workflow.AnnotateConfig(
+    samples = stage("sample initial policy", run_sample, sample_cfg, policy, tokenizer, feedback_prompts)
+    annotate_cfg = AnnotateConfig(
         samples=sample_cfg.output,
         oracle=cfg.oracle,
         feedback="preference",
         seed=cfg.seed,
         output=str(run_dir / "preferences.jsonl"),
     )
-    prefs = stage("annotate (simulated pool)", workflow.annotate, annotate_cfg, samples)
+    prefs = stage("annotate (simulated pool)", run_annotate, annotate_cfg, samples)
 
     policy_samples = before_reward(seen_prompts, unseen_prompts) if before_reward is not None else None
     reward_cfg = RewardConfig(
@@ -141,10 +142,8 @@ def build_feedback_pool(
         num_epochs=cfg.reward_epochs,
     )
     if policy_samples is None:
-        reward_dir, reward_report = stage("train reward model", workflow.reward, reward_cfg)
+        reward_dir, reward_report = stage("train reward model", run_reward, reward_cfg)
     else:
-        reward_dir, reward_report = stage(
-            "train reward model", workflow.reward, reward_cfg, cfg.oracle, *policy_samples
-        )
+        reward_dir, reward_report = stage("train reward model", run_reward, reward_cfg, cfg.oracle, *policy_samples)
     reward_model = load_reward_source(str(reward_dir / "reward_model"))
     return Pool(feedback_prompts, seen_prompts, unseen_prompts, samples, prefs, reward_dir, reward_report, reward_model)

@@ -13,32 +13,60 @@ def _has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(prompt, tokenizer, use_chat_template: bool = True) -> str:
+def chat_template_choice(use_chat_template) -> bool | str:
+    """``use_chat_template`` as one of ``"auto"``, True, False (also accepting "true"/"false", as a
+    flag or YAML value may spell them); ConfigError for anything else."""
+    if isinstance(use_chat_template, bool):
+        return use_chat_template
+    if isinstance(use_chat_template, str) and use_chat_template.lower() in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[use_chat_template.lower()]
+    raise ConfigError(f"use_chat_template must be 'auto', true or false, got {use_chat_template!r}")
+
+
+def _plain_user_turn(messages) -> str | None:
+    """The text of a prompt that is one user turn (its faithful plain-text form); None otherwise."""
+    if len(messages) == 1 and messages[0].get("role") == "user":
+        return messages[0]["content"]
+    return None
+
+
+def _template(tokenizer, what: str) -> None:
+    if not _has_chat_template(tokenizer):
+        raise ConfigError(f"{what} needs a tokenizer with a chat_template; {type(tokenizer).__name__} has none")
+
+
+def render_prompt(prompt, tokenizer, use_chat_template="auto") -> str:
     """The context ``c`` as model input text, ending where the reply should begin.
 
-    A string prompt is wrapped as a single user message and passed through the tokenizer's chat
-    template with the generation prompt, since that is the input an instruct model was tuned on;
-    ``use_chat_template=False`` (or a tokenizer without a template) keeps it as plain text. A message
-    list always goes through the chat template: there is no faithful plain-text form of a chat.
+    The rule, one for every command (TRL's: standard text stays text, conversational data gets the
+    tokenizer's chat template, https://huggingface.co/docs/trl/dataset_formats):
+
+    - ``"auto"`` (the default): a string prompt is left as it is; a message list goes through the
+      chat template with the generation prompt.
+    - ``True``: a string prompt too is wrapped as one user message and templated (the input an
+      instruct model was tuned on); a tokenizer without a template keeps it plain.
+    - ``False``: a message list that is one user turn is its text; any other message list still
+      goes through the template, since a chat of several turns has no faithful plain-text form.
+
+    A message list with no template to render it is a ConfigError.
     """
+    choice = chat_template_choice(use_chat_template)
     if isinstance(prompt, str):
-        if not (use_chat_template and _has_chat_template(tokenizer)):
+        if not (choice is True and _has_chat_template(tokenizer)):
             return prompt
         messages = [{"role": "user", "content": prompt}]
     else:
-        if not _has_chat_template(tokenizer):
-            raise ConfigError(
-                "a chat (message-list) prompt needs a tokenizer with a chat_template; "
-                f"{type(tokenizer).__name__} has none"
-            )
         messages = list(prompt)
+        if choice is False and _plain_user_turn(messages) is not None:
+            return _plain_user_turn(messages)
+        _template(tokenizer, "a chat (message-list) prompt")
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def encode_prompts(
     tokenizer,
     prompts,
-    use_chat_template: bool = True,
+    use_chat_template="auto",
     context_length: int | None = None,
     max_new_tokens: int = 0,
     truncate: bool = False,
@@ -86,13 +114,80 @@ def _too_long(prompt, index: int, size: str, context_length: int, max_new_tokens
 
 
 def render_completion(completion, tokenizer=None) -> str:
-    """The output ``o`` as text: a string as it is, a message list as its assistant content(s).
+    """A plain-text view of the output ``o`` for oracles: a string as it is, a message list as its
+    assistant content(s). Not what a policy is trained on (that is :func:`encode_prompt_completion`,
+    which keeps every turn of a continuation) nor what a reward model reads (:func:`completion_text`).
 
     No EOS token is appended: the trainer adds it, so it is added exactly once.
     """
     if isinstance(completion, str):
         return completion
     return "\n".join(m["content"] for m in completion if m.get("role") == "assistant")
+
+
+def completion_text(completion) -> str:
+    """The plain text a reward model R_phi reads as the output ``o``, and is trained on: a reply as it
+    is; a continuation of several turns (assistant, user, assistant) *whole*, every turn's text in
+    order, joined by newlines as :func:`prompt_text` joins a context's turns — never only its
+    assistant turns glued together, which would drop what the user said between them."""
+    reply = _single_reply(completion)
+    return reply if reply is not None else prompt_text(completion)
+
+
+def _single_reply(completion) -> str | None:
+    """The text of a completion that is one reply (a string or one assistant message); None for a
+    continuation of several turns."""
+    if isinstance(completion, str):
+        return completion
+    if len(completion) == 1 and completion[0].get("role") == "assistant":
+        return completion[0]["content"]
+    return None
+
+
+def encode_prompt_completion(
+    tokenizer, prompt, completion, use_chat_template="auto", source: str = "<data>", line: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids + EOS) of one training example, the completion's ids being what
+    the loss is taken over.
+
+    A completion that is one reply is the prompt's :func:`render_prompt` text followed by the reply's
+    text (under ``"auto"`` a message-list completion makes the example conversational, so a string
+    prompt beside it is templated as one user turn). A continuation of several turns (e.g. assistant,
+    user, assistant) is rendered *whole* by the chat template, prompt turns and continuation turns
+    together, and split where the prompt's rendering (with the generation prompt) ends: every turn
+    of the continuation is kept, in the template's markup, up to the end of its last assistant
+    message, then EOS (TRL trains on the whole completion of a prompt-completion row likewise).
+    A continuation has no plain-text form, so it is templated whatever ``use_chat_template`` says.
+    """
+    choice = chat_template_choice(use_chat_template)
+    reply = _single_reply(completion)
+    if reply is not None:
+        if choice == "auto" and isinstance(prompt, str) and not isinstance(completion, str):
+            prompt = [{"role": "user", "content": prompt}]
+        prompt_ids = tokenizer(render_prompt(prompt, tokenizer, choice), add_special_tokens=False).input_ids
+        return prompt_ids, _ids(tokenizer, reply)
+    _template(tokenizer, "a completion of several turns")
+    head_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    turns = list(completion)
+    if turns[-1]["role"] != "assistant":
+        raise DataError(
+            source, line, "completion", f"a continuation must end with an assistant turn, not {turns[-1]['role']!r}"
+        )
+    opens_with_reply = turns[0]["role"] == "assistant"
+    head = tokenizer.apply_chat_template(head_messages, add_generation_prompt=opens_with_reply, tokenize=False)
+    whole = tokenizer.apply_chat_template(head_messages + turns, tokenize=False)
+    last = turns[-1]["content"].strip()
+    end = whole.rfind(last) + len(last) if last in whole else -1
+    if not whole.startswith(head) or end <= len(head):
+        raise ConfigError(
+            f"{source}:{line}: the chat template does not render the prompt as a prefix of prompt + "
+            "completion with the last reply verbatim, so the continuation cannot be split off"
+        )
+    return tokenizer(head, add_special_tokens=False).input_ids, _ids(tokenizer, whole[len(head) : end])
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
 def prompt_text(prompt) -> str:

@@ -24,8 +24,9 @@ from rlhflab.sampling.generation import sample_from_probs
 from rlhflab.sampling.rollout import completion_mask_after_eos, eos_token_ids, pad_left, sample
 
 
-def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None = None) -> float:
-    """A sample-based estimate of KL(π_bon ‖ π) for one prompt from its n draws.
+def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None = None, n: int | None = None) -> float:
+    """A sample-based estimate of KL(π_bon ‖ π) for one prompt from its draws (best of ``n``; by
+    default n = the number of draws).
 
     The exact KL of best-of-n for a discrete π (Beirami et al. 2024; `best_of_n_math.best_of_n_distribution`)
     is evaluated with π replaced by the *empirical* distribution of the n draws (identical texts
@@ -35,12 +36,13 @@ def plug_in_best_of_n_kl(rewards: Sequence[float], texts: Sequence[str] | None =
     where the bound overstates the true KL most (short outputs, binary rewards).
     """
     texts = list(texts) if texts is not None else [str(i) for i in range(len(rewards))]
-    n = len(rewards)
-    if n < 1:
+    draws = len(rewards)
+    if draws < 1:
         raise ValueError("need at least one sample")
+    n = draws if n is None else n
     atoms: dict[str, list[float]] = {}
     for text, r in zip(texts, rewards):
-        atoms.setdefault(text, [0.0, float(r)])[0] += 1.0 / n
+        atoms.setdefault(text, [0.0, float(r)])[0] += 1.0 / draws
     mass = torch.tensor([[m for m, _ in atoms.values()]], dtype=torch.float64)
     reward = torch.tensor([[r for _, r in atoms.values()]], dtype=torch.float64)
     return float(kl_per_context(best_of_n_distribution(mass, reward, n), mass)[0].clamp_min(0.0))
@@ -84,7 +86,7 @@ def best_of_n(
     max_new_tokens: int = 32,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    use_chat_template: bool = True,
+    use_chat_template="auto",
     seed: int = 0,
     batch_size: int = 32,
     truncate: bool = False,
@@ -158,7 +160,7 @@ def rad_decode(
     beta: float = 1.0,
     top_k: int = 10,
     max_new_tokens: int = 32,
-    use_chat_template: bool = True,
+    use_chat_template="auto",
     seed: int = 0,
     batch_size: int = 16,
     truncate: bool = False,

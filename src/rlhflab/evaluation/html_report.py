@@ -15,7 +15,6 @@ half-written report is ever left behind.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import datetime
@@ -329,7 +328,7 @@ def evaluation_table(run: Run, label: str | None = None) -> list[dict]:
     return rows
 
 
-def headline(run: Run) -> list[str]:
+def run_headline(run: Run) -> list[str]:
     """A sentence per context set: how far the last policy moved J and Ĵ from the first."""
     if len(run.policies) < 2:
         return []
@@ -521,7 +520,7 @@ def _run_view(run: Run) -> dict:
         "label": run.label,
         "path": str(run.path),
         "kind": run.kind,
-        "headline": headline(run),
+        "headline": run_headline(run),
         "evaluations": evaluation_table(run),
         "hacking": hacking_pairs(run),
         "reward_models": reward_model_table(run),
@@ -570,19 +569,3 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path | None = Non
     output = Path(output) if output else (runs[0].path / REPORT_FILE if len(runs) == 1 else Path(REPORT_FILE))
     write_text(output, render_report(runs))
     return output
-
-
-def report_main(argv: Sequence[str]) -> int:
-    """``rlhflab report RUN_DIR [RUN_DIR ...] [--output FILE.html]``."""
-    parser = argparse.ArgumentParser(
-        prog="rlhflab report",
-        description="One self-contained HTML report of one run or several (demo, compare, loop, toy report, "
-        "or any training command's directory): J beside Ĵ, reward hacking, calibration, curves, samples.",
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
-    parser.add_argument(
-        "--output", default=None, help="HTML file (default: RUN_DIR/report.html, or ./report.html for several runs)"
-    )
-    args = parser.parse_args(list(argv))
-    print(f"report written to {write_report(args.run_dirs, args.output)}")
-    return 0

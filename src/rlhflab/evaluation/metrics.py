@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhflab.data.records import Preference, Prompt
-from rlhflab.data.render import encode_prompts, prompt_text, render_completion
+from rlhflab.data.render import completion_text, encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.losses import masked_sum, pairwise_accuracy
 from rlhflab.models.decoder_parts import context_length
@@ -88,7 +88,7 @@ def evaluate_policy(
     num_samples: int = 1,
     max_new_tokens: int = 32,
     temperature: float = 1.0,
-    use_chat_template: bool = True,
+    use_chat_template="auto",
     seed: int = 0,
     batch_size: int = 32,
     top_p: float = 1.0,
@@ -349,7 +349,7 @@ def reward_model_report(
     correlation of R_phi with R* on policy samples from in-distribution / unseen contexts.
     """
     contexts = [prompt_text(p.prompt) for p in heldout]
-    chosen, rejected = [render_completion(p.chosen) for p in heldout], [render_completion(p.rejected) for p in heldout]
+    chosen, rejected = [completion_text(p.chosen) for p in heldout], [completion_text(p.rejected) for p in heldout]
     r_chosen, r_rejected = reward_source(contexts, chosen), reward_source(contexts, rejected)
     p = torch.sigmoid(r_chosen - r_rejected).numpy()
     both_ways, outcomes = np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])

@@ -14,7 +14,7 @@ from rlhflab.losses.policy_gradient import (
     sequence_logprob,
     value_loss,
 )
-from rlhflab.losses.preference import dpo_loss, ipo_loss, pro_loss, robust_dpo_loss, rrhf_loss, slic_loss
+from rlhflab.losses.preference import dpo_loss, ipo_loss, kto_loss, pro_loss, robust_dpo_loss, rrhf_loss, slic_loss
 from rlhflab.losses.reward import (
     bradley_terry_loss,
     mean_variance_bradley_terry_loss,
@@ -35,6 +35,7 @@ __all__ = [
     "grpo_advantages",
     "ipo_loss",
     "kl_penalty",
+    "kto_loss",
     "masked_mean",
     "masked_sum",
     "masked_whiten",

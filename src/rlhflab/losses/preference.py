@@ -86,6 +86,46 @@ def ipo_loss(
     return loss, *rewards
 
 
+def kto_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    desirable: Tensor,
+    policy_kl_logps: Tensor,
+    ref_kl_logps: Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """KTO (Ethayarajh et al. 2024): mean over examples of λ_y − v(x, y), on *unpaired* labels.
+
+        r(x, y)  = log π(y|x) − log π_ref(y|x)                 the implied reward of Eq. 17, over β
+        z_ref    = max(0, mean_j [log π(y'_j|x_j) − log π_ref(y'_j|x_j)]), detached
+        v(x, y)  = λ_D σ(β (r(x, y) − z_ref))   if y is desirable
+                   λ_U σ(β (z_ref − r(x, y)))   if y is undesirable
+
+    z_ref, the reference point of the prospect-theoretic value v, estimates KL(π ‖ π_ref) from
+    *mismatched* pairs (x_j, y'_j): a prompt with another example's completion. It is clamped at 0
+    (a KL is non-negative) and detached, so it shifts the value without being trained through.
+    Each example thus costs λ_D (1 − σ(β(r − z_ref))) or λ_U (1 − σ(β(z_ref − r))). The KTO paper
+    advises λ_D n_D / (λ_U n_U) in [1, 4/3] for n_D desirable and n_U undesirable examples.
+
+    policy_logps, ref_logps, desirable: (B,) summed log-probs of each example's completion and its
+    label (bool, True = desirable); policy_kl_logps, ref_kl_logps: (M,) of the mismatched pairs.
+    Returns (loss, rewards, z_ref): rewards β r(x, y), (B,), detached; z_ref a scalar tensor.
+    """
+    check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps, desirable=desirable)
+    check_same_shape(policy_kl_logps=policy_kl_logps, ref_kl_logps=ref_kl_logps)
+    z_ref = (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+    logratios = policy_logps - ref_logps
+    desirable = desirable.to(torch.bool)
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (logratios - z_ref))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - logratios))),
+    )
+    return losses.mean(), (beta * logratios).detach(), z_ref
+
+
 def slic_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

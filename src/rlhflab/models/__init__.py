@@ -5,6 +5,7 @@ from rlhflab.models.loading import (
     load_policy,
     load_reward_model,
     load_tokenizer,
+    load_trainable_policy,
     save_model,
 )
 from rlhflab.models.registry import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, resolve_model
@@ -16,6 +17,7 @@ __all__ = [
     "load_policy",
     "load_reward_model",
     "load_tokenizer",
+    "load_trainable_policy",
     "resolve_model",
     "save_model",
 ]

@@ -106,11 +106,7 @@ def resolve_model(name_or_path: str) -> str:
                         shutil.rmtree(tmp, ignore_errors=True)
         return str(target)
     path = Path(name_or_path)
-    if path.exists() and not (path / "config.json").is_file() and not path.is_file():
-        raise ConfigError(f"{path}: not a model directory (no config.json)")
+    markers = ("config.json", "adapter_config.json")  # a model, or LoRA adapters on one
+    if path.exists() and not any((path / m).is_file() for m in markers) and not path.is_file():
+        raise ConfigError(f"{path}: not a model directory (no config.json or adapter_config.json)")
     return name_or_path
-
-
-def clear_cache(name: str) -> None:
-    subdir, _ = _CACHED_BUILDS[name]
-    shutil.rmtree(cache_dir() / subdir, ignore_errors=True)

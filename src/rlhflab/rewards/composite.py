@@ -49,6 +49,7 @@ import yaml
 
 from rlhflab.errors import ConfigError
 from rlhflab.losses import RunningMoments
+from rlhflab.rewards.base import RewardSource
 
 OPERATORS = ("+", "-")
 ENTRY_KEYS = ("reward", "weight", "normalize", "name")
@@ -160,23 +161,26 @@ def _unique_names(terms: list[CompositeTerm]) -> list[CompositeTerm]:
     return terms
 
 
-class CompositeReward:
-    """A reward source (``(contexts, outputs) -> Tensor (B,)``, like :class:`rlhflab.rewards.registry.RewardSource`)
-    returning sum_k w_k * norm_k(R_k) (module docstring); ``components_last`` maps each component's
-    name to its raw values on the last batch."""
+class CompositeReward(RewardSource):
+    """A reward source returning sum_k w_k * norm_k(R_k) (module docstring); ``components_last`` maps
+    each component's name to its raw values on the last batch."""
 
-    def __init__(self, name: str, terms: Sequence[CompositeTerm], sources: Sequence):
-        self.name, self.terms, self.sources = name, list(terms), list(sources)
-        self.is_model = any(getattr(s, "is_model", False) for s in self.sources)
+    def __init__(self, name: str, terms: Sequence[CompositeTerm], sources: Sequence[RewardSource]):
+        super().__init__(name, is_model=any(s.is_model for s in sources))
+        self.terms, self.sources = list(terms), list(sources)
         self.moments = [RunningMoments() for _ in self.terms]
-        self.components_last: dict[str, torch.Tensor] = {}
+        self._components_last: dict[str, torch.Tensor] = {}
 
-    def __call__(self, contexts: Sequence[str], outputs: Sequence[str]) -> torch.Tensor:
+    @property
+    def components_last(self) -> dict[str, torch.Tensor]:
+        return self._components_last
+
+    def rewards(self, contexts: list[str], outputs: list[str]) -> torch.Tensor:
         total = torch.zeros(len(outputs))
-        self.components_last = {}
+        self._components_last = {}
         for term, source, moments in zip(self.terms, self.sources, self.moments):
             raw = source(contexts, outputs).float().cpu()
-            self.components_last[term.name] = raw
+            self._components_last[term.name] = raw
             value = raw
             if term.normalize and raw.numel():
                 moments.update(raw)  # before use: the batch counts in its own normalisation
@@ -188,7 +192,7 @@ class CompositeReward:
         """Each component's running moments (and a nested composite's own state), for checkpoints."""
         return {
             "components": [
-                {"name": term.name, "moments": moments.state_dict(), "source": _state_of(source)}
+                {"name": term.name, "moments": moments.state_dict(), "source": source.state_dict()}
                 for term, source, moments in zip(self.terms, self.sources, self.moments)
             ]
         }
@@ -203,13 +207,8 @@ class CompositeReward:
             )
         for entry, source, moments in zip(state["components"], self.sources, self.moments):
             moments.load_state_dict(entry["moments"])
-            if entry.get("source") is not None and hasattr(source, "load_state_dict"):
+            if entry.get("source") is not None:
                 source.load_state_dict(entry["source"])
-
-
-def _state_of(source) -> dict | None:
-    """A component's own state when it has one (a nested composite), else None."""
-    return source.state_dict() if isinstance(source, CompositeReward) else None
 
 
 def composite_reward(spec: str, load: Callable[[str], object]) -> CompositeReward:

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.data.render import prompt_text, render_completion
+from rlhflab.data.render import completion_text, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import read_json_manifest, write_json
 from rlhflab.rewards.heads import output_layer
@@ -222,7 +222,7 @@ def feedback_completions(records: Sequence, kind: str) -> tuple[list[str], list[
         else:
             completions = [r.completion]
         for c in completions:
-            pairs.setdefault((context, render_completion(c)), None)
+            pairs.setdefault((context, completion_text(c)), None)
     contexts, outputs = zip(*pairs) if pairs else ((), ())
     return list(contexts), list(outputs)
 

@@ -7,42 +7,31 @@ with a different tokenizer than the policy simply re-tokenises the decoded text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from rlhflab.errors import ConfigError, TrainingError
+from rlhflab.errors import ConfigError
 from rlhflab.feedback.judge import is_judge_spec, load_judge
 from rlhflab.feedback.oracles import load_oracle, score_batch
 from rlhflab.models.loading import load_reward_model
-from rlhflab.models.scoring import score
+from rlhflab.models.scoring import reward_template, score
+from rlhflab.rewards.base import RewardSource
 from rlhflab.rewards.composite import composite_reward, is_composite_spec
 from rlhflab.rewards.ensemble import is_ensemble, load_ensemble
 from rlhflab.rewards.heads import is_reward_heads, load_head_scores, load_reward_heads
 
-
-class RewardSource:
-    """Callable ``(contexts, outputs) -> Tensor (B,)`` with a name for logs and reports."""
-
-    def __init__(self, name: str, fn, is_model: bool = False):
-        self.name, self._fn, self.is_model = name, fn, is_model
-
-    def __call__(self, contexts: Sequence[str], outputs: Sequence[str]) -> torch.Tensor:
-        rewards = self._fn(list(contexts), list(outputs))
-        rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
-        bad = ~torch.isfinite(rewards)
-        if bad.any():
-            i = int(bad.nonzero()[0])
-            raise TrainingError(f"reward source '{self.name}' returned {rewards[i].item()} for output {outputs[i]!r}")
-        return rewards
+__all__ = ["RewardSource", "load_reward_source"]
 
 
-def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size: int = 32) -> RewardSource:
+def load_reward_source(
+    spec: str, device: str | torch.device = "cpu", batch_size: int = 32, template: str = "auto"
+) -> RewardSource:
     """``spec`` is a saved reward-model directory (or a registry name / hub id of one), an oracle
     name (``sentiment``, ``brevity``) or ``package.module:function``, a model judge
     (``judge:MODEL``, scored against a reference reply: :mod:`rlhflab.feedback.judge`), or a composite of these
-    (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.rewards.composite`)."""
+    (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.rewards.composite`). ``template``
+    (chat, plain, auto): how a reward-model directory's input is laid out (:func:`reward_template`)."""
     if is_composite_spec(spec):
         return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size))
     if Path(spec.partition("::")[0]).is_dir():
@@ -50,9 +39,7 @@ def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size
         path, sep, objective = spec.partition("::")
         if is_reward_heads(path):  # DIR[::annotator=|attribute=NAME], a head per group or (mu, sigma): reward_heads
             heads = load_reward_heads(path, objective if sep else None, device, batch_size)
-            source = RewardSource(f"reward model {spec}", heads, is_model=True)
-            source.heads = heads  # for mean-variance heads, sigma of the last batch: source.heads.uncertainty_last
-            return source
+            return RewardSource(f"reward model {spec}", heads, is_model=True, heads=heads)
         if sep or is_ensemble(path):
             ensemble = load_ensemble(
                 path,
@@ -60,13 +47,18 @@ def load_reward_source(spec: str, device: str | torch.device = "cpu", batch_size
                 lambda p: load_reward_source(p, device, batch_size),
                 lambda p, k: load_head_scores(p, k, device, batch_size),  # a shared-trunk ensemble's K heads
             )
-            source = RewardSource(f"reward ensemble {path} ({ensemble.objective})", ensemble, is_model=True)
-            source.ensemble = ensemble  # its members' rewards, and their disagreement on the last batch
-            return source
+            return RewardSource(
+                f"reward ensemble {path} ({ensemble.objective})", ensemble, is_model=True, ensemble=ensemble
+            )
+        # A reward model's own directory (rlhflab's, TRL's, OpenRLHF's): its input laid out as it was
+        # trained (recorded in its config, or chosen by --reward_template; reward_template says which).
         model, tokenizer = load_reward_model(spec)
         model.to(device).eval().requires_grad_(False)
+        layout = reward_template(model, tokenizer, template, f"reward model {spec}")
         return RewardSource(
-            f"reward model {spec}", lambda c, o: score(model, tokenizer, c, o, batch_size=batch_size), is_model=True
+            f"reward model {spec}",
+            lambda c, o: score(model, tokenizer, c, o, batch_size=batch_size, template=layout),
+            is_model=True,
         )
     if is_judge_spec(spec):  # a causal LM comparing each output with a fixed reference reply (rlhflab.feedback.judge)
         return RewardSource(spec, load_judge(spec, batch_size=batch_size).reward)

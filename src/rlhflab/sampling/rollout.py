@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhflab.errors import ConfigError
+from rlhflab.hardware import gathered_parameters
 from rlhflab.models.decoder_parts import cache_argument, causal_lm, head, trunk
 from rlhflab.progress import bar
 from rlhflab.sampling import generation
@@ -119,6 +120,8 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     P = width - T
     if P == 0 or batch.input_ids.shape[0] < 2:
         return None
+    if torch.is_grad_enabled() and model.training and _checkpointing(model):
+        return None  # gradient checkpointing drops the prompt's key/value cache in training
     prompt_part = torch.cat([batch.input_ids[:, :P], batch.attention_mask[:, :P].long()], dim=1)
     unique, row_to_prompt = torch.unique(prompt_part, dim=0, return_inverse=True)
     cache_arg = None if unique.shape[0] == batch.input_ids.shape[0] else cache_argument(model)
@@ -134,10 +137,13 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     # Trunk and head called separately, so the head runs once over all B x T positions (one
     # gradient contribution to its 49k-row weight instead of two): only for heads that are a plain
     # linear map of the trunk's output (no logit scaling or soft-capping in the model's forward).
+    # (Not under FSDP, whose hooks gather the root's weights, the head's among them, only around the model's
+    # own forward.)
     split_head = (
         body is not None
         and type(lm_head) is torch.nn.Linear
         and getattr(config, "model_type", "") in _PLAIN_HEAD_MODELS
+        and not _sharded(model)
     )
     prompt_cache = DynamicCache(config=config)
     prompt_inputs = dict(
@@ -175,6 +181,17 @@ def shared_prompt_logits(model, batch: SequenceBatch, output_hidden_states: bool
     logits = torch.cat([first_logits[:, None].to(out.logits.dtype), out.logits], dim=1)
     hidden = torch.cat([first_hidden[:, None], out.hidden_states[-1]], dim=1) if output_hidden_states else None
     return logits, hidden
+
+
+def _checkpointing(model) -> bool:
+    """Whether HF gradient checkpointing is on anywhere in ``model``."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def _sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 # Causal LMs whose logits are exactly ``lm_head(final hidden state)``.
@@ -268,46 +285,48 @@ def sample(
     rows: list[list[int]] = []
     picked: list[list[float]] | None = [] if return_logprobs and generation.supports(model) else None
     progress = bar(len(prompt_ids), f"sampling {num_samples} per prompt", unit="prompt")
-    for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start : start + batch_size]
-        if generation.supports(model):
-            # The lean engine: same sampling distribution, shared prefill, static cache.
-            out = generation.generate(
-                model,
-                chunk,
-                num_samples,
-                max_new_tokens,
-                eos_ids,
-                pad_id,
-                temperature,
-                top_k,
-                top_p,
-                return_logprobs=picked is not None,
+    # FSDP: the weights gathered once for the whole rollout (nothing to do for an unsharded model)
+    with gathered_parameters(model):
+        for start in range(0, len(prompt_ids), batch_size):
+            chunk = prompt_ids[start : start + batch_size]
+            if generation.supports(model):
+                # The lean engine: same sampling distribution, shared prefill, static cache.
+                out = generation.generate(
+                    model,
+                    chunk,
+                    num_samples,
+                    max_new_tokens,
+                    eos_ids,
+                    pad_id,
+                    temperature,
+                    top_k,
+                    top_p,
+                    return_logprobs=picked is not None,
+                )
+                if picked is not None:
+                    out, chunk_logprobs = out
+                    picked.extend(chunk_logprobs)
+                rows.extend(out)
+                progress.update(len(chunk))
+                continue
+            ids, mask = pad_left(chunk, pad_id)
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_k=top_k,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_samples,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
             )
-            if picked is not None:
-                out, chunk_logprobs = out
-                picked.extend(chunk_logprobs)
-            rows.extend(out)
+            new = out[:, ids.shape[1] :].cpu()
+            keep, _ = completion_mask_after_eos(new, eos_ids)
+            rows.extend(row[: int(k.sum())].tolist() for row, k in zip(new, keep))
             progress.update(len(chunk))
-            continue
-        ids, mask = pad_left(chunk, pad_id)
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_k=top_k,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_samples,
-            eos_token_id=eos_ids,
-            pad_token_id=pad_id,
-        )
-        new = out[:, ids.shape[1] :].cpu()
-        keep, _ = completion_mask_after_eos(new, eos_ids)
-        rows.extend(row[: int(k.sum())].tolist() for row, k in zip(new, keep))
-        progress.update(len(chunk))
     progress.close()
     model.train(was_training)
     repeated_prompts = [p for p in prompt_ids for _ in range(num_samples)]

@@ -1,8 +1,8 @@
 """The toy lab: an enumerable text MDP where J, KL, π*_β (Eq. 17), ΔJ and best-of-n are exact."""
 
 from rlhflab.toy.exact import (
-    best_of_n,
     best_of_n_distribution,
+    best_of_n_exact,
     best_of_n_kl_bound,
     evaluate_model_against_optimum,
     evaluate_table,
@@ -32,8 +32,8 @@ from rlhflab.toy.mdp import (
 
 __all__ = [
     "ToyInstance",
-    "best_of_n",
     "best_of_n_distribution",
+    "best_of_n_exact",
     "best_of_n_kl_bound",
     "build_instance",
     "build_lab",

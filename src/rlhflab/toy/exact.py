@@ -126,7 +126,7 @@ def performance_gap(instance: ToyInstance, reward_model, kl_coef: float, seen=No
 # distribution and the KL bound are in rlhflab.decoding.best_of_n_math).
 
 
-def best_of_n(instance: ToyInstance, n: int, reward=None) -> dict:
+def best_of_n_exact(instance: ToyInstance, n: int, reward=None) -> dict:
     """Best-of-n against π_ref, selecting by ``reward`` (R* by default; pass R_phi for proxy
     selection), with J under R*, exact KL and the formula beside it."""
     reference, d = instance.require_reference(), instance.context_dist

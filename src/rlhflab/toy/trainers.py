@@ -50,7 +50,6 @@ from pathlib import Path
 import torch
 
 from rlhflab.data.records import Prompt
-from rlhflab.files import write_text
 from rlhflab.rewards.registry import RewardSource
 from rlhflab.seeds import derive_seed
 from rlhflab.toy.exact import (
@@ -60,7 +59,6 @@ from rlhflab.toy.exact import (
     performance,
 )
 from rlhflab.toy.mdp import ToyInstance, _ids, build_lab, content
-from rlhflab.toy.outputs import finish, pyplot
 from rlhflab.train.loop import train
 from rlhflab.train.policy_optimization import PolicyOptimization, RLConfig
 from rlhflab.train.preference import PreferenceAlgorithm, PreferenceConfig
@@ -402,7 +400,7 @@ def run_trainer(
 
 
 # ---------------------------------------------------------------------------------------------
-# The report: every trainer on one instance, JSON + PNG + a table.
+# Every trainer on one instance (the experiment ``rlhflab toy trainers`` reports it).
 
 
 def frontier(instance: ToyInstance, betas=None) -> list[dict]:
@@ -436,51 +434,3 @@ def run_all(
         "rows": rows,
         "frontier": frontier(instance),
     }
-
-
-def table_markdown(result: dict) -> str:
-    lines = [
-        f"β = {result['kl_coef']}: π* has J = {result['J_opt']:.4f}, KL = {result['KL_opt']:.4f}",
-        "",
-        "| trainer | gap closed | bar | J | KL | wall time (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        bar = {"dpo": "≥ 0.95"}.get(r["algorithm"], "≥ 0.98" if r["algorithm"] in POLICY_GRADIENT else "reported")
-        lines.append(
-            f"| {r['trainer']} | {r['gap_closed']:.4f} | {bar} | {r['J']:.4f} | {r['KL']:.4f} | {r['wall_time_s']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def trainers_experiment(run_dir, seed: int = 0, beta: float = DEFAULT_BETA) -> dict:
-    """``rlhflab toy trainers``: every trainer on the full instance; trainers.json, trainers.png,
-    trainers.md (gap closed and wall time per trainer, GRPO with and without std scaling)."""
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    instance, model, tokenizer = build_lab(seed)
-    result = run_all(instance, model, tokenizer, beta=beta, seed=seed)
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    names = [r["trainer"] for r in result["rows"]]
-    colors = ["tab:red" if r["algorithm"] == "grpo" else "tab:blue" for r in result["rows"]]
-    ax1.bar(names, [r["gap_closed"] for r in result["rows"]], color=colors)
-    ax1.axhline(0.98, ls="--", c="k", lw=0.8, label="bar 0.98 (PG)")
-    ax1.axhline(0.95, ls=":", c="k", lw=0.8, label="bar 0.95 (DPO)")
-    ax1.set_ylim(min(0.8, min(r["gap_closed"] for r in result["rows"]) - 0.02), 1.005)
-    ax1.set_ylabel("gap closed of J − β·KL")
-    ax1.set_title(f"trainers vs closed form (β={beta})")
-    ax1.legend(fontsize=8)
-    f = result["frontier"]
-    ax2.plot([p["KL"] for p in f], [p["J"] for p in f], c="gray", label="π*_β' frontier")
-    ax2.scatter([result["KL_opt"]], [result["J_opt"]], marker="*", s=150, c="k", label=f"π*_β, β={beta}")
-    for r in result["rows"]:
-        ax2.scatter([r["KL"]], [r["J"]], label=r["trainer"], c="tab:red" if r["algorithm"] == "grpo" else None)
-    ax2.set_xlabel("KL(π‖π_ref)")
-    ax2.set_ylabel("J(π)")
-    ax2.set_xlim(0, 2.5 * result["KL_opt"])
-    ax2.set_title("where each trainer lands (GRPO's std scaling moves it)")
-    ax2.legend(fontsize=7)
-    payload = {"experiment": "trainers", "seed": seed, **result}
-    write_text(run_dir / "trainers.md", table_markdown(result))
-    return finish(run_dir, "trainers", payload, fig, started)

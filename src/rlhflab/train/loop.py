@@ -7,6 +7,28 @@ for offline methods). Everything a method need not care about lives here once: d
 and distribution (``accelerate launch`` gives DDP/FSDP), gradient accumulation and clipping,
 NaN/inf detection, metrics JSONL and experiment trackers (``--report_to``: TensorBoard, trackio,
 W&B, MLflow, through accelerate's trackers), progress bars, atomic checkpoints and exact resume.
+
+**Precision** (``--mixed_precision``, or accelerate launch's own setting when the flag is not
+given; :func:`rlhflab.hardware.resolve_mixed_precision`). ``dtype`` is the *storage* dtype of the
+weights; ``mixed_precision`` is *autocast*: the weights, their gradients and AdamW's moments stay
+fp32 (the optimiser updates fp32 master weights) while matmuls, linear layers and attention run in
+bf16. Both at once would mean two answers to one question, so ``--dtype bfloat16 --mixed_precision
+bf16`` is a ConfigError. The loop enters ``accelerator.autocast()`` around each iteration's
+``collect`` (sampling, reference and reward scoring) and each micro-batch's ``loss``, so a rollout is
+sampled and scored in the precision it is trained in. What stays fp32 under autocast, and why:
+log-softmax and the gathered token log-probs (``logprobs_from_logits`` upcasts the logits: a bf16
+log-softmax over 49k entries loses ~3 digits), hence PPO/GRPO ratios exp(log pi - log pi_old), KL
+estimates and advantages (elementwise on fp32 log-probs and rewards; value-head outputs are upcast),
+and every loss reduction. Logits themselves are bf16 matmul outputs, as in any bf16 trainer.
+
+**Scale-out** (``accelerate launch``): DDP as accelerate sets it up (``--multi_gpu`` / torchrun;
+on a machine without GPUs the processes join over gloo). FSDP (``--use_fsdp`` or
+``distributed_type: FSDP``) is FSDP2's ``fully_shard`` applied here, on CPU/gloo as on GPUs: each
+decoder layer and each model is one unit, so every process holds 1/N of the trained weights,
+their gradients and optimiser state; sampling gathers the policy's weights once per rollout
+(:func:`rlhflab.hardware.gathered_parameters`) and the final save gathers them once.
+DeepSpeed, and ``--cpu --num_processes N`` (which accelerate's launcher runs as one process
+without mpirun), are one-line errors naming what to launch instead.
 """
 
 from __future__ import annotations
@@ -17,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +51,7 @@ from torch import nn
 from rlhflab.config import TrainConfig, default_run_dir, save_config, tracker_names
 from rlhflab.errors import ConfigError, TrainingError
 from rlhflab.files import append_jsonl, write_json
+from rlhflab.hardware import resolve_mixed_precision
 from rlhflab.progress import bar, progress_shown
 
 CHECKPOINT_DIR = "checkpoints"
@@ -72,11 +96,15 @@ class Algorithm(Protocol):
 
 def make_accelerator(config: TrainConfig, run_dir: str | Path | None = None):
     """The run's Accelerator; with ``config.report_to`` trackers, logging into ``run_dir``
-    (TensorBoard event files in RUN/tensorboard/; trackio, W&B and MLflow where they keep runs)."""
-    from accelerate import Accelerator
+    (TensorBoard event files in RUN/tensorboard/; trackio, W&B and MLflow where they keep runs).
+
+    Its ``mixed_precision`` is the resolved ``config.mixed_precision`` (module docstring); under
+    FSDP accelerate is kept from wrapping the models (the loop shards them, see :func:`train`)."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
     from accelerate.tracking import TensorBoardTracker
 
-    mixed = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config.dtype]
+    _check_launch()
     # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU and each
     # process trains alone (into the same run directory); with it, the processes join over gloo.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -84,13 +112,111 @@ def make_accelerator(config: TrainConfig, run_dir: str | Path | None = None):
     if run_dir is not None and "tensorboard" in log_with:
         # an instance, so that the event files go to RUN/tensorboard rather than RUN/<project name>
         log_with[log_with.index("tensorboard")] = TensorBoardTracker(TENSORBOARD_DIR, run_dir)
-    # Parameters are loaded in config.dtype already; autocast is only needed on accelerators.
-    return Accelerator(
-        mixed_precision=mixed if torch.cuda.is_available() else "no",
-        cpu=cpu,
-        log_with=log_with or None,
-        project_dir=None if run_dir is None else str(run_dir),
-    )
+    with _without_env("ACCELERATE_USE_FSDP"):
+        precision = _agreed_precision(config, PartialState(cpu=cpu))
+        # accelerate keeps one process-wide state, which refuses a second run (the demo's next stage,
+        # a test) in another precision; the processes' group (PartialState) is kept.
+        AcceleratorState._reset_state()
+        return Accelerator(
+            mixed_precision=precision,
+            cpu=cpu,
+            log_with=log_with or None,
+            project_dir=None if run_dir is None else str(run_dir),
+        )
+
+
+def fsdp_requested() -> bool:
+    """``accelerate launch --use_fsdp`` or an accelerate config with ``distributed_type: FSDP``."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _check_launch() -> None:
+    """One-line errors for the launches accelerate would otherwise quietly run as something else."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        import importlib.util
+
+        why = (
+            "the deepspeed package is not installed"
+            if importlib.util.find_spec("deepspeed") is None
+            else "rlhflab's loop does not drive a DeepSpeed engine"
+        )
+        raise ConfigError(
+            f"DeepSpeed requested (accelerate launch --use_deepspeed / distributed_type DEEPSPEED) but {why}; "
+            "for sharded training launch with --use_fsdp (FSDP2: parameters, gradients and optimiser state sharded)"
+        )
+    requested = processes_the_launcher_dropped()
+    if requested > 1:
+        raise ConfigError(
+            f"accelerate launch --cpu --num_processes {requested} started one process (accelerate's launcher starts "
+            f"several CPU processes only through mpirun); launch with `accelerate launch --multi_gpu --num_processes "
+            f"{requested} ...` or `torchrun --nproc_per_node {requested} ...`: on a CPU they join over gloo"
+        )
+
+
+def processes_the_launcher_dropped() -> int:
+    """N when this process was started by ``accelerate launch --cpu --num_processes N`` (N > 1) as
+    its only process, else 0. The launcher passes no process count, so it is read from the
+    launcher's own command line (the parent process)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return 0
+    if any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return 0
+    try:
+        import psutil
+        from accelerate.commands.launch import launch_command_parser
+
+        argv = psutil.Process().parent().cmdline()
+        at = next(i for i, a in enumerate(argv) if a.endswith("launch") or a == "accelerate.commands.launch")
+        args, _ = launch_command_parser().parse_known_args(argv[at + 1 :])
+    except Exception:  # noqa: BLE001 - not launched by accelerate, or a launcher we cannot read
+        return 0
+    return int(args.num_processes or 0) if args.mpirun_hostfile is None else 0
+
+
+def torchrun_argv(processes: int) -> list[str]:
+    """This command line again, as ``processes`` processes started by torchrun (which join over
+    gloo on a CPU): what ``rlhflab`` runs when :func:`processes_the_launcher_dropped` says N."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+        *sys.argv,
+    ]
+
+
+@contextlib.contextmanager
+def _without_env(name: str):
+    """``name`` unset while the block runs, restored after."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def _agreed_precision(config, state) -> str:
+    """The run's resolved autocast precision, the same on every process (``auto`` is measured on
+    the main process and broadcast: processes that chose differently would train different maths)."""
+    from accelerate.utils import broadcast_object_list
+
+    requested = getattr(config, "mixed_precision", None)
+    device_type = state.device.type
+    if requested == "auto" and state.num_processes > 1:
+        choice = [resolve_mixed_precision("auto", device_type) if state.is_main_process else None]
+        precision = broadcast_object_list(choice)[0]
+    else:
+        precision = resolve_mixed_precision(requested, device_type, announce=state.is_main_process)
+    dtype = getattr(config, "dtype", "float32")
+    if precision != "no" and dtype != "float32":
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {precision} with --dtype {dtype}: choose one (low-precision weights, "
+            "or fp32 weights under autocast: --dtype float32)"
+        )
+    return precision
 
 
 def _tracker_config(config: Any) -> dict:
@@ -128,12 +254,22 @@ def make_optimizer(config: TrainConfig, modules: dict[str, nn.Module], total_ste
     # still when the second moments turn subnormal). Same update up to float rounding.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
+        _param_groups(params), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
     )
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=max(1, total_steps)
     )
     return optimizer, scheduler
+
+
+def _param_groups(params: list[torch.Tensor]) -> list[dict]:
+    """One group, or under FSDP with replicated leftovers (a value head) two: FSDP's sharded
+    parameters and the plain ones, since one fused/foreach kernel call cannot mix them."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    return [{"params": group} for group in (sharded, plain) if group] if sharded else [{"params": params}]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -228,14 +364,25 @@ def train(
     set_seed(config.seed, device_specific=True)
 
     modules = algorithm.trainable_modules()
+    if getattr(config, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(modules)
+    fsdp = fsdp_requested() and accelerator.num_processes > 1
+    if fsdp_requested() and not fsdp:
+        print("FSDP requested on one process: nothing to shard, training unsharded", file=sys.stderr)
+    if fsdp:
+        if config.save_steps > 0 or config.resume:
+            raise ConfigError("--save_steps / --resume under FSDP: sharded checkpoints are not written yet; use DDP")
+        modules = shard_modules(modules, accelerator)
     total_iterations = algorithm.num_iterations()
     optimizer, scheduler = make_optimizer(config, modules, algorithm.total_optimizer_steps())
     names = list(modules)
     # The scheduler is stepped here once per optimiser step (accelerate's wrapper would step it
     # once per process, assuming a sharded dataloader), so it is only registered for checkpoints.
-    prepared = accelerator.prepare(*modules.values(), optimizer)
-    modules = dict(zip(names, prepared[: len(names)]))
-    optimizer = prepared[len(names)]
+    # Sharded modules are not given to accelerate, which would wrap them in DDP as well.
+    prepared = accelerator.prepare(*([] if fsdp else modules.values()), optimizer)
+    if not fsdp:
+        modules = dict(zip(names, prepared[: len(names)]))
+    optimizer = prepared[-1] if isinstance(prepared, (list, tuple)) else prepared
     accelerator.register_for_checkpointing(scheduler)
     algorithm.bind(accelerator, modules)
 
@@ -257,7 +404,8 @@ def train(
     for iteration in range(start, total_iterations):
         t0, first_step = time.perf_counter(), step
         row: dict[str, Any] = {"iteration": iteration}
-        with progress_shown(False):  # the training bar says what this waits for; no bar per rollout
+        # the training bar says what this waits for; no bar per rollout
+        with progress_shown(False), accelerator.autocast():
             row.update(algorithm.collect(iteration))
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -266,7 +414,8 @@ def train(
             for i, micro in enumerate(micro_batches):
                 # Gradients are all-reduced once per optimiser step, on its last micro-batch.
                 with _no_sync(accelerator, modules.values(), active=i < len(micro_batches) - 1):
-                    loss, stats = algorithm.loss(micro)
+                    with accelerator.autocast():
+                        loss, stats = algorithm.loss(micro)
                     _check_finite(loss, "the loss", iteration, algorithm.name)
                     accelerator.backward(loss)
                 # Micro-batch losses come weighted by their share, so the step's loss is their sum.
@@ -276,8 +425,10 @@ def train(
                     counts[key] = counts.get(key, 0) + 1
             sums["loss"] = sums.get("loss", 0.0) + step_loss
             counts["loss"] = counts.get("loss", 0) + 1
+            if fsdp:
+                _average_replicated_gradients(params, accelerator.num_processes)
             if config.max_grad_norm > 0:
-                norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                norm = _clip_grad_norm(accelerator, params, config.max_grad_norm, fsdp)
                 _check_finite(torch.as_tensor(norm), "the gradient norm", iteration, algorithm.name)
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
                 counts["grad_norm"] = counts.get("grad_norm", 0) + 1
@@ -301,10 +452,133 @@ def train(
             break
     logger.close()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        algorithm.save_final(run_dir)
+    with _full_state_dicts(modules.values()) if fsdp else contextlib.nullcontext():
+        if accelerator.is_main_process:
+            algorithm.save_final(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def enable_gradient_checkpointing(modules: dict[str, nn.Module]) -> None:
+    """HF gradient checkpointing (non-reentrant) on every outermost transformers model inside the
+    trained modules: each decoder layer's activations are recomputed in the backward pass."""
+    from transformers import PreTrainedModel
+
+    for name, module in modules.items():
+        models = _outermost(module, PreTrainedModel)
+        models = [m for m in models if m.supports_gradient_checkpointing]
+        if not models:
+            raise ConfigError(f"--gradient_checkpointing: the {name} model does not support gradient checkpointing")
+        for model in models:
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _outermost(module: nn.Module, kind: type) -> list[nn.Module]:
+    """The submodules of type ``kind`` (``module`` included) not inside another one."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, kind) and not any(name.startswith(f"{p}.") or p == "" for p, _ in found):
+            found.append((name, sub))
+    return [sub for _, sub in found]
+
+
+def shard_modules(modules: dict[str, nn.Module], accelerator) -> dict[str, nn.Module]:
+    """FSDP2 (``fully_shard``) over all processes: each decoder layer (a model's
+    ``_no_split_modules``) and then each outermost transformers model is one unit, so every
+    process keeps 1/N of its weights, gradients and optimiser state and all-gathers a unit's
+    weights around its forward and backward. Parameters outside those models (a value head on
+    a wrapper) stay replicated; the loop averages their gradients."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers import PreTrainedModel
+
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    for module in modules.values():
+        module.to(accelerator.device)
+        roots = _outermost(module, PreTrainedModel) or [module]
+        for root in roots:
+            layer_names = set(getattr(root, "_no_split_modules", None) or [])
+            for sub in root.modules():
+                if type(sub).__name__ in layer_names:
+                    fully_shard(sub, mesh=mesh)
+            fully_shard(root, mesh=mesh)
+            # The sampling engine calls a root's trunk and head directly; FSDP must know the root
+            # before any unit's own forward runs, or that unit would make itself the root.
+            root._get_fsdp_state()._lazy_init()
+    if accelerator.is_main_process:
+        print(
+            f"FSDP: FSDP2 fully_shard over {accelerator.num_processes} processes, one unit per decoder layer and per "
+            "model (accelerate's other FSDP settings, e.g. version, wrap policy, offload, are not read)",
+            file=sys.stderr,
+        )
+    return modules
+
+
+def _average_replicated_gradients(params: list[torch.Tensor], processes: int) -> None:
+    """Gradients of parameters FSDP does not shard, averaged over the processes (as DDP would)."""
+    from torch.distributed.tensor import DTensor
+
+    for p in params:
+        # (A parameter outside the step's graph has no gradient on any process: skipped alike.)
+        if isinstance(p, DTensor) or p.grad is None:
+            continue
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(processes)
+
+
+def _clip_grad_norm(accelerator, params: list[torch.Tensor], max_norm: float, fsdp: bool) -> torch.Tensor:
+    """Clip to ``max_norm`` and return the global gradient norm (over the full, unsharded gradient)."""
+    if not fsdp:
+        return accelerator.clip_grad_norm_(params, max_norm)
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    replicated = [g for g in grads if not isinstance(g, DTensor)]
+    squares = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    if sharded:
+        norm = torch.nn.utils.get_total_norm(sharded)
+        squares = squares + norm.full_tensor().double() ** 2
+    if replicated:
+        squares = squares + torch.nn.utils.get_total_norm(replicated).double() ** 2
+    total = squares.sqrt().float()
+    scale = min(1.0, max_norm / (float(total) + 1e-6))  # as torch.nn.utils.clip_grad_norm_
+    if scale < 1.0:
+        for g in grads:
+            g.mul_(scale)
+    return total
+
+
+@contextlib.contextmanager
+def _full_state_dicts(modules: Iterable[nn.Module]):
+    """While the block runs, every submodule of the FSDP-sharded ``modules`` answers
+    ``state_dict()`` with its full, gathered weights (on CPU, on the main process), so that the
+    algorithm's ``save_pretrained`` on the main process writes an ordinary checkpoint. Every
+    process must enter (the gather is collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    overridden = []
+    for module in modules:
+        full = get_model_state_dict(module, options=options)
+        first: dict[int, str] = {}  # tied weights (embeddings and LM head) stay one tensor, as saving expects
+        for name, p in module.named_parameters(remove_duplicate=False):
+            if id(p) in first and name in full and first[id(p)] in full:
+                full[name] = full[first[id(p)]]
+            first.setdefault(id(p), name)
+        for prefix, sub in module.named_modules():
+            start = f"{prefix}." if prefix else ""
+            part = {k[len(start) :]: v for k, v in full.items() if k.startswith(start)}
+            sub.state_dict = lambda *args, _part=part, **kwargs: dict(_part)
+            overridden.append(sub)
+    try:
+        yield
+    finally:
+        for sub in overridden:
+            del sub.state_dict
 
 
 def _mean_over_processes(accelerator, row: dict) -> dict:
@@ -322,8 +596,30 @@ def _no_sync(accelerator, modules, active: bool) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     if active and accelerator.num_processes > 1:
         for module in modules:
-            stack.enter_context(accelerator.no_sync(module))
+            stack.enter_context(_fsdp_no_sync(module) if _is_sharded(module) else accelerator.no_sync(module))
     return stack
+
+
+def _is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    """FSDP2's form of ``no_sync``: gradients accumulate unsharded-locally, reduce-scattered on the
+    step's last micro-batch."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_requires_gradient_sync(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_requires_gradient_sync(True, recurse=False)
 
 
 def save_checkpoint(accelerator, run_dir: Path, iteration: int, algorithm: Algorithm) -> Path:
@@ -345,6 +641,12 @@ def save_checkpoint(accelerator, run_dir: Path, iteration: int, algorithm: Algor
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def optimizer_batch_size(config) -> int:
+    """Examples per optimiser step of an offline method, across all processes: ``batch_size`` per
+    micro-batch times ``gradient_accumulation_steps``, as TRL's effective batch multiplies them."""
+    return config.batch_size * config.gradient_accumulation_steps
 
 
 def shard(items: list, accelerator) -> list:

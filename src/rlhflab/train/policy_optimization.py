@@ -34,6 +34,7 @@ from rlhflab.config import (
     ResumeOptions,
     SamplingOptions,
     option,
+    reward_template_option,
 )
 from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
@@ -58,7 +59,6 @@ from rlhflab.losses import (
 from rlhflab.models.decoder_parts import context_length
 from rlhflab.models.loading import disable_dropout, save_model
 from rlhflab.models.registry import resolve_model
-from rlhflab.rewards.composite import CompositeReward
 from rlhflab.sampling.rollout import (
     SequenceBatch,
     completion_logits,
@@ -71,6 +71,9 @@ from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import shard, split
 
 ESTIMATORS = ["ppo", "a2c", "reinforce", "rloo", "grpo"]
+# Passes over each rollout when --epochs is unset: PPO's clipped ratio (Eq. 16) is what makes reusing
+# a rollout safe; the other estimators are on-policy and take one pass.
+DEFAULT_EPOCHS = {"ppo": 4, "a2c": 1, "reinforce": 1, "rloo": 1, "grpo": 1}
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
     reward: str = option(
         "sentiment", "Reward source: a reward-model directory, an oracle name or package.module:function."
     )
+    reward_template: str = reward_template_option()
     oracle: str | None = option(
         None, "Oracle R* also scored on every rollout (logged as oracle_reward, never optimised)."
     )
@@ -102,7 +106,12 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
     target_kl: float = option(6.0, "Target sequence KL of the adaptive controller (nats).")
     kl_horizon: int = option(10000, "Horizon of the adaptive KL controller.")
     entropy_coef: float = option(0.0, "Entropy bonus weight.")
-    epochs: int = option(0, "Passes over each rollout (0: 4 for ppo, 1 otherwise).")
+    epochs: int | None = option(
+        None,
+        "Passes over each rollout (unset: the estimator's own, "
+        + ", ".join(f"{name} {n}" for name, n in DEFAULT_EPOCHS.items())
+        + ").",
+    )
     num_minibatches: int = option(1, "Minibatches (optimiser steps) per pass over a rollout.")
     clip_eps: float = option(0.2, "PPO ratio clip epsilon (Eq. 16).")
     value_clip_eps: float = option(0.2, "Value clipping range (0: unclipped).")
@@ -135,6 +144,8 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (a group to compare within)")
         if self.prompts_per_iteration <= 0 or self.num_iterations <= 0:
             raise ConfigError("prompts_per_iteration and num_iterations must be positive")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs} (leave it unset for the estimator's own)")
         if self.dense_rewards and not self.uses_critic:
             raise ConfigError(
                 f"dense_rewards needs a critic (ppo, a2c): {self.algorithm} credits whole sequences, where "
@@ -147,7 +158,7 @@ class RLConfig(LoopOptions, ResumeOptions, SamplingOptions, PromptOptions, Polic
 
     @property
     def num_epochs_per_rollout(self) -> int:
-        return self.epochs or (4 if self.algorithm == "ppo" else 1)
+        return DEFAULT_EPOCHS[self.algorithm] if self.epochs is None else self.epochs
 
     @property
     def uses_critic(self) -> bool:
@@ -167,7 +178,7 @@ class PolicyWithValueHead(nn.Module):
 
     def forward(self, batch: SequenceBatch):
         logits, hidden = completion_logits(self.policy, batch, output_hidden_states=True)
-        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
 
 class ValueModel(nn.Module):
@@ -189,7 +200,7 @@ class ValueModel(nn.Module):
             attention_mask=batch.attention_mask,
             position_ids=position_ids_from_mask(batch.attention_mask),
         ).last_hidden_state
-        return self.value_head(hidden[:, -(T + 1) : -1]).squeeze(-1)
+        return self.value_head(hidden[:, -(T + 1) : -1]).squeeze(-1).float()  # fp32 under autocast too
 
 
 class _Clock:
@@ -298,7 +309,7 @@ class PolicyOptimization:
         state = {"kl_coef": self.kl_controller.state_dict(), "reward_moments": self.reward_moments.state_dict()}
         # A composite reward (or oracle) standardises each component by running moments: part of the run's state.
         for key, source in (("reward_source", self.reward_source), ("oracle", self.oracle)):
-            if isinstance(source, CompositeReward):
+            if source is not None and source.state_dict() is not None:
                 state[key] = source.state_dict()
         return state
 
@@ -306,11 +317,11 @@ class PolicyOptimization:
         self.kl_controller.load_state_dict(state["kl_coef"])
         self.reward_moments.load_state_dict(state["reward_moments"])
         for key, source in (("reward_source", self.reward_source), ("oracle", self.oracle)):
-            if isinstance(source, CompositeReward) and key in state:
+            if source is not None and key in state:
                 source.load_state_dict(state[key])
 
     def save_final(self, run_dir: Path):
-        save_model(self._policy(), self.tokenizer, str(run_dir / "policy"))
+        save_model(self._policy(), self.tokenizer, str(run_dir / "policy"), method=self.name, config=self.config)
 
     # ---- helpers ------------------------------------------------------------------------------
     def _policy(self):
@@ -387,7 +398,7 @@ class PolicyOptimization:
         scores = self.reward_source(contexts, rollout.completion_texts).to(device)
         stats = {"reward": float(scores.mean())}
         # A composite reward's objectives, each logged raw: the optimised sum alone hides trade-offs.
-        components = getattr(self.reward_source, "components_last", {})
+        components = self.reward_source.components_last
         stats.update({f"reward/{name}": float(values.mean()) for name, values in components.items()})
         if self.oracle is not None:
             stats["oracle_reward"] = float(self.oracle(contexts, rollout.completion_texts).mean())

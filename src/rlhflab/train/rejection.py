@@ -31,6 +31,7 @@ from rlhflab.config import (
     TrainConfig,
     default_run_dir,
     option,
+    reward_template_option,
 )
 from rlhflab.data.readers import write_records
 from rlhflab.data.records import Demonstration, Preference
@@ -38,11 +39,11 @@ from rlhflab.data.render import encode_prompts, prompt_text
 from rlhflab.errors import ConfigError
 from rlhflab.files import append_jsonl, write_json
 from rlhflab.models.decoder_parts import context_length
-from rlhflab.models.loading import apply_lora, save_model
+from rlhflab.models.loading import load_trainable_policy, save_model
 from rlhflab.sampling.rollout import sample
 from rlhflab.seeds import derive_seed
 from rlhflab.train.loop import train
-from rlhflab.train.offline import SFTAlgorithm, SFTConfig, tokenize_demonstrations
+from rlhflab.train.offline import SFTAlgorithm, SFTConfig, demonstration_examples
 from rlhflab.train.preference import PreferenceConfig, train_preferences
 
 # ---- RAFT / ReST ---------------------------------------------------------------------------------
@@ -76,6 +77,7 @@ class RAFTConfig(LoopOptions, DatasetOptions, SamplingOptions, PromptOptions, Po
         "sentiment",
         "Reward source that ranks samples: a reward-model directory, an oracle name or package.module:function.",
     )
+    reward_template: str = reward_template_option()
     oracle: str | None = option(None, "Oracle R* also scored on every round's samples (logged, never used to select).")
     num_rounds: int = option(3, "Sample-select-fine-tune rounds.")
     samples_per_prompt: int = option(4, "Samples drawn per prompt per round (n).")
@@ -179,7 +181,7 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
             row.update(oracle_reward=float(oracle.mean()), oracle_reward_kept=float(oracle[keep].mean()))
         row["seconds"] = time.perf_counter() - t0
         append_jsonl(run_dir / "rounds.jsonl", row)
-    save_model(policy, tokenizer, str(run_dir / "policy"))
+    save_model(policy, tokenizer, str(run_dir / "policy"), method="raft", config=cfg)
     return run_dir
 
 
@@ -234,6 +236,7 @@ class RSOConfig(PreferenceConfig, PromptOptions):
         "sentiment",
         "Reward source that scores candidates and labels pairs (a reward-model directory, oracle or module:function).",
     )
+    reward_template: str = reward_template_option()
     num_candidates: int = option(8, "Candidates sampled from pi_ref per prompt.")
     num_accepted: int = option(4, "Samples accepted per prompt (consecutive ones are paired).")
     sampling_kl_coef: float = option(
@@ -316,7 +319,9 @@ def rso_train(cfg: RSOConfig, policy, tokenizer, prompts: list, reward_source, r
     write_records(records, run_dir / "rso_preferences.jsonl")
     write_json(run_dir / "rso_sampling.json", stats)
     cfg.batch_size = min(cfg.batch_size, len(records))
-    return train_preferences(cfg, apply_lora(policy, cfg), tokenizer, records, reference)
+    # LoRA (if asked) only now: the candidates were sampled from the plain π_ref, on the fast path.
+    policy, tokenizer = load_trainable_policy(cfg, policy, tokenizer)
+    return train_preferences(cfg, policy, tokenizer, records, reference)
 
 
 # ---- positive-only SFT -------------------------------------------------------------------------
@@ -336,13 +341,5 @@ def chosen_demonstrations(records: list[Preference]) -> list[Demonstration]:
 
 def train_positive_sft(cfg: PositiveSFTConfig, policy, tokenizer, records: list[Preference]) -> Path:
     """SFT of ``policy`` (LoRA already applied, if any) on the chosen side of the records."""
-    demos = chosen_demonstrations(records)
-    examples = tokenize_demonstrations(
-        [d.prompt for d in demos],
-        [d.completion for d in demos],
-        tokenizer,
-        cfg,
-        source=cfg.data or "<preferences>",
-        use_chat_template=cfg.use_chat_template,
-    )
+    examples = demonstration_examples(chosen_demonstrations(records), tokenizer, cfg, cfg.data or "<preferences>")
     return train(cfg, SFTAlgorithm(cfg, policy, tokenizer, examples))

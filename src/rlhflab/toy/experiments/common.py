@@ -177,7 +177,10 @@ PARTIAL_OUTPUT_COVERAGE = 0.25
 
 
 def partial_reward_model(
-    instance: ToyInstance, run_seed: int, output_coverage: float = PARTIAL_OUTPUT_COVERAGE, pairs_per_context: int = 1024
+    instance: ToyInstance,
+    run_seed: int,
+    output_coverage: float = PARTIAL_OUTPUT_COVERAGE,
+    pairs_per_context: int = 1024,
 ) -> torch.Tensor:
     """The reward model of the β and over-optimisation experiments: feedback on the instance's seen
     contexts (κ = 1/2) and a fraction ρ of outputs. Both draw it from one stream of the run's seed,

@@ -1,6 +1,6 @@
 """``rlhflab report``: one self-contained HTML page per run (or several runs), read from what the runs
 wrote; J beside Ĵ first, reward hacking shown, every run's text escaped, bad input a one-line error,
-and the file written atomically. The browser check is tests/test_report_browser.py."""
+and the file written atomically. The browser check is tests/evaluation/test_report_browser.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rlhflab.errors import ConfigError
 from rlhflab.evaluation import html_report
 from rlhflab.evaluation.html_report import read_run, write_report
 from rlhflab.evaluation.metrics import PolicyEvaluation, disagreeing_pairs
-from tests.report_runs import tiny_demo, tiny_loop, toy_report_folder
+from tests.evaluation.report_runs import tiny_demo, tiny_loop, toy_report_folder
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

@@ -11,7 +11,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rlhflab.commands.workflow import BestOfNConfig, bon, policy_optimization
+from rlhflab.commands.decode import BestOfNConfig, run_bon
+from rlhflab.commands.train import run_policy_optimization
 from rlhflab.errors import ConfigError
 from rlhflab.feedback.oracles import load_oracle
 from rlhflab.rewards.composite import CompositeTerm, is_composite_spec, parse_composite_spec, read_composite_file
@@ -187,13 +188,13 @@ def test_normalize_false_leaves_a_component_raw(tmp_path):
 
 # ---- end to end ------------------------------------------------------------------------------------------
 def test_best_of_n_with_a_composite_reward_keeps_each_prompts_composite_argmax(model_cache, tmp_path):
-    spec = "2*length:4 - 0.5*tests.test_composite_reward:vowel_share"
+    spec = "2*length:4 - 0.5*tests.rewards.test_composite:vowel_share"
     cfg = BestOfNConfig(
         policy="tiny-policy", reward=spec, limit=3, n=4, max_new_tokens=12, use_chat_template=False,
         output=str(tmp_path / "bon.jsonl"), seed=TEST_SEED,
     )  # fmt: skip
     SEEN_OUTPUTS.clear()
-    bon(cfg)
+    run_bon(cfg)
     chosen = [json.loads(line)["completion"] for line in (tmp_path / "bon.jsonl").read_text().splitlines()]
     candidates = list(SEEN_OUTPUTS)  # one reward call on all 3 x 4 candidates, prompt by prompt
     assert len(chosen) == 3 and len(candidates) == 12
@@ -218,7 +219,7 @@ def test_ppo_logs_each_components_raw_mean_as_reward_slash_name(model_cache, tmp
         progress=False, use_chat_template=False, seed=TEST_SEED,
     )  # fmt: skip
     cfg.validate()
-    run_dir = policy_optimization(cfg)
+    run_dir = run_policy_optimization(cfg)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
@@ -234,7 +235,7 @@ def test_a_resumed_ppo_run_restores_each_components_running_moments(model_cache,
     )  # fmt: skip
     cfg.validate()
     whole = load_reward_source(spec)
-    policy_optimization(cfg, reward_source=whole)
+    run_policy_optimization(cfg, reward_source=whole)
 
     killed_dir, real_collect = tmp_path / "killed", PolicyOptimization.collect
 
@@ -245,14 +246,14 @@ def test_a_resumed_ppo_run_restores_each_components_running_moments(model_cache,
 
     monkeypatch.setattr(PolicyOptimization, "collect", killed_at_iteration_2)
     with pytest.raises(RuntimeError, match="killed"):
-        policy_optimization(replace(cfg, output_dir=str(killed_dir)), reward_source=load_reward_source(spec))
+        run_policy_optimization(replace(cfg, output_dir=str(killed_dir)), reward_source=load_reward_source(spec))
     monkeypatch.setattr(PolicyOptimization, "collect", real_collect)
     state = json.loads((latest_checkpoint(killed_dir) / STATE_FILE).read_text())
     assert latest_checkpoint(killed_dir).name == "iter-0000001"
     assert [c["moments"]["count"] for c in state["algorithm"]["reward_source"]["components"]] == [8, 8]
 
     resumed = load_reward_source(spec)  # a fresh source: its statistics come from the checkpoint
-    policy_optimization(replace(cfg, output_dir=str(killed_dir), resume=str(killed_dir)), reward_source=resumed)
+    run_policy_optimization(replace(cfg, output_dir=str(killed_dir), resume=str(killed_dir)), reward_source=resumed)
     for want, have in zip(whole.moments, resumed.moments):
         assert have.count == want.count == 16
         assert have.mean == pytest.approx(want.mean, rel=1e-6) and have.m2 == pytest.approx(want.m2, rel=1e-6)

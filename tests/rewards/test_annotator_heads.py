@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhflab.commands.workflow import AnnotateConfig, annotate, reward
+from rlhflab.commands.collect import AnnotateConfig, run_annotate
+from rlhflab.commands.train import run_reward
 from rlhflab.data.records import Preference, Samples
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.feedback.annotators import make_pool
@@ -21,7 +22,7 @@ from rlhflab.models.scoring import score
 from rlhflab.rewards.heads import MANIFEST
 from rlhflab.rewards.registry import load_reward_source
 from rlhflab.train.loop import train
-from rlhflab.train.offline import RewardAlgorithm, RewardConfig
+from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 from tests._env import TEST_SEED
 from tests._train_entry import a_preferences
 
@@ -151,7 +152,7 @@ def test_a_record_without_an_annotator_names_file_line_and_field(model_cache, tm
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = RewardConfig(model="tiny-reward", data=str(data), per_annotator=True, output_dir=str(tmp_path / "out"))
     with pytest.raises(DataError, match=r"prefs\.jsonl:3: field 'annotator': missing") as caught:
-        reward(config)
+        run_reward(config)
     assert (caught.value.line, caught.value.field) == (3, "annotator")
 
 
@@ -205,7 +206,7 @@ def test_each_pool_member_labels_by_its_own_oracle(tmp_path):
         output=str(tmp_path / "feedback.jsonl"),
     )
     config.validate()
-    records = annotate(config, samples)
+    records = run_annotate(config, samples)
     wants = {"annotator-0": "yes indeed", "annotator-1": "no way"}
     assert {r.annotator for r in records} == set(wants)
     assert all(r.chosen == wants[r.annotator] for r in records)

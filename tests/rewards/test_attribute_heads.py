@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rlhflab.cli import main
-from rlhflab.commands.workflow import AnnotateConfig, annotate, reward
+from rlhflab.commands.collect import AnnotateConfig, run_annotate
+from rlhflab.commands.train import run_reward
 from rlhflab.data import read_records, write_records
 from rlhflab.data.records import Rating, Samples
 from rlhflab.decoding.best_of_n import best_of_n
@@ -20,7 +21,7 @@ from rlhflab.feedback.oracles import keyword_oracle
 from rlhflab.models import load_policy
 from rlhflab.rewards.heads import MANIFEST, select_attributes
 from rlhflab.rewards.registry import load_reward_source
-from rlhflab.train.offline import RewardConfig
+from rlhflab.train.reward_model import RewardConfig
 from tests._env import TEST_SEED
 
 # ---- two attributes driven by two oracles R* -------------------------------------------------------
@@ -60,7 +61,7 @@ def attribute_run(model_cache, tmp_path_factory):
         annotators=2, rating_noise=0.1, seed=TEST_SEED, output=str(root / "ratings.jsonl"),
     )  # fmt: skip
     annotate_cfg.validate()
-    annotate(annotate_cfg, samples)
+    run_annotate(annotate_cfg, samples)
     out = root / "run"
     argv = ["reward", "--model", "tiny-reward", "--feedback", "rating", "--data", str(root / "ratings.jsonl")]
     argv += ["--attributes", "all", "--output_dir", str(out), "--batch_size", "16", "--num_epochs", "8"]
@@ -97,7 +98,7 @@ def test_annotate_writes_one_rating_per_completion_and_attribute_each_by_its_own
         annotators=2, rating_noise=0.0, output=str(tmp_path / "r.jsonl"),
     )  # fmt: skip
     cfg.validate()
-    records = annotate(cfg, samples)
+    records = run_annotate(cfg, samples)
     assert [(r.completion, r.attribute) for r in records] == [
         (c, a) for c in samples[0].completions for a in ("a", "z")
     ]
@@ -182,16 +183,16 @@ def test_a_rating_file_without_a_named_attribute_names_the_file_and_the_attribut
     config = RewardConfig(model="tiny-reward", feedback="rating", data=str(data), attributes="helpful,harmless")
     with pytest.raises(DataError, match=r"r\.jsonl: field 'attribute': no rating of attribute 'harmless'; "
                                         r"the file rates helpful, overall$"):  # fmt: skip
-        reward(replace_output(config, tmp_path))
+        run_reward(replace_output(config, tmp_path))
     plain = write_ratings(tmp_path / "plain.jsonl", [{}] * 4)
     config = RewardConfig(model="tiny-reward", feedback="rating", data=str(plain), attributes="helpful")
     with pytest.raises(DataError, match=r"plain\.jsonl: field 'attribute': no rating names an attribute; "
                                         r"--attributes helpful needs"):  # fmt: skip
-        reward(replace_output(config, tmp_path))
+        run_reward(replace_output(config, tmp_path))
     mixed = write_ratings(tmp_path / "mixed.jsonl", [{"attribute": "helpful"}, {}, {"attribute": "helpful"}])
     config = RewardConfig(model="tiny-reward", feedback="rating", data=str(mixed), attributes="all")
     with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'attribute': missing"):
-        reward(replace_output(config, tmp_path))
+        run_reward(replace_output(config, tmp_path))
     assert not (tmp_path / "out" / "reward_model").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tiny real runs for the run-report tests (tests/test_html_report.py, tests/test_report_browser.py):
+"""Tiny real runs for the run-report tests (tests/evaluation/test_html_report.py, tests/evaluation/test_report_browser.py):
 a demo and a loop on the tiny in-process models, a few seconds each, and a toy-lab report folder
 of the shape ``rlhflab toy report`` writes (its experiments take minutes, their files do not)."""
 
@@ -21,7 +21,7 @@ TINY_DEMO = dict(
     feedback_prompts=8,
     eval_prompts=4,
     eval_samples=2,
-    ppo_iterations=2,
+    policy_iterations=2,
     prompts_per_iteration=4,
     max_new_tokens=8,
     reward_epochs=1.0,

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhflab.cli import main
-from rlhflab.commands.workflow import reward, split_heldout
+from rlhflab.commands.train import run_reward
 from rlhflab.data import read_records, write_records
 from rlhflab.errors import ConfigError
 from rlhflab.evaluation.metrics import ensemble_uncertainty_report
@@ -20,9 +20,9 @@ from rlhflab.models.scoring import score
 from rlhflab.rewards.ensemble import MANIFEST, bootstrap_indices, feedback_completions, init_member_heads, member_seed
 from rlhflab.rewards.heads import output_layer
 from rlhflab.rewards.registry import RewardSource, load_reward_source
-from rlhflab.train.offline import RewardAlgorithm, RewardConfig
+from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig, split_heldout
 from tests._train_entry import a_preferences
-from tests.test_ensemble import assert_every_objective_combines
+from tests.rewards.test_ensemble import assert_every_objective_combines
 
 K = 3
 CONTEXTS, OUTPUTS = ["pick"] * 4, ["aaaa", "xyzx", "axyz", "zz"]
@@ -122,7 +122,7 @@ def test_under_bootstrap_each_head_learns_only_from_the_records_of_its_resample(
 def test_a_killed_shared_trunk_run_resumes_to_the_uninterrupted_model(tmp_path, model_cache, monkeypatch):
     write_records(a_preferences(40, seed=0), tmp_path / "prefs.jsonl")
     whole = run_config(tmp_path, save_steps=2, max_steps=6)
-    reward(replace(whole, output_dir=str(tmp_path / "whole")))
+    run_reward(replace(whole, output_dir=str(tmp_path / "whole")))
 
     killed = replace(whole, output_dir=str(tmp_path / "killed"))
     calls, real_loss = [], RewardAlgorithm.loss
@@ -135,11 +135,11 @@ def test_a_killed_shared_trunk_run_resumes_to_the_uninterrupted_model(tmp_path, 
 
     monkeypatch.setattr(RewardAlgorithm, "loss", dies_at_step_4)
     with pytest.raises(RuntimeError, match="killed"):
-        reward(killed)
+        run_reward(killed)
     monkeypatch.setattr(RewardAlgorithm, "loss", real_loss)
     assert not (tmp_path / "killed" / MANIFEST).exists(), "no manifest: the run is not finished"
     assert (tmp_path / "killed" / "checkpoints" / "iter-0000001").is_dir()
-    reward(replace(killed, resume=str(tmp_path / "killed")))
+    run_reward(replace(killed, resume=str(tmp_path / "killed")))
     torch.testing.assert_close(
         head_rewards(tmp_path / "killed" / "reward_model"), head_rewards(tmp_path / "whole" / "reward_model")
     )
@@ -148,7 +148,7 @@ def test_a_killed_shared_trunk_run_resumes_to_the_uninterrupted_model(tmp_path, 
     )
     # resumed once more when finished: the model is kept, the manifests written again
     before = (tmp_path / "killed" / "reward_model" / "model.safetensors").stat().st_mtime_ns
-    reward(replace(killed, resume=str(tmp_path / "killed")))
+    run_reward(replace(killed, resume=str(tmp_path / "killed")))
     assert (tmp_path / "killed" / "reward_model" / "model.safetensors").stat().st_mtime_ns == before
 
 

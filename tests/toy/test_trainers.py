@@ -10,8 +10,18 @@ import math
 import pytest
 import torch
 
-from rlhflab.toy.exact import best_of_n_distribution
-from rlhflab.toy.trainers import DEFAULT_BETA, default_settings, oracle_reward_source, reduced_lab, run_trainer
+from rlhflab.decoding.best_of_n import best_of_n
+from rlhflab.losses import dpo_loss
+from rlhflab.toy.exact import best_of_n_distribution, kl_regularised_optimum
+from rlhflab.toy.trainers import (
+    DEFAULT_BETA,
+    default_settings,
+    oracle_reward_source,
+    output_index,
+    preference_pairs,
+    reduced_lab,
+    run_trainer,
+)
 from tests._env import TEST_SEED
 
 
@@ -110,10 +120,6 @@ def test_rloo_reaches_closed_form_optimum_on_toy_mdp(lab, record_margin):
 def test_expected_count_labels_are_the_bradley_terry_probabilities_and_pin_the_optimum(lab):
     """Every output pair once per context, P(chosen ≻ rejected) = 1 − ε = σ(R*(chosen) − R*(rejected));
     the DPO loss (β = kl_coef) on these soft labels, minimised over a free log-ratio table, gives π*_β."""
-    from rlhflab.losses import dpo_loss
-    from rlhflab.toy.exact import kl_regularised_optimum
-    from rlhflab.toy.trainers import output_index, preference_pairs
-
     instance, _, tokenizer = lab
     pairs, eps = preference_pairs(instance, tokenizer)
     C, O = instance.num_contexts, instance.num_outputs
@@ -155,8 +161,6 @@ def test_best_of_n_samples_match_exact_best_of_n_distribution(lab, record_margin
     context (summed over contexts, weighted 1/C), and TV moves by at most 1/N under one sample's
     change, so P(TV > E + t) ≤ exp(−2 N t²) (McDiarmid): threshold = that bound + t at δ = 1e-4.
     """
-    from rlhflab.decoding.best_of_n import best_of_n
-    from rlhflab.toy.trainers import output_index
 
     instance, model, tokenizer = lab
     n, per_context = 4, 400

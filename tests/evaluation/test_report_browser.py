@@ -10,7 +10,7 @@ import pytest
 
 from rlhflab.evaluation.html_report import write_report
 from tests.app.browser_fixtures import browser  # noqa: F401
-from tests.report_runs import tiny_demo, tiny_loop, toy_report_folder
+from tests.evaluation.report_runs import tiny_demo, tiny_loop, toy_report_folder
 
 pytestmark = pytest.mark.browser
 

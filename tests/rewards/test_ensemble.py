@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlhflab.cli import main
-from rlhflab.commands.workflow import EvalConfig, evaluate
+from rlhflab.commands.evaluate import EvalConfig, run_eval
 from rlhflab.data import Prompt, write_records
 from rlhflab.data.records import Rating
 from rlhflab.errors import ConfigError
@@ -27,7 +27,7 @@ from rlhflab.rewards.ensemble import (
 )
 from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.seeds import derive_seed
-from rlhflab.train.offline import RewardConfig
+from rlhflab.train.reward_model import RewardConfig
 from tests._train_entry import a_preferences
 
 # Three members' rewards on two samples, as constant functions of the batch.
@@ -142,8 +142,8 @@ def test_load_ensemble_uses_the_manifests_objective_unless_the_spec_names_one(tm
 
 @pytest.fixture
 def fake_member_training(monkeypatch):
-    """``reward_ensemble`` with each member's training recorded instead of run, every member scoring 2."""
-    from rlhflab.commands import workflow
+    """``train_reward_ensemble`` with each member's training recorded instead of run, every member scoring 2."""
+    from rlhflab.train import reward_model
 
     calls = []
 
@@ -152,17 +152,17 @@ def fake_member_training(monkeypatch):
         (Path(cfg.output_dir) / "reward_model").mkdir(parents=True)
         return Path(cfg.output_dir)
 
-    monkeypatch.setattr(workflow, "_train_reward_model", fake_train)
-    monkeypatch.setattr(workflow, "load_reward_source", lambda spec: lambda c, o: torch.full((len(o),), 2.0))
+    monkeypatch.setattr(reward_model, "train_reward_model", fake_train)
+    monkeypatch.setattr(reward_model, "load_reward_source", lambda spec: lambda c, o: torch.full((len(o),), 2.0))
     return calls
 
 
 def test_bootstrap_members_train_on_their_own_resamples_and_resume_keeps_finished_ones(tmp_path, fake_member_training):
-    from rlhflab.commands.workflow import reward_ensemble
+    from rlhflab.train.reward_model import train_reward_ensemble
 
     records = a_preferences(20, seed=3)
     cfg = RewardConfig(output_dir=str(tmp_path / "run"), ensemble=3, ensemble_data="bootstrap", seed=5)
-    out = reward_ensemble(cfg, records)
+    out = train_reward_ensemble(cfg, records)
     calls = fake_member_training
     assert [(c["seed"], c["ensemble"], c["dir"]) for c in calls] == [
         (member_seed(5, k), 1, str(out / f"member-{k:02d}")) for k in range(3)
@@ -174,15 +174,15 @@ def test_bootstrap_members_train_on_their_own_resamples_and_resume_keeps_finishe
     assert [m["offset"] for m in manifest["members"]] == [2.0] * 3 and manifest["ensemble_data"] == "bootstrap"
     assert (out / "config.yaml").is_file()
     calls.clear()
-    reward_ensemble(replace(cfg, resume=str(out)), records)
+    train_reward_ensemble(replace(cfg, resume=str(out)), records)
     assert calls == [], "finished members are not trained again"
 
 
 def test_rating_members_keep_their_level_and_seed_members_share_the_records(tmp_path, fake_member_training):
-    from rlhflab.commands.workflow import reward_ensemble
+    from rlhflab.train.reward_model import train_reward_ensemble
 
     records = [Rating(prompt="p", completion=f"c{i}", score=float(i)) for i in range(6)]
-    out = reward_ensemble(RewardConfig(output_dir=str(tmp_path), ensemble=2, feedback="rating"), records)
+    out = train_reward_ensemble(RewardConfig(output_dir=str(tmp_path), ensemble=2, feedback="rating"), records)
     assert all(c["records"] == records for c in fake_member_training)
     assert [m["offset"] for m in json.loads((out / MANIFEST).read_text())["members"]] == [0.0, 0.0]
 
@@ -247,9 +247,9 @@ def test_reward_ensemble_writes_members_and_manifests_and_loads_from_either_fold
 
 
 def test_each_member_is_centred_on_the_training_completions(ensemble_run):
-    from rlhflab.commands.workflow import split_heldout
     from rlhflab.data import read_records
     from rlhflab.rewards.ensemble import feedback_completions
+    from rlhflab.train.reward_model import split_heldout
 
     train_records, _ = split_heldout(read_records(ensemble_run.parent / "prefs.jsonl", "preference"), 0.1, 0)
     contexts, outputs = feedback_completions(train_records, "preference")
@@ -272,7 +272,7 @@ def test_eval_with_an_ensemble_reports_uncertainty_per_context_set(ensemble_run,
         use_chat_template=False,
         output=str(tmp_path / "eval.json"),
     )
-    results = evaluate(cfg, oracle_source=oracle)
+    results = run_eval(cfg, oracle_source=oracle)
     written = json.loads((tmp_path / "eval.json").read_text())
     for name, n in (("seen", 9), ("unseen", 6)):
         entry = results[name].uncertainty
