@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options
+from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import (
     run_kto,
@@ -181,6 +181,7 @@ class _Shared:
             batch_size=cfg.batch_size,
             max_steps=cfg.offline_steps,
             report_to=cfg.report_to,
+            mixed_precision=cfg.mixed_precision,
         )
 
     def preference_config(self, cls, name, **kw):
@@ -232,6 +233,7 @@ def _run_ppo(s: _Shared, method: str) -> MethodRun:
         seed=cfg.seed,
         progress=False,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
         output_dir=str(s.run_dir / "ppo"),
     )
     method_dir = run_policy_optimization(rl_cfg, s.fresh(), s.tokenizer, s.reward(), s.oracle)
@@ -289,6 +291,7 @@ def _run_raft(s: _Shared, method: str) -> MethodRun:
         seed=cfg.seed,
         progress=False,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
         batch_size=cfg.batch_size,
         output_dir=str(s.run_dir / "raft"),
     )
@@ -322,7 +325,12 @@ RUNNERS = {
 
 
 def run_compare(cfg: CompareConfig) -> Path:
-    cfg = cfg.resolved()
+    cfg, precision = resolve_precision(cfg.resolved())
+    with precision:
+        return _run_compare(cfg)
+
+
+def _run_compare(cfg: CompareConfig) -> Path:
     # A bad --reward spec fails here, before the run directory exists; this copy also measures Ĵ.
     given_reward = load_reward_source(cfg.reward) if cfg.reward else None
     run_dir = Path(cfg.output_dir or default_run_dir("compare"))

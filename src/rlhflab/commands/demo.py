@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands.pool import build_feedback_pool, pool_options
+from rlhflab.commands.pool import build_feedback_pool, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
@@ -77,7 +77,12 @@ class Stages:
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    cfg = cfg.resolved()
+    cfg, precision = resolve_precision(cfg.resolved())
+    with precision:
+        return _run_demo(cfg)
+
+
+def _run_demo(cfg: DemoConfig) -> Path:
     run_dir = Path(cfg.output_dir or default_run_dir("demo"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: output directory exists and is not empty")
@@ -141,6 +146,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         seed=cfg.seed,
         output_dir=str(run_dir / "ppo"),
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
     )
     ppo_dir = stages.run(
         "PPO against the reward model", run_policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle

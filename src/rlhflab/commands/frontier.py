@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options
+from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization, run_preference_optimization
 from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
@@ -204,6 +204,7 @@ def _run_ppo(r: _Run) -> list[dict]:
         seed=cfg.seed,
         progress=False,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
         output_dir=str(r.run_dir / "ppo"),
     )
     policy = load_policy(cfg.policy)[0]
@@ -225,6 +226,7 @@ def _run_dpo(r: _Run) -> list[dict]:
         seed=cfg.seed,
         progress=False,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
         output_dir=str(r.run_dir / "dpo"),
     )
     policy = load_policy(cfg.policy)[0]
@@ -314,7 +316,12 @@ FRONTIER_COLUMNS = [
 
 
 def run_frontier(cfg: FrontierConfig) -> Path:
-    cfg = cfg.resolved()
+    cfg, precision = resolve_precision(cfg.resolved())
+    with precision:
+        return _run_frontier(cfg)
+
+
+def _run_frontier(cfg: FrontierConfig) -> Path:
     run_dir = Path(cfg.output_dir or default_run_dir("frontier"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: output directory exists and is not empty")

@@ -39,7 +39,7 @@ import torch
 
 from rlhflab.app.store import Store, StoreError
 from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
-from rlhflab.commands.pool import pool_options
+from rlhflab.commands.pool import pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization, run_preference_optimization, run_reward
 from rlhflab.config import (
@@ -413,26 +413,28 @@ def run_loop(cfg: LoopConfig, explicit: set[str] | None = None) -> Path:
 
     hf_logging.disable_progress_bar()  # a bar per model load would bury the loop's own status lines
     cfg, run_dir = _open_run(cfg, explicit)
-    run = _Run(cfg, run_dir)
-    initial = run.initial_evaluation()
-    rows = []
-    for r in range(1, cfg.rounds + 1):
-        done = run.round_dir(r) / ROUND_FILE
-        if done.is_file():
-            rows.append(json.loads(done.read_text()))
-            _say(f"round {r}: finished before, kept")
-            continue
-        rows.append(_run_round(run, r, initial))
-    write_json(run_dir / "rounds.json", rows)
-    plot_rounds(
-        initial, rows, run_dir / "by_round.png", f"{cfg.rounds} round(s), {cfg.algorithm}, {cfg.feedback} feedback"
-    )
-    plot_reliability(rows, run_dir / "reliability.png")
-    summary = loop_summary(cfg, initial, rows, run_dir)
-    write_text(run_dir / "report.md", summary)
-    write_report([run_dir])
-    print("\n" + summary)
-    return run_dir
+    cfg, precision = resolve_precision(cfg)  # after the resume check: the saved config keeps 'auto'
+    with precision:
+        run = _Run(cfg, run_dir)
+        initial = run.initial_evaluation()
+        rows = []
+        for r in range(1, cfg.rounds + 1):
+            done = run.round_dir(r) / ROUND_FILE
+            if done.is_file():
+                rows.append(json.loads(done.read_text()))
+                _say(f"round {r}: finished before, kept")
+                continue
+            rows.append(_run_round(run, r, initial))
+        write_json(run_dir / "rounds.json", rows)
+        plot_rounds(
+            initial, rows, run_dir / "by_round.png", f"{cfg.rounds} round(s), {cfg.algorithm}, {cfg.feedback} feedback"
+        )
+        plot_reliability(rows, run_dir / "reliability.png")
+        summary = loop_summary(cfg, initial, rows, run_dir)
+        write_text(run_dir / "report.md", summary)
+        write_report([run_dir])
+        print("\n" + summary)
+        return run_dir
 
 
 def _run_round(run: _Run, r: int, initial: dict) -> dict:
@@ -524,6 +526,7 @@ def _train_reward(run: _Run, r: int) -> None:
         num_epochs=cfg.reward_epochs,
         progress=True,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
     )
     run_reward(reward_cfg, cfg.oracle)
 
@@ -547,6 +550,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
             output_dir=str(folder / "policy_run"),
             progress=True,
             report_to=cfg.report_to,
+            mixed_precision=cfg.mixed_precision,
         )
         run_preference_optimization(pcfg, policy, tokenizer, read_records(pcfg.data, "preference"), reference)
         return
@@ -567,6 +571,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         output_dir=str(folder / "policy_run"),
         progress=True,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
     )
     run_policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
 

@@ -9,16 +9,24 @@ C_rew) and the shipped unseen set.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import torch
 
 from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
 from rlhflab.commands.train import run_reward
-from rlhflab.config import REPORT_TO_HELP, option, preset_option, tracker_names
+from rlhflab.config import REPORT_TO_HELP, PrecisionOption, option, preset_option, tracker_names
 from rlhflab.data import Prompt, Samples, load_prompts
+from rlhflab.hardware import autocast, resolve_mixed_precision
 from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.train.reward_model import RewardConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,12 +51,21 @@ class Pool:
         return sum(len(s.completions) for s in self.samples)
 
 
+def resolve_precision(cfg: T) -> tuple[T, contextlib.AbstractContextManager]:
+    """``cfg`` with its ``mixed_precision`` resolved once for the whole command (``auto`` measured and
+    announced once), and the autocast context its sampling and scoring outside the training loop run
+    under; the training runs it starts get the resolved value, so they compute alike."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_mixed_precision(cfg.mixed_precision, device_type)
+    return dataclasses.replace(cfg, mixed_precision=precision), autocast(precision, device_type)
+
+
 def pool_options(presets: dict[str, dict], command: str) -> type:
     """The options :func:`build_feedback_pool` reads, declared once for every command that builds a
     pool (``demo``, ``compare``); each passes its own named ``presets``, whose values ``--help`` shows."""
 
     @dataclass
-    class PoolOptions:
+    class PoolOptions(PrecisionOption):
         preset: str = option(
             "full", "Named sizes: full (the offline default models) or quick (tiny models).", choices=list(presets)
         )
@@ -138,6 +155,7 @@ def build_feedback_pool(
         seed=cfg.seed,
         progress=progress,
         report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
         learning_rate=cfg.reward_learning_rate,
         num_epochs=cfg.reward_epochs,
     )

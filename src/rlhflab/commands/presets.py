@@ -12,8 +12,11 @@ aliases, as the demo once spelt them).
 
 from __future__ import annotations
 
-_FULL_MODELS = dict(policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment")
-_QUICK_MODELS = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e")
+# The real models compute in bf16 where a start-up measurement finds it faster; the tiny ones stay fp32.
+_FULL_MODELS = dict(
+    policy="smollm2-135m-instruct", reward_backbone="minilm-l6", oracle="sentiment", mixed_precision="auto"
+)
+_QUICK_MODELS = dict(policy="tiny-policy", reward_backbone="tiny-reward", oracle="keyword:e", mixed_precision="no")
 
 _DEMO_FULL = dict(
     **_FULL_MODELS,
