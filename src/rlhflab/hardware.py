@@ -115,7 +115,8 @@ def autocast(mixed_precision: str, device_type: str):
     loop (evaluation, best-of-n scoring) that should compute as the run trained. Inside
     :func:`rlhflab.train.loop.train` the loop enters accelerate's own ``accelerator.autocast()``."""
     if mixed_precision == "no":
-        return contextlib.nullcontext()
+        # explicitly off, so that fp32 work (a reward model) stays fp32 inside a command-wide autocast
+        return torch.autocast(device_type=device_type, enabled=False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
     return torch.autocast(device_type=device_type, dtype=dtype)
 

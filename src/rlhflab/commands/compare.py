@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options, resolve_precision
+from rlhflab.commands.pool import Pool, build_feedback_pool, open_run_dir, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import (
     run_kto,
@@ -40,7 +40,7 @@ from rlhflab.commands.train import (
     run_ranking_optimization,
     run_rso,
 )
-from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
+from rlhflab.config import apply_preset, option, preset_option
 from rlhflab.data import Ranking, prompt_text
 from rlhflab.decoding.best_of_n import best_of_n
 from rlhflab.errors import ConfigError
@@ -333,11 +333,7 @@ def run_compare(cfg: CompareConfig) -> Path:
 def _run_compare(cfg: CompareConfig) -> Path:
     # A bad --reward spec fails here, before the run directory exists; this copy also measures Ĵ.
     given_reward = load_reward_source(cfg.reward) if cfg.reward else None
-    run_dir = Path(cfg.output_dir or default_run_dir("compare"))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "compare_config.yaml")
+    run_dir = open_run_dir(cfg, "compare")
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
     oracle = load_reward_source(cfg.oracle)
 

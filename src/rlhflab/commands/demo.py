@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands.pool import build_feedback_pool, pool_options, resolve_precision
+from rlhflab.commands.pool import build_feedback_pool, open_run_dir, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization
-from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
-from rlhflab.errors import ConfigError
+from rlhflab.config import apply_preset, option, preset_option
 from rlhflab.evaluation.html_report import write_report
 from rlhflab.evaluation.metrics import evaluate_on_sets, paired_difference, standard_error
 from rlhflab.evaluation.plots import (
@@ -83,11 +82,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 
 def _run_demo(cfg: DemoConfig) -> Path:
-    run_dir = Path(cfg.output_dir or default_run_dir("demo"))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "demo_config.yaml")
+    run_dir = open_run_dir(cfg, "demo")
     stages = Stages()
     use_chat = not cfg.quick  # the tiny model has a template but no training to follow it
     peak_before = matmul_peak()["gflops_median"]

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.commands.pool import Pool, build_feedback_pool, pool_options, resolve_precision
+from rlhflab.commands.pool import Pool, build_feedback_pool, open_run_dir, pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization, run_preference_optimization
-from rlhflab.config import apply_preset, default_run_dir, option, preset_option, save_config
+from rlhflab.config import apply_preset, option, preset_option
 from rlhflab.errors import ConfigError
 from rlhflab.evaluation.frontier import (
     best_of_n_curve,
@@ -322,11 +322,7 @@ def run_frontier(cfg: FrontierConfig) -> Path:
 
 
 def _run_frontier(cfg: FrontierConfig) -> Path:
-    run_dir = Path(cfg.output_dir or default_run_dir("frontier"))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "frontier_config.yaml")
+    run_dir = open_run_dir(cfg, "frontier")
     started = time.perf_counter()
     oracle = load_reward_source(cfg.oracle)
     policy, tokenizer = load_policy(cfg.policy)

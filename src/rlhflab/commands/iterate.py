@@ -526,7 +526,7 @@ def _train_reward(run: _Run, r: int) -> None:
         num_epochs=cfg.reward_epochs,
         progress=True,
         report_to=cfg.report_to,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision="no",  # the reward model stays fp32 (models.scoring): see README, Precision
     )
     run_reward(reward_cfg, cfg.oracle)
 

@@ -20,8 +20,17 @@ import torch
 
 from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
 from rlhflab.commands.train import run_reward
-from rlhflab.config import REPORT_TO_HELP, PrecisionOption, option, preset_option, tracker_names
+from rlhflab.config import (
+    REPORT_TO_HELP,
+    PrecisionOption,
+    default_run_dir,
+    option,
+    preset_option,
+    save_config,
+    tracker_names,
+)
 from rlhflab.data import Prompt, Samples, load_prompts
+from rlhflab.errors import ConfigError
 from rlhflab.hardware import autocast, resolve_mixed_precision
 from rlhflab.rewards.registry import RewardSource, load_reward_source
 from rlhflab.train.reward_model import RewardConfig
@@ -58,6 +67,17 @@ def resolve_precision(cfg: T) -> tuple[T, contextlib.AbstractContextManager]:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_mixed_precision(cfg.mixed_precision, device_type)
     return dataclasses.replace(cfg, mixed_precision=precision), autocast(precision, device_type)
+
+
+def open_run_dir(cfg, command: str) -> Path:
+    """A fresh run directory for ``command`` (``cfg.output_dir``, else runs/COMMAND-TIMESTAMP) with the
+    resolved config saved in it; an existing non-empty directory is a ConfigError (nothing is overwritten)."""
+    run_dir = Path(cfg.output_dir or default_run_dir(command))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / f"{command}_config.yaml")
+    return run_dir
 
 
 def pool_options(presets: dict[str, dict], command: str) -> type:
@@ -155,7 +175,7 @@ def build_feedback_pool(
         seed=cfg.seed,
         progress=progress,
         report_to=cfg.report_to,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision="no",  # the reward model stays fp32 (models.scoring): see README, Precision
         learning_rate=cfg.reward_learning_rate,
         num_epochs=cfg.reward_epochs,
     )

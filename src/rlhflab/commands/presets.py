@@ -32,22 +32,24 @@ _DEMO_FULL = dict(
     reward_epochs=2.0,
 )
 
+_DEMO_QUICK = dict(
+    **_QUICK_MODELS,
+    feedback_prompts=64,
+    eval_prompts=32,
+    eval_samples=2,
+    max_new_tokens=48,
+    policy_iterations=30,
+    prompts_per_iteration=16,
+    policy_learning_rate=3e-3,
+    policy_epochs=2,
+    reward_learning_rate=1e-3,
+    reward_epochs=4.0,
+)
+
 PRESETS: dict[str, dict[str, dict]] = {
     "demo": {
         "full": _DEMO_FULL,
-        "quick": dict(
-            **_QUICK_MODELS,
-            feedback_prompts=64,
-            eval_prompts=32,
-            eval_samples=2,
-            max_new_tokens=48,
-            policy_iterations=30,
-            prompts_per_iteration=16,
-            policy_learning_rate=3e-3,
-            policy_epochs=2,
-            reward_learning_rate=1e-3,
-            reward_epochs=4.0,
-        ),
+        "quick": _DEMO_QUICK,
     },
     "compare": {
         "full": dict(
@@ -94,17 +96,8 @@ PRESETS: dict[str, dict[str, dict]] = {
             "preference_learning_rate": 1e-5,
         },
         "quick": dict(
-            **_QUICK_MODELS,
-            feedback_prompts=64,
-            eval_prompts=32,
-            eval_samples=2,
+            _DEMO_QUICK,
             max_new_tokens=32,
-            policy_iterations=30,
-            prompts_per_iteration=16,
-            policy_learning_rate=3e-3,
-            policy_epochs=2,
-            reward_learning_rate=1e-3,
-            reward_epochs=4.0,
             bon_max_n=32,
             eval_every=6,
             preference_steps=30,

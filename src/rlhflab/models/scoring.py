@@ -137,11 +137,16 @@ def score(
     max_length: int = 512,
     template: str = "plain",
 ) -> torch.Tensor:
-    """R_phi(c, o) for many pairs, without gradients, in batches (``template``: :func:`encode_for_reward`)."""
+    """R_phi(c, o) for many pairs, without gradients, in batches (``template``: :func:`encode_for_reward`),
+    in fp32."""
     was_training = model.training
     model.eval()
     parts = []
-    with bar(len(contexts), "scoring with the reward model", unit="sample") as progress:
+    # Always fp32, whatever autocast the caller runs under: rewards of samples of one prompt differ by
+    # hundredths, about bf16's resolution at a reward's scale, and the reward model is small beside
+    # the policy (measured: under bf16 the demo's reward model ranked pi_0's samples far worse).
+    no_autocast = torch.autocast(device_type=next(model.parameters()).device.type, enabled=False)
+    with no_autocast, bar(len(contexts), "scoring with the reward model", unit="sample") as progress:
         for i in range(0, len(contexts), batch_size):
             encoded = encode_for_reward(
                 tokenizer, contexts[i : i + batch_size], outputs[i : i + batch_size], max_length, template

@@ -51,7 +51,7 @@ from torch import nn
 from rlhflab.config import TrainConfig, default_run_dir, save_config, tracker_names
 from rlhflab.errors import ConfigError, TrainingError
 from rlhflab.files import append_jsonl, write_json
-from rlhflab.hardware import resolve_mixed_precision
+from rlhflab.hardware import autocast, resolve_mixed_precision
 from rlhflab.progress import bar, progress_shown
 
 CHECKPOINT_DIR = "checkpoints"
@@ -405,7 +405,7 @@ def train(
         t0, first_step = time.perf_counter(), step
         row: dict[str, Any] = {"iteration": iteration}
         # the training bar says what this waits for; no bar per rollout
-        with progress_shown(False), accelerator.autocast():
+        with progress_shown(False), autocast(accelerator.mixed_precision, accelerator.device.type):
             row.update(algorithm.collect(iteration))
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -414,7 +414,7 @@ def train(
             for i, micro in enumerate(micro_batches):
                 # Gradients are all-reduced once per optimiser step, on its last micro-batch.
                 with _no_sync(accelerator, modules.values(), active=i < len(micro_batches) - 1):
-                    with accelerator.autocast():
+                    with autocast(accelerator.mixed_precision, accelerator.device.type):
                         loss, stats = algorithm.loss(micro)
                     _check_finite(loss, "the loss", iteration, algorithm.name)
                     accelerator.backward(loss)
