@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.commands.pool import build_feedback_pool, open_run_dir, pool_options, resolve_precision
+from rlhflab.commands.pool import build_feedback_pool, open_run_dir, pool_options, pool_ppo_config, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization
 from rlhflab.config import apply_preset, option, preset_option
@@ -32,7 +32,6 @@ from rlhflab.files import write_json, write_text
 from rlhflab.hardware import matmul_peak
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
-from rlhflab.train.policy_optimization import RLConfig
 
 PRESETS = ALL_PRESETS["demo"]
 
@@ -126,23 +125,7 @@ def _run_demo(cfg: DemoConfig) -> Path:
 
     # 5. PPO against R_phi with a KL penalty to pi_0; R* is only watched, never optimised
     reference = load_policy(cfg.policy)[0]
-    rl_cfg = RLConfig(
-        algorithm="ppo",
-        policy=cfg.policy,
-        reward=str(reward_dir / "reward_model"),
-        oracle=cfg.oracle,
-        num_iterations=cfg.policy_iterations,
-        prompts_per_iteration=cfg.prompts_per_iteration,
-        max_new_tokens=cfg.max_new_tokens,
-        kl_coef=cfg.kl_coef,
-        learning_rate=cfg.policy_learning_rate,
-        epochs=cfg.policy_epochs,
-        use_chat_template=use_chat,
-        seed=cfg.seed,
-        output_dir=str(run_dir / "ppo"),
-        report_to=cfg.report_to,
-        mixed_precision=cfg.mixed_precision,
-    )
+    rl_cfg = pool_ppo_config(cfg, reward_dir, run_dir / "ppo", use_chat)
     ppo_dir = stages.run(
         "PPO against the reward model", run_policy_optimization, rl_cfg, policy, tokenizer, reward_model, oracle
     )

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab.commands.pool import Pool, build_feedback_pool, open_run_dir, pool_options, resolve_precision
+from rlhflab.commands.pool import (
+    Pool,
+    build_feedback_pool,
+    open_run_dir,
+    pool_options,
+    pool_ppo_config,
+    resolve_precision,
+)
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization, run_preference_optimization
 from rlhflab.config import apply_preset, option, preset_option
@@ -49,7 +56,6 @@ from rlhflab.evaluation.tables import format_table
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
-from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.preference import PreferenceConfig
 
 PRESETS = ALL_PRESETS["frontier"]
@@ -189,24 +195,7 @@ class _Run:
 
 def _run_ppo(r: _Run) -> list[dict]:
     cfg = r.cfg
-    rl_cfg = RLConfig(
-        algorithm="ppo",
-        policy=cfg.policy,
-        reward=str(r.pool.reward_dir / "reward_model"),
-        oracle=cfg.oracle,
-        num_iterations=cfg.policy_iterations,
-        prompts_per_iteration=cfg.prompts_per_iteration,
-        max_new_tokens=cfg.max_new_tokens,
-        kl_coef=cfg.kl_coef,
-        learning_rate=cfg.policy_learning_rate,
-        epochs=cfg.policy_epochs,
-        use_chat_template=r.use_chat,
-        seed=cfg.seed,
-        progress=False,
-        report_to=cfg.report_to,
-        mixed_precision=cfg.mixed_precision,
-        output_dir=str(r.run_dir / "ppo"),
-    )
+    rl_cfg = pool_ppo_config(cfg, r.pool.reward_dir, r.run_dir / "ppo", r.use_chat, progress=False)
     policy = load_policy(cfg.policy)[0]
     hook = _Evaluations("ppo", policy, cfg.policy_iterations, cfg.eval_every, r, "iteration")
     run_policy_optimization(rl_cfg, policy, r.tokenizer, r.pool.reward_model, r.oracle, r.policy, should_stop=hook)

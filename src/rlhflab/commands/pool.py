@@ -33,6 +33,7 @@ from rlhflab.data import Prompt, Samples, load_prompts
 from rlhflab.errors import ConfigError
 from rlhflab.hardware import autocast, resolve_mixed_precision
 from rlhflab.rewards.registry import RewardSource, load_reward_source
+from rlhflab.train.policy_optimization import RLConfig
 from rlhflab.train.reward_model import RewardConfig
 
 T = TypeVar("T")
@@ -67,6 +68,30 @@ def resolve_precision(cfg: T) -> tuple[T, contextlib.AbstractContextManager]:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_mixed_precision(cfg.mixed_precision, device_type)
     return dataclasses.replace(cfg, mixed_precision=precision), autocast(precision, device_type)
+
+
+def pool_ppo_config(cfg, reward_dir: Path, output_dir: Path, use_chat: bool, **overrides) -> RLConfig:
+    """PPO against the pool's reward model with a KL penalty to ``cfg.policy`` (π_0), sized by the
+    command's preset (``policy_iterations``, ``policy_learning_rate``, ``policy_epochs``); R* is only
+    watched. The demo's step 5, and the frontier's PPO curve."""
+    return RLConfig(
+        algorithm="ppo",
+        policy=cfg.policy,
+        reward=str(reward_dir / "reward_model"),
+        oracle=cfg.oracle,
+        num_iterations=cfg.policy_iterations,
+        prompts_per_iteration=cfg.prompts_per_iteration,
+        max_new_tokens=cfg.max_new_tokens,
+        kl_coef=cfg.kl_coef,
+        learning_rate=cfg.policy_learning_rate,
+        epochs=cfg.policy_epochs,
+        use_chat_template=use_chat,
+        seed=cfg.seed,
+        output_dir=str(output_dir),
+        report_to=cfg.report_to,
+        mixed_precision=cfg.mixed_precision,
+        **overrides,
+    )
 
 
 def open_run_dir(cfg, command: str) -> Path:
