@@ -163,6 +163,17 @@ def test_a_reward_model_recording_nothing_is_scored_chat_templated_and_says_so(f
     assert not torch.allclose(plain(contexts, outputs), expected)
 
 
+def test_reward_template_reaches_the_members_of_a_composite(foreign_reward_model):
+    contexts, outputs = ["q1", "hello"], ["aaaa", "xy"]
+    alone = load_reward_source(str(foreign_reward_model), template="plain")(contexts, outputs)
+    spec = f"1.0*{foreign_reward_model} + 0.0*brevity"
+    for template, same in (("plain", True), ("chat", False)):
+        composite = load_reward_source(spec, template=template)
+        composite(contexts, outputs)
+        member = composite.components_last[str(foreign_reward_model)]  # the member's raw scores
+        assert torch.allclose(member, alone, rtol=1e-5, atol=1e-5) == same
+
+
 def test_reward_template_is_an_option_of_the_commands_that_score(tmp_path, foreign_reward_model, model_cache):
     prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": f"q{i}"} for i in range(2)])
     out = tmp_path / "bon.jsonl"

@@ -350,7 +350,9 @@ class LoopOptions(TruncateOption, PrecisionOption):
     gradient_accumulation_steps: int = option(
         1,
         "Micro-batches accumulated per optimiser step. Offline methods: each micro-batch is batch_size examples, "
-        "so a step sees batch_size x this many (TRL's meaning); RL: each minibatch of a rollout is split into this many.",
+        "so a step sees batch_size x this many (TRL's meaning); RL: the step is one minibatch of the rollout, "
+        "made of this many micro-batches, as TRL's GRPO makes one step of its generation batch "
+        "(per_device_train_batch_size x gradient_accumulation_steps).",
     )
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).")
     max_length: int = option(

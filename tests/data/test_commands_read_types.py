@@ -27,7 +27,8 @@ REFUSED = [
     (["sft"], "unpaired preference", "`rlhflab kto` takes it"),
     (["sft"], "preference", "dpo, ipo, slic"),
     (["sft"], "stepwise supervision", "no command takes it yet"),
-    (["sft"], "text", "standard language-modeling type"),
+    (["dpo"], "text", "`rlhflab sft` takes it"),
+    (["reward", "--feedback", "rating"], "text", "`rlhflab sft` takes it"),
     (["dpo"], "unpaired preference", "`rlhflab kto` takes it"),
     (["dpo"], "stepwise supervision", "no command takes it yet"),
     (["dpo"], "prompt-completion", "`rlhflab sft` takes it"),
@@ -60,6 +61,7 @@ def test_a_type_the_command_cannot_use_is_one_line_naming_the_type_and_taker(
 
 USABLE = [
     (["sft"], "prompt-completion"),
+    (["sft"], "text"),
     (["dpo"], "preference"),
     (["kto"], "unpaired preference"),
     (["kto"], "preference"),

@@ -134,3 +134,28 @@ def test_the_reward_model_report_scores_every_turn_of_a_multi_turn_chosen():
     reward_model_report(RewardSource("recorder", record), [Preference(USER, MULTI_TURN, rejected)])
     user_turns = [m["content"] for m in MULTI_TURN if m["role"] == "user"]
     assert user_turns and all(turn in seen[0] for turn in user_turns)
+
+
+def test_a_text_row_is_trained_on_whole_every_token_after_the_first(char_tokenizer):
+    from rlhflab.data.records import Demonstration
+
+    demo = Demonstration.from_dict({"text": "The sky is blue."}, "lm.jsonl", 1)
+    assert demo.prompt is None and demo.to_dict() == {"text": "The sky is blue."}
+    ids = char_tokenizer("The sky is blue.").input_ids
+    for template in ("auto", True, False):  # a text has no turns: never templated
+        [(prompt, completion)] = tokenize_demonstrations(
+            [demo.prompt], [demo.completion], char_tokenizer, SFTConfig(max_length=64), use_chat_template=template
+        )
+        assert prompt == ids[:1] and completion == ids[1:] + [char_tokenizer.eos_token_id]
+    [(prompt, completion)] = tokenize_demonstrations(
+        [None], ["The sky is blue."], char_tokenizer, SFTConfig(max_length=6, truncate=True)
+    )
+    assert prompt + completion == ids[:6]  # truncated keeping its start, as TRL truncates text
+
+
+def test_a_text_row_with_an_empty_text_names_the_field():
+    from rlhflab.data.records import Demonstration
+    from rlhflab.errors import DataError
+
+    with pytest.raises(DataError, match=r"lm.jsonl:3: field 'text'"):
+        Demonstration.from_dict({"text": "  "}, "lm.jsonl", 3)

@@ -139,9 +139,12 @@ def test_stepwise_supervision_is_never_read_as_ranked_completions(kind):
         read_records([TRL_ROWS["stepwise supervision"][0]], kind)
 
 
-def test_standard_language_modelling_text_is_refused_in_one_line():
-    with pytest.raises(DataError, match=r"^<list>:1: rows are TRL's standard language-modeling type \(text\)"):
-        read_records([{"text": "The sky is blue."}], "demonstration")
+def test_standard_language_modelling_text_is_a_whole_text_demonstration_and_refused_elsewhere():
+    [demo] = read_records([{"text": "The sky is blue."}], "demonstration")
+    assert demo.prompt is None and demo.completion == "The sky is blue."
+    for kind in ("prompt", "preference", "rating"):
+        with pytest.raises(DataError, match=r"^<list>:1: rows are TRL's standard language-modeling type \(text\)"):
+            read_records([{"text": "The sky is blue."}], kind)
 
 
 def test_preferences_given_to_sft_are_refused_naming_the_commands_that_take_them():

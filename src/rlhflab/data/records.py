@@ -202,18 +202,32 @@ class Demonstration(_Record):
 
     A ``messages`` row is split TRL-style: the prompt is every message before the last, which must
     be an assistant message; the completion is that message's content.
+
+    A ``text`` row (TRL's standard language-modelling type: a text with no prompt) is a
+    demonstration with ``prompt=None``: the loss is taken over the whole text, as TRL's SFTTrainer
+    takes it over a text row (every token after the first, and EOS). It is saved back as ``text``.
     """
 
-    prompt: Text
+    prompt: Text | None
     completion: Text
     kind: ClassVar[str] = "demonstration"
 
     def _validate(self):
+        if self.prompt is None:  # a whole text (language modelling)
+            if not isinstance(self.completion, str):
+                raise _Invalid("text", f"expected a string, got {type(self.completion).__name__}")
+            self._set("completion", _check_completion(self.completion, "text"))
+            return
         self._set("prompt", _check_prompt(self.prompt))
         self._set("completion", _check_completion(self.completion, "completion"))
 
+    def to_dict(self) -> dict:
+        return {"text": self.completion} if self.prompt is None else super().to_dict()
+
     @classmethod
     def _from_row(cls, row):
+        if row.get("prompt") is None and row.get("messages") is None and row.get("text") is not None:
+            return cls(prompt=None, completion=row["text"])
         if "prompt" not in row and "messages" in row:
             messages = _check_messages(row["messages"], "messages") if isinstance(row["messages"], list) else None
             if messages is None:

@@ -158,7 +158,13 @@ def encode_prompt_completion(
     of the continuation is kept, in the template's markup, up to the end of its last assistant
     message, then EOS (TRL trains on the whole completion of a prompt-completion row likewise).
     A continuation has no plain-text form, so it is templated whatever ``use_chat_template`` says.
+    ``prompt=None`` is a whole text (a ``text`` row): no template, the loss over every token but the first.
     """
+    if prompt is None:  # a whole text (TRL's language-modelling type): the first token is given, the rest learnt
+        ids = tokenizer(completion).input_ids  # with the tokenizer's own special tokens (BOS), as TRL tokenises text
+        if not ids:
+            raise DataError(source, line, "text", "renders to no tokens")
+        return ids[:1], ids[1:] + [tokenizer.eos_token_id]
     choice = chat_template_choice(use_chat_template)
     reply = _single_reply(completion)
     if reply is not None:

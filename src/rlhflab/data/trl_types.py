@@ -43,7 +43,8 @@ ASSISTANT_MARKERS = ("\n\nAssistant:",)
 
 # Which command takes each type, for the one-line refusal.
 TAKEN_BY = {
-    LANGUAGE_MODELING: "`rlhflab sft` takes conversational ('messages') rows",
+    LANGUAGE_MODELING: "`rlhflab sft` takes it (and ppo's --ptx_data): 'text' rows are trained on whole, "
+    "'messages' rows on their last assistant turn",
     PROMPT_ONLY: "the policy-optimisation commands (ppo, grpo, rloo, raft, ...) take it as --prompts",
     PROMPT_COMPLETION: "`rlhflab sft` takes it",
     PREFERENCE: "dpo, ipo, slic, sft-positive and `reward --feedback preference` take it; rrhf and pro read it as "
@@ -163,10 +164,10 @@ def refusal(kind: str, trl_type: str | None, row: dict) -> str | None:
     if trl_type is None:
         return None
     columns = ", ".join(c for c in row if row[c] is not None)
-    if trl_type == LANGUAGE_MODELING and not _has(row, "messages"):
+    if trl_type == LANGUAGE_MODELING and not _has(row, "messages") and kind != "demonstration":
         return (
-            f"rows are TRL's standard language-modeling type ({columns}): a text with no prompt/completion "
-            f"split; no command takes it yet (sft trains on a completion after a prompt)"
+            f"rows are TRL's standard language-modeling type ({columns}): a text with no prompt, which {kind} "
+            f"records cannot be read from; {TAKEN_BY[LANGUAGE_MODELING]}"
         )
     if trl_type in READS[kind]:
         return None
@@ -185,6 +186,8 @@ def to_record_row(row: dict, kind: str, trl_type: str | None) -> tuple[dict, set
     """The row in the columns of ``kind``'s record, and the columns of ``row`` it used. Raises _Invalid."""
     fields = {f.name for f in dataclasses.fields(record_type(kind))}
     if trl_type == LANGUAGE_MODELING:
+        if not _has(row, "messages"):  # a standard text: a whole-text Demonstration (records.py)
+            return {"text": row["text"]}, {"text"}
         if kind == "prompt":
             return {"prompt": _prompt_of_messages(row["messages"])}, {"messages"}
         return {"messages": row["messages"]}, {"messages"}  # the Demonstration split (records.py)

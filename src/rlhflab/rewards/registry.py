@@ -31,9 +31,10 @@ def load_reward_source(
     name (``sentiment``, ``brevity``) or ``package.module:function``, a model judge
     (``judge:MODEL``, scored against a reference reply: :mod:`rlhflab.feedback.judge`), or a composite of these
     (``"0.7*DIR + 0.3*brevity"`` or a YAML file, see :mod:`rlhflab.rewards.composite`). ``template``
-    (chat, plain, auto): how a reward-model directory's input is laid out (:func:`reward_template`)."""
+    (chat, plain, text, auto): how a reward-model directory's input is laid out (:func:`reward_template`),
+    passed on to every member of a composite or an ensemble."""
     if is_composite_spec(spec):
-        return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size))
+        return composite_reward(spec, lambda part: load_reward_source(part, device, batch_size, template))
     if Path(spec.partition("::")[0]).is_dir():
         # An ensemble folder (ensemble.json), optionally DIR::OBJECTIVE: see rlhflab.rewards.ensemble.
         path, sep, objective = spec.partition("::")
@@ -44,7 +45,7 @@ def load_reward_source(
             ensemble = load_ensemble(
                 path,
                 objective if sep else None,
-                lambda p: load_reward_source(p, device, batch_size),
+                lambda p: load_reward_source(p, device, batch_size, template),
                 lambda p, k: load_head_scores(p, k, device, batch_size),  # a shared-trunk ensemble's K heads
             )
             return RewardSource(

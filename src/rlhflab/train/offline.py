@@ -69,6 +69,8 @@ def tokenize_demonstrations(
     examples = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         p, c = encode_prompt_completion(tokenizer, prompt, completion, use_chat_template, source, i + 1)
+        if len(p) + len(c) > config.max_length and prompt is None and config.truncate:
+            c = c[: config.max_length - len(p)]  # a whole text keeps its start, as TRL truncates text rows
         if len(p) + len(c) > config.max_length:
             if not config.truncate or len(c) >= config.max_length:
                 raise DataError(
