@@ -62,13 +62,42 @@ def test_quick_frontier_writes_points_along_each_method_with_fits_and_a_referenc
         assert all(b["J"] >= a["J"] - 1e-9 for a, b in zip(ref, ref[1:]))
     report = (run_dir / "frontier.md").read_text()
     assert "## Gao et al. fits" in report and report.count("| bon |") == 8 and report.count("| ppo |") == 6
+    # the same view in `rlhflab report`: the plot, and each fit's line as a headline
+    from rlhflab.evaluation.html_report import write_report
+
+    html = write_report([run_dir]).read_text()
+    assert "The frontier: J (oracle)" in html and "data:image/png;base64," in html
+    assert "ppo, seen contexts: measured: J is highest at" in html and "the pool&#39;s reward model" in html
 
 
 def test_frontier_rejects_an_unknown_method_before_writing_anything(tmp_path):
     out = tmp_path / "f"
-    with pytest.raises(ConfigError, match="choose from bon, ppo, dpo"):
-        run_frontier(FrontierConfig(quick=True, methods="bon,kto", output_dir=str(out)))
+    with pytest.raises(ConfigError, match="choose from bon, ppo, rloo, grpo, dpo, ipo, kto, raft"):
+        run_frontier(FrontierConfig(quick=True, methods="bon,slic", output_dir=str(out)))
+    with pytest.raises(ConfigError, match="preference_betas: every beta must be > 0"):
+        run_frontier(FrontierConfig(quick=True, preference_betas="0.1,0", output_dir=str(out)))
     assert not out.exists()
+
+
+@pytest.mark.integration
+def test_the_group_estimators_kto_ipo_across_beta_and_raft_rounds_have_curves(model_cache, tmp_path):
+    settings = {**TINY_FRONTIER, "policy_iterations": 2, "eval_every": 1, "raft_rounds": 2}
+    cfg = FrontierConfig(
+        output_dir=str(tmp_path / "f"), methods="rloo,grpo,ipo,kto,raft", preference_betas="0.1,0.5", **settings
+    )
+    result = json.loads((run_frontier(cfg) / "frontier.json").read_text())
+    steps = {}
+    for p in result["points"]:
+        if p["contexts"] == "seen":
+            steps.setdefault(p["method"], []).append(p["step"])
+    expected_methods = ["rloo", "grpo", "ipo β=0.1", "ipo β=0.5", "kto β=0.1", "kto β=0.5", "raft"]
+    assert list(steps) == expected_methods
+    assert steps["rloo"] == steps["grpo"] == [0, 1, 2] and steps["raft"] == [0, 1, 2]
+    assert steps["ipo β=0.1"] == steps["kto β=0.5"] == [0, 2, 4]
+    assert set(result["fits"]) == set(expected_methods)
+    trained = {p["method"]: p for p in result["points"] if p["contexts"] == "seen" and p["step"] > 0}
+    # each moved away from π_0 (a KL estimate on 8 draws may be below 0; only π_0 itself gives exactly 0)
+    assert not [m for m, p in trained.items() if p["kl"] == 0.0]
 
 
 @pytest.mark.integration

@@ -6,8 +6,14 @@ seen and unseen contexts:
 
     bon   π_0 drawn ``bon_max_n`` times per evaluation prompt; best-of-n by R_phi for n = 1, 2, 4, …
           from that one sample (unbiased over n-subsets), KL log n − (n−1)/n and its exact plug-in
-    ppo   PPO against R_phi, every policy ``eval_every`` iterations evaluated (the loop's hook)
-    dpo   DPO on the pool's pairs, evaluated every ``preference_eval_every`` optimiser steps
+    ppo   PPO against R_phi, every policy ``eval_every`` iterations evaluated (the loop's hook);
+    rloo  RLOO and GRPO likewise, ``group_size`` samples per prompt on ``prompts_per_iteration /
+    grpo  group_size`` prompts, so every RL iteration draws as many samples as PPO's
+    dpo   DPO, IPO and KTO (the pairs unpaired) on the pool's pairs, evaluated every
+    ipo   ``preference_eval_every`` optimiser steps, one curve per β of ``preference_betas``
+    kto
+    raft  RAFT: ``raft_rounds`` rounds of best-of-``group_size`` by R_phi → SFT, drawing PPO's
+          number of samples in all, evaluated after every round
 
 Each point's ΔJ is paired by prompt with π_0's J on the large sample. The Gao et al. forms are
 fitted to each method's points (best-of-n d(α − βd) on the analytic KL, RL forms d(α − β log d) on
@@ -35,7 +41,7 @@ from rlhflab.commands.pool import (
     resolve_precision,
 )
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
-from rlhflab.commands.train import run_policy_optimization, run_preference_optimization
+from rlhflab.commands.train import run_kto, run_policy_optimization, run_preference_optimization, run_raft
 from rlhflab.config import apply_preset, option, preset_option
 from rlhflab.errors import ConfigError
 from rlhflab.evaluation.frontier import (
@@ -56,11 +62,18 @@ from rlhflab.evaluation.tables import format_table
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
-from rlhflab.train.preference import PreferenceConfig
+from rlhflab.train.preference import KTOConfig, PreferenceConfig, unpair
+from rlhflab.train.rejection import RAFTConfig
 
 PRESETS = ALL_PRESETS["frontier"]
-METHODS = ["bon", "ppo", "dpo"]
-FORM = {"bon": "bon", "ppo": "rl", "dpo": "rl"}  # which of Gao et al.'s forms each method is fitted with
+METHODS = ["bon", "ppo", "rloo", "grpo", "dpo", "ipo", "kto", "raft"]
+PREFERENCE_METHODS = ("dpo", "ipo", "kto")
+
+
+def gao_form(method: str) -> str:
+    """Which of Gao et al.'s forms a method's curve is fitted with: best-of-n's d(α − βd), or the RL
+    form d(α − β log d) for every policy trained along a path (``method`` may carry its β: 'dpo β=0.1')."""
+    return "bon" if method == "bon" else "rl"
 
 
 @dataclass
@@ -70,6 +83,7 @@ class FrontierConfig(pool_options(PRESETS, "frontier")):
     KL, and the Eq. 17 reference curve; --quick runs it on tiny models."""
 
     methods: str = option("bon,ppo,dpo", "Comma-separated methods from: " + ", ".join(METHODS) + ".")
+    group_size: int = option(4, "Samples per prompt of RLOO's and GRPO's groups and of RAFT's best-of-n.")
     bon_max_n: int | None = preset_option(
         PRESETS,
         "bon_max_n",
@@ -87,7 +101,14 @@ class FrontierConfig(pool_options(PRESETS, "frontier")):
     preference_eval_every: int | None = preset_option(
         PRESETS, "preference_eval_every", "DPO optimiser steps between evaluations of the policy."
     )
-    dpo_beta: float = option(0.1, "DPO's beta (the KL strength of Eq. 17 its implicit reward carries).")
+    preference_betas: str = option(
+        "0.1",
+        "Comma-separated betas of DPO / IPO / KTO (the KL strength of Eq. 17 their implicit reward carries): one "
+        "curve per beta, so the frontier shows the methods across beta too.",
+        aliases=["--dpo_beta"],
+    )
+    raft_rounds: int | None = preset_option(PRESETS, "raft_rounds", "RAFT rounds (evaluated after each).")
+    raft_learning_rate: float | None = preset_option(PRESETS, "raft_learning_rate", "RAFT's SFT learning rate.")
     batch_size: int = option(8, "Pairs per DPO optimiser step.")
     num_bootstrap: int = option(1000, "Bootstrap resamples of the prompts for the fits' intervals.")
 
@@ -98,10 +119,32 @@ class FrontierConfig(pool_options(PRESETS, "frontier")):
         unknown = [m for m in cfg.method_list if m not in METHODS]
         if unknown or not cfg.method_list:
             raise ConfigError(f"methods: unknown or none '{cfg.methods}'; choose from {', '.join(METHODS)}")
-        for name in ("bon_max_n", "eval_every", "preference_eval_every", "policy_iterations", "preference_steps"):
+        for name in (
+            "bon_max_n",
+            "eval_every",
+            "preference_eval_every",
+            "policy_iterations",
+            "preference_steps",
+            "raft_rounds",
+        ):
             if getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (a group to compare within), got {cfg.group_size}")
+        _ = cfg.beta_list  # every beta a positive number, checked before anything runs
         return cfg
+
+    @property
+    def beta_list(self) -> list[float]:
+        try:
+            betas = [float(b) for b in self.preference_betas.split(",") if b.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"preference_betas: expected comma-separated numbers, got '{self.preference_betas}'"
+            ) from None
+        if not betas or any(not b > 0 for b in betas):
+            raise ConfigError(f"preference_betas: every beta must be > 0, got '{self.preference_betas}'")
+        return betas
 
     @property
     def method_list(self) -> list[str]:
@@ -193,34 +236,78 @@ class _Run:
         return not self.cfg.quick  # the tiny model has a template but no training to follow it
 
 
-def _run_ppo(r: _Run) -> list[dict]:
+def _run_rl(r: _Run, method: str) -> list[dict]:
+    """PPO, RLOO or GRPO against R_phi; a group method draws ``group_size`` samples on proportionally
+    fewer prompts, so each iteration's rollout is as large as PPO's."""
     cfg = r.cfg
-    rl_cfg = pool_ppo_config(cfg, r.pool.reward_dir, r.run_dir / "ppo", r.use_chat, progress=False)
+    sizes = {}
+    if method != "ppo":
+        prompts = max(1, cfg.prompts_per_iteration // cfg.group_size)
+        sizes = dict(samples_per_prompt=cfg.group_size, prompts_per_iteration=prompts)
+    rl_cfg = pool_ppo_config(cfg, r.pool.reward_dir, r.run_dir / method, r.use_chat, method, progress=False, **sizes)
     policy = load_policy(cfg.policy)[0]
-    hook = _Evaluations("ppo", policy, cfg.policy_iterations, cfg.eval_every, r, "iteration")
+    hook = _Evaluations(method, policy, cfg.policy_iterations, cfg.eval_every, r, "iteration")
     run_policy_optimization(rl_cfg, policy, r.tokenizer, r.pool.reward_model, r.oracle, r.policy, should_stop=hook)
     return hook.points
 
 
-def _run_dpo(r: _Run) -> list[dict]:
+def _run_preference(r: _Run, method: str) -> list[dict]:
+    """DPO, IPO or KTO on the pool's pairs (KTO's unpaired as TRL's KTOTrainer unpairs them), one
+    curve per β; several betas name each curve by its β."""
+    cfg, points = r.cfg, []
+    for beta in cfg.beta_list:
+        name = method if len(cfg.beta_list) == 1 else f"{method} β={beta:g}"
+        common = dict(
+            policy=cfg.policy,
+            kl_coef=beta,
+            learning_rate=cfg.preference_learning_rate,
+            max_steps=cfg.preference_steps,
+            batch_size=cfg.batch_size,
+            use_chat_template=r.use_chat,
+            seed=cfg.seed,
+            progress=False,
+            report_to=cfg.report_to,
+            mixed_precision=cfg.mixed_precision,
+            output_dir=str(r.run_dir / name.replace(" β=", "-beta-")),
+        )
+        policy = load_policy(cfg.policy)[0]
+        hook = _Evaluations(name, policy, cfg.preference_steps, cfg.preference_eval_every, r, "step")
+        if method == "kto":
+            records = unpair(r.pool.preferences)
+            run_kto(KTOConfig(**common), policy, r.tokenizer, records, r.policy, should_stop=hook)
+        else:
+            pcfg = PreferenceConfig(loss=method, **common)
+            run_preference_optimization(pcfg, policy, r.tokenizer, r.pool.preferences, r.policy, should_stop=hook)
+        points += hook.points
+    return points
+
+
+def _run_raft(r: _Run, method: str) -> list[dict]:
+    """RAFT rounds of best-of-``group_size`` by R_phi, drawing as many samples in all as PPO's run
+    (``policy_iterations × prompts_per_iteration``), the policy evaluated after every round."""
     cfg = r.cfg
-    pcfg = PreferenceConfig(
+    drawn = cfg.policy_iterations * cfg.prompts_per_iteration
+    per_round = max(1, drawn // (cfg.raft_rounds * cfg.group_size))
+    raft_cfg = RAFTConfig(
         policy=cfg.policy,
-        loss="dpo",
-        kl_coef=cfg.dpo_beta,
-        learning_rate=cfg.preference_learning_rate,
-        max_steps=cfg.preference_steps,
-        batch_size=cfg.batch_size,
+        prompts="train",
+        prompts_per_round=per_round,
+        num_rounds=cfg.raft_rounds,
+        samples_per_prompt=cfg.group_size,
+        keep_fraction=1 / cfg.group_size,
+        max_new_tokens=cfg.max_new_tokens,
         use_chat_template=r.use_chat,
+        learning_rate=cfg.raft_learning_rate,
+        batch_size=cfg.batch_size,
         seed=cfg.seed,
         progress=False,
         report_to=cfg.report_to,
         mixed_precision=cfg.mixed_precision,
-        output_dir=str(r.run_dir / "dpo"),
+        output_dir=str(r.run_dir / "raft"),
     )
     policy = load_policy(cfg.policy)[0]
-    hook = _Evaluations("dpo", policy, cfg.preference_steps, cfg.preference_eval_every, r, "step")
-    run_preference_optimization(pcfg, policy, r.tokenizer, r.pool.preferences, r.policy, should_stop=hook)
+    hook = _Evaluations("raft", policy, cfg.raft_rounds, 1, r, "round")
+    run_raft(raft_cfg, policy, r.tokenizer, r.pool.reward_model, r.oracle, after_round=hook)
     return hook.points
 
 
@@ -254,7 +341,7 @@ def _fits(points: list[dict], baseline: dict, num_bootstrap: int, seed: int) -> 
             lines += [f"- {where}:", _fall_line(fall, mine)]
             try:
                 j, j_hat = (
-                    fit_gao(kl, _deltas(mine, baseline[contexts], key), FORM[method], num_bootstrap, seed=seed)
+                    fit_gao(kl, _deltas(mine, baseline[contexts], key), gao_form(method), num_bootstrap, seed=seed)
                     for key in ("J", "J_hat")
                 )
             except ValueError as e:
@@ -346,7 +433,7 @@ def _run_frontier(cfg: FrontierConfig) -> Path:
     for method in cfg.method_list:
         t0 = time.perf_counter()
         print(f"[frontier] {method} ...", flush=True)
-        points += _bon_points(large, cfg.bon_max_n, baseline) if method == "bon" else RUNNERS[method](r)
+        points += _bon_points(large, cfg.bon_max_n, baseline) if method == "bon" else RUNNERS[method](r, method)
         seconds[method] = time.perf_counter() - t0
         print(f"[frontier] {method}: {seconds[method]:.1f} s", flush=True)
 
@@ -363,7 +450,7 @@ def _run_frontier(cfg: FrontierConfig) -> Path:
         },
     )
     plot_frontier(points, reference, fits, run_dir / "frontier.png")
-    order = {m: i for i, m in enumerate(cfg.method_list)}
+    order = {m: i for i, m in enumerate(dict.fromkeys(p["method"] for p in points))}
     table = format_table(sorted(points, key=lambda p: (order[p["method"]], p["contexts"], p["step"])), FRONTIER_COLUMNS)
     note = (
         f"Pool: {len(pool.preferences)} simulated pairs (oracle `{cfg.oracle}`), reward model on "
@@ -387,4 +474,12 @@ def _run_frontier(cfg: FrontierConfig) -> Path:
     return run_dir
 
 
-RUNNERS = {"ppo": _run_ppo, "dpo": _run_dpo}
+RUNNERS = {
+    "ppo": _run_rl,
+    "rloo": _run_rl,
+    "grpo": _run_rl,
+    "dpo": _run_preference,
+    "ipo": _run_preference,
+    "kto": _run_preference,
+    "raft": _run_raft,
+}

@@ -70,12 +70,14 @@ def resolve_precision(cfg: T) -> tuple[T, contextlib.AbstractContextManager]:
     return dataclasses.replace(cfg, mixed_precision=precision), autocast(precision, device_type)
 
 
-def pool_ppo_config(cfg, reward_dir: Path, output_dir: Path, use_chat: bool, **overrides) -> RLConfig:
-    """PPO against the pool's reward model with a KL penalty to ``cfg.policy`` (π_0), sized by the
-    command's preset (``policy_iterations``, ``policy_learning_rate``, ``policy_epochs``); R* is only
-    watched. The demo's step 5, and the frontier's PPO curve."""
-    return RLConfig(
-        algorithm="ppo",
+def pool_ppo_config(
+    cfg, reward_dir: Path, output_dir: Path, use_chat: bool, algorithm: str = "ppo", **overrides
+) -> RLConfig:
+    """PPO (or another estimator: ``algorithm``) against the pool's reward model with a KL penalty to
+    ``cfg.policy`` (π_0), sized by the command's preset (``policy_iterations``, ``policy_learning_rate``,
+    ``policy_epochs``); R* is only watched. The demo's step 5, and the frontier's RL curves."""
+    settings = dict(
+        algorithm=algorithm,
         policy=cfg.policy,
         reward=str(reward_dir / "reward_model"),
         oracle=cfg.oracle,
@@ -90,8 +92,8 @@ def pool_ppo_config(cfg, reward_dir: Path, output_dir: Path, use_chat: bool, **o
         output_dir=str(output_dir),
         report_to=cfg.report_to,
         mixed_precision=cfg.mixed_precision,
-        **overrides,
     )
+    return RLConfig(**{**settings, **overrides})
 
 
 def open_run_dir(cfg, command: str) -> Path:

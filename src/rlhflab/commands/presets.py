@@ -94,6 +94,8 @@ PRESETS: dict[str, dict[str, dict]] = {
             "preference_steps": 48,
             "preference_eval_every": 12,
             "preference_learning_rate": 1e-5,
+            "raft_rounds": 4,
+            "raft_learning_rate": 2e-5,
         },
         "quick": dict(
             _DEMO_QUICK,
@@ -103,6 +105,8 @@ PRESETS: dict[str, dict[str, dict]] = {
             preference_steps=30,
             preference_eval_every=6,
             preference_learning_rate=3e-3,
+            raft_rounds=3,
+            raft_learning_rate=3e-3,
         ),
     },
     "loop": {

@@ -167,15 +167,16 @@ def _unpaired_records(cfg: KTOConfig, records=None) -> list:
     return unpair(pairs)
 
 
-def run_kto(cfg: KTOConfig, policy=None, tokenizer=None, records=None, reference=None) -> Path:
+def run_kto(cfg: KTOConfig, policy=None, tokenizer=None, records=None, reference=None, should_stop=None) -> Path:
     """Train with KTO on ``cfg.data`` (or the given binary Rating records): unpaired good / bad
-    feedback, as TRL's unpaired-preference rows or the feedback app's binary-task export."""
+    feedback, as TRL's unpaired-preference rows or the feedback app's binary-task export.
+    ``should_stop(iteration)``: the loop's after-step hook."""
     records = _unpaired_records(cfg, records)
     unpaired_labels(records, cfg.data or "<feedback>")  # every row a good / bad verdict, before any loading
     if policy is None and cfg.reference:
         reference = load_policy(cfg.reference, cfg.dtype)[0]
     policy, tokenizer = load_trainable_policy(cfg, policy, tokenizer)
-    return train_kto(cfg, policy, tokenizer, records, reference, cfg.data or "<feedback>")
+    return train_kto(cfg, policy, tokenizer, records, reference, cfg.data or "<feedback>", should_stop)
 
 
 def run_ranking_optimization(cfg: RankingConfig, policy=None, tokenizer=None, records=None) -> Path:
@@ -192,13 +193,17 @@ def run_positive_sft(cfg: PositiveSFTConfig, policy=None, tokenizer=None, record
     return train_positive_sft(cfg, policy, tokenizer, records)
 
 
-def run_raft(cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None) -> Path:
-    """Rounds of sample → keep the best by ``cfg.reward`` → SFT; returns the run directory."""
+def run_raft(
+    cfg: RAFTConfig, policy=None, tokenizer=None, reward_source=None, oracle_source=None, after_round=None
+) -> Path:
+    """Rounds of sample → keep the best by ``cfg.reward`` → SFT; returns the run directory.
+    ``after_round(r)``: called after round ``r``'s fine-tuning (an evaluation hook)."""
     policy, tokenizer = load_trainable_policy(cfg, policy, tokenizer)
     reward_source = reward_source or load_reward_source(cfg.reward, template=cfg.reward_template)
     if oracle_source is None and cfg.oracle:
         oracle_source = load_reward_source(cfg.oracle)
-    return raft_rounds(cfg, policy, tokenizer, load_prompts(cfg.prompts, cfg.limit), reward_source, oracle_source)
+    prompts = load_prompts(cfg.prompts, cfg.limit)
+    return raft_rounds(cfg, policy, tokenizer, prompts, reward_source, oracle_source, after_round)
 
 
 def run_rso(cfg: RSOConfig, policy=None, tokenizer=None, reward_source=None) -> Path:

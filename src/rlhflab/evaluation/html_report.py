@@ -63,7 +63,7 @@ class Run:
     """What the report shows of one run directory, read from its files."""
 
     path: Path
-    kind: str  # demo | compare | loop | toy | a training command (ppo, dpo, reward, ...)
+    kind: str  # demo | compare | loop | frontier | toy | a training command (ppo, dpo, reward, ...)
     config_file: str
     config: dict
     # policy -> context set -> evaluation; the first policy is the one the others started from
@@ -73,6 +73,7 @@ class Run:
     curves: dict[str, list[dict]] = field(default_factory=dict)  # training stage -> metrics rows
     figures: list[Figure] = field(default_factory=list)  # the run kind's own plots
     headlines: list[tuple[str, str, str]] = field(default_factory=list)  # toy lab: experiment, headline, seconds
+    notes: list[str] = field(default_factory=list)  # the run kind's own headline lines (the frontier's fits)
     label: str = ""
     each_policy_against_first: bool = False  # compare: every method against π_0; else the last policy
 
@@ -246,6 +247,29 @@ def _read_toy(run_dir: Path) -> Run:
     return Run(run_dir, "toy report", "summary.md", {"seed": seed}, figures=figures, headlines=headlines)
 
 
+def _read_frontier(run_dir: Path) -> Run:
+    """A ``rlhflab frontier`` run: its plot, and per method and context set the measured fall of J
+    and the Gao et al. fits with the over-optimisation KL, as frontier.md words them."""
+    _require(run_dir, "frontier", ["frontier_config.yaml", "frontier.json", "frontier.md", "frontier.png"])
+    result = _json(run_dir / "frontier.json")
+    fits = (run_dir / "frontier.md").read_text().partition("## Gao et al.")[2].partition("\n## ")[0]
+    notes, where = [], ""
+    for line in fits.splitlines():
+        if line.startswith("- "):
+            where = line[2:].rstrip(":")
+        elif line.startswith("  - "):
+            notes.append(f"{where}: {line[4:]}")
+    methods = ", ".join(dict.fromkeys(p["method"] for p in result["points"]))
+    figure = Figure(
+        "The frontier: J (oracle) and Ĵ (reward model) against KL(π‖π_0), every method",
+        (run_dir / "frontier.png").read_bytes(),
+        f"Methods: {methods}. ±1 se over prompts; dashed: Gao et al. fits; black: the Eq. 17 reference curve.",
+    )
+    run = Run(run_dir, "frontier", "frontier_config.yaml", result["config"], figures=[figure], notes=notes)
+    run.reward_models = [{"title": "the pool's reward model", "reward_model": result["pool"]["reward_model"]}]
+    return run
+
+
 def _read_training(run_dir: Path) -> Run:
     _require(run_dir, "training", ["config.yaml", "metrics.jsonl"])
     config = _yaml(run_dir / "config.yaml")
@@ -264,6 +288,7 @@ RUN_KINDS = [
     ("demo_config.yaml", _read_demo),
     ("compare_config.yaml", _read_compare),
     ("loop_config.yaml", _read_loop),
+    ("frontier_config.yaml", _read_frontier),
     ("instance.json", _read_toy),
     ("config.yaml", _read_training),
 ]
@@ -520,7 +545,7 @@ def _run_view(run: Run) -> dict:
         "label": run.label,
         "path": str(run.path),
         "kind": run.kind,
-        "headline": run_headline(run),
+        "headline": run.notes + run_headline(run),
         "evaluations": evaluation_table(run),
         "hacking": hacking_pairs(run),
         "reward_models": reward_model_table(run),

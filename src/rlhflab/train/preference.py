@@ -460,14 +460,22 @@ def train_preferences(
     return train(cfg, PreferenceAlgorithm(cfg, policy, tokenizer, pairs, reference), should_stop=should_stop)
 
 
-def train_kto(cfg: KTOConfig, policy, tokenizer, records: Sequence, reference=None, source: str = "<feedback>") -> Path:
+def train_kto(
+    cfg: KTOConfig,
+    policy,
+    tokenizer,
+    records: Sequence,
+    reference=None,
+    source: str = "<feedback>",
+    should_stop=None,
+) -> Path:
     """Train ``policy`` with KTO on binary Rating records (TRL's unpaired rows read as such); returns
-    the run directory."""
+    the run directory. ``should_stop``: the loop's after-step hook (``train``)."""
     labels = unpaired_labels(records, source)
     examples = tokenize_demonstrations(
         [r.prompt for r in records], [r.completion for r in records], tokenizer, cfg, source, cfg.use_chat_template
     )
-    return train(cfg, KTOAlgorithm(cfg, policy, tokenizer, examples, labels, reference))
+    return train(cfg, KTOAlgorithm(cfg, policy, tokenizer, examples, labels, reference), should_stop=should_stop)
 
 
 def train_rankings(cfg: RankingConfig, policy, tokenizer, records: Sequence, source: str = "<rankings>") -> Path:

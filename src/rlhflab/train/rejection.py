@@ -130,10 +130,13 @@ def train_round(cfg, policy, tokenizer, examples: list, run_dir: Path) -> None:
     train(sft_cfg, RoundSFT(sft_cfg, policy, tokenizer, examples))
 
 
-def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source, oracle_source=None) -> Path:
+def raft_rounds(
+    cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source, oracle_source=None, after_round=None
+) -> Path:
     """Run the rounds on ``policy`` (LoRA already applied, if any); writes ``rounds.jsonl`` (samples
     drawn, kept, rewards, seconds per round) and the final ``policy`` into the run directory, and
-    returns it."""
+    returns it. ``after_round(r)`` runs after each round's fine-tuning; every round seeds its own
+    sampling (``derive_seed``), so a hook that draws does not change the rounds after it."""
     ids = encode_prompts(
         tokenizer, prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens, cfg.truncate
     )
@@ -181,6 +184,8 @@ def raft_rounds(cfg: RAFTConfig, policy, tokenizer, prompts: list, reward_source
             row.update(oracle_reward=float(oracle.mean()), oracle_reward_kept=float(oracle[keep].mean()))
         row["seconds"] = time.perf_counter() - t0
         append_jsonl(run_dir / "rounds.jsonl", row)
+        if after_round is not None:
+            after_round(r)
     save_model(policy, tokenizer, str(run_dir / "policy"), method="raft", config=cfg)
     return run_dir
 
