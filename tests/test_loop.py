@@ -207,8 +207,10 @@ def test_a_fixed_reference_keeps_round_twos_kl_to_pi0(tiny_run):
         dict(algorithm="ppo", reference="moved", reward_init="warm_start"),
         dict(algorithm="dpo", reference="moved"),
         dict(algorithm="grpo", rl_samples_per_prompt=2),
+        dict(algorithm="ppo", policy_init="restart", reward_data="round"),
+        dict(algorithm="dpo", policy_init="restart"),
     ],
-    ids=["ppo-moved-warm", "dpo-moved", "grpo"],
+    ids=["ppo-moved-warm", "dpo-moved", "grpo", "ppo-restart-round-data", "dpo-restart"],
 )
 def test_loop_options(tmp_path, options):
     import torch
@@ -232,3 +234,15 @@ def test_loop_options(tmp_path, options):
         assert reward_config["data"] == str(run_dir / "round-02" / "preferences.jsonl")  # the round's labels only
     if options["algorithm"] == "grpo":
         assert _config_of(run_dir, 1, "policy_run")["samples_per_prompt"] == 2
+    if options.get("policy_init") == "restart":  # round 2 optimises π_0 again, on the whole budget
+        policy_config = _config_of(run_dir, 2, "policy_run")
+        assert policy_config["policy"] == "tiny-policy"
+        if options["algorithm"] == "ppo":
+            assert abs(first["kl"]) < 1e-4  # its first rollout is π_0's own: no KL to the fixed anchor
+            assert rows[1]["policy_iterations"] == TINY["policy_iterations"]
+        else:  # DPO from π_0 on both rounds' pairs
+            assert policy_config["data"] == str(run_dir / "round-02" / "dpo_data.jsonl")
+    if options.get("reward_data") == "round":  # retrained from the backbone on the round's labels only
+        reward_config = _config_of(run_dir, 2, "reward")
+        assert reward_config["model"] == "tiny-reward"
+        assert reward_config["data"] == str(run_dir / "round-02" / "preferences.jsonl")

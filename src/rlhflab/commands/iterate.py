@@ -7,10 +7,11 @@ policy's outputs and retrains:
         2. feedback on those samples: simulated annotators driven by R* | people in the feedback app |
            a preference file someone else fills in
         3. shift: R_{phi,r-1} measured on the new pairs before it sees them (accuracy, calibration)
-        4. reward model R_{phi,r}: retrained on every label so far, or warm-started from R_{phi,r-1}
-           and trained on the round's labels
-        5. policy update from π_{r-1}: PPO / RLOO / GRPO against R_{phi,r}, or DPO on the round's
-           pairs (online / iterative DPO); KL-anchored to π_0 (fixed) or to π_{r-1} (moved)
+        4. reward model R_{phi,r}: from the backbone (retrain) or warm-started from R_{phi,r-1}, on
+           every label so far (``reward_data`` all: the data carried over) or the round's labels (round)
+        5. policy update from π_{r-1} (``policy_init`` continue) or from π_0 again (restart): PPO /
+           RLOO / GRPO against R_{phi,r}, or DPO on the round's pairs (online / iterative DPO);
+           KL-anchored to π_0 (fixed) or to π_{r-1} (moved)
         6. evaluation: J (R*, Eq. 12) and Ĵ (R_{phi,r}, Eq. 14) on seen and unseen contexts,
            KL to π_0 and to π_{r-1}, and R_{phi,r}'s agreement with R* on π_r's own samples
 
@@ -39,6 +40,7 @@ import torch
 
 from rlhflab.app.store import Store, StoreError
 from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
+from rlhflab.commands.feedback import order_queue
 from rlhflab.commands.pool import pool_options, resolve_precision
 from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_policy_optimization, run_preference_optimization, run_reward
@@ -62,6 +64,7 @@ from rlhflab.evaluation.metrics import (
 )
 from rlhflab.evaluation.plots import plot_reliability, plot_rounds
 from rlhflab.evaluation.tables import format_table
+from rlhflab.feedback.acquisition import ORDERS, SCORED_ORDERS
 from rlhflab.files import write_json, write_text
 from rlhflab.models import load_policy
 from rlhflab.rewards.registry import load_reward_source
@@ -107,8 +110,23 @@ class LoopConfig(pool_options(PRESETS, "loop")):
         "from the last round's reward model on the round's labels (warm_start).",
         choices=["retrain", "warm_start"],
     )
+    reward_data: str | None = option(
+        None,
+        "Labels each round's reward model trains on: every round's so far (all: the data carried over) or the "
+        "round's own (round). Default: all with retrain, round with warm_start.",
+        choices=["all", "round"],
+    )
+    policy_init: str = option(
+        "continue",
+        "Each round's policy update starts from the last round's policy (continue) or from pi_0 again (restart: "
+        "the new reward model optimised from scratch; samples still come from the last policy). Wolf, Kirk & "
+        "Musolesi 2025's second axis beside the reward data's.",
+        choices=["continue", "restart"],
+    )
     policy_iterations: int | None = preset_option(
-        PRESETS, "policy_iterations", "RL iterations over the whole run, split evenly over the rounds."
+        PRESETS,
+        "policy_iterations",
+        "RL iterations over the whole run, split evenly over the rounds (with --policy_init restart: per round).",
     )
     prompts_per_iteration: int | None = preset_option(PRESETS, "prompts_per_iteration", "Prompts per RL iteration.")
     rl_samples_per_prompt: int = option(1, "Completions per prompt in each RL iteration (>= 2 for rloo, grpo).")
@@ -127,6 +145,16 @@ class LoopConfig(pool_options(PRESETS, "loop")):
     annotators: str = option("", "Comma-separated usernames made annotators of each round's project (--feedback app).")
     overlap: int = option(1, "Annotators per item in each round's project (--feedback app).")
     labels_per_round: int = option(0, "Labels to wait for per round (0: every item × overlap; --feedback app).")
+    order: str = option(
+        "position",
+        "The order each round's project hands out its pairs in (--feedback app; see `rlhflab feedback create "
+        "--order`): from round 2 on, uncertainty and margin score them with the last round's reward model "
+        "(uncertainty: give --reward_ensemble K >= 2); round 1, before any reward model, keeps position order.",
+        choices=list(ORDERS),
+    )
+    reward_ensemble: int = option(
+        1, "K >= 2: each round's reward model is a shared-trunk ensemble of K heads (`rlhflab reward --ensemble K`)."
+    )
     app_url: str = option(
         "http://127.0.0.1:8000", "Where people open the feedback app (printed with each round's project)."
     )
@@ -146,6 +174,12 @@ class LoopConfig(pool_options(PRESETS, "loop")):
             raise ConfigError(f"--algorithm {self.algorithm} needs --rl_samples_per_prompt >= 2")
         if self.overlap < 1 or self.labels_per_round < 0:
             raise ConfigError("--overlap must be positive and --labels_per_round non-negative")
+        if self.order == "uncertainty" and self.reward_ensemble < 2:
+            raise ConfigError("--order uncertainty needs an ensemble's disagreement: give --reward_ensemble K >= 2")
+        if self.reward_ensemble < 1 or (self.reward_ensemble > 1 and self.reward_init == "warm_start"):
+            raise ConfigError(
+                "--reward_ensemble must be at least 1, and an ensemble is retrained (--reward_init retrain)"
+            )
 
 
 # Options that may differ between a run and its resumption (where it is, not what it computes).
@@ -268,8 +302,11 @@ def _check_annotators(cfg: LoopConfig) -> None:
             )
 
 
-def _app_feedback(cfg: LoopConfig, run_dir: Path, round_number: int, samples_path: Path, output: Path) -> None:
-    """The round's pairwise project in the feedback app, waited on until its labels are in, then
+def _app_feedback(
+    cfg: LoopConfig, run_dir: Path, round_number: int, samples_path: Path, output: Path, previous_reward: Path | None
+) -> None:
+    """The round's pairwise project in the feedback app, its queue in ``cfg.order`` (scored by
+    ``previous_reward``, the last round's reward model, if any), waited on until its labels are in, then
     exported as preference records. The project's id is kept in the round's folder: a resumed
     run finds its own project again, and a new run never takes over another run's project."""
     marker = output.parent / "app_project.json"
@@ -296,6 +333,10 @@ def _app_feedback(cfg: LoopConfig, run_dir: Path, round_number: int, samples_pat
                     instructions="Which response is better? These are samples of the policy being trained.",
                     seed=_round_seed(cfg.seed, "app", round_number),
                 )
+            scored = cfg.order in SCORED_ORDERS and previous_reward is not None
+            if scored or cfg.order == "random":  # again after a kill: the same order
+                scorer = load_reward_source(str(previous_reward)) if scored else None
+                order_queue(store, project.id, cfg.order, scorer, _round_seed(cfg.seed, "order", round_number))
             write_json(marker, {"name": name, "id": project.id})
         names = [n.strip() for n in cfg.annotators.split(",") if n.strip()]
         if names:
@@ -328,7 +369,13 @@ def _file_feedback(cfg: LoopConfig, round_number: int, samples_path: Path, outpu
 
 
 def _feedback(
-    cfg: LoopConfig, run_dir: Path, round_number: int, samples: list[Samples], samples_path: Path, output: Path
+    cfg: LoopConfig,
+    run_dir: Path,
+    round_number: int,
+    samples: list[Samples],
+    samples_path: Path,
+    output: Path,
+    previous_reward: Path | None,
 ):
     if cfg.feedback == "simulated":
         annotate_cfg = AnnotateConfig(
@@ -340,7 +387,7 @@ def _feedback(
         )
         run_annotate(annotate_cfg, samples)
     elif cfg.feedback == "app":
-        _app_feedback(cfg, run_dir, round_number, samples_path, output)
+        _app_feedback(cfg, run_dir, round_number, samples_path, output, previous_reward)
     else:
         _file_feedback(cfg, round_number, samples_path, output)
 
@@ -369,7 +416,10 @@ class _Run:
             )
         feedback_prompts = train_prompts[: cfg.feedback_prompts]
         self.round_prompts = round_prompts(feedback_prompts, cfg.rounds)
-        self.iterations = split_evenly(cfg.policy_iterations, cfg.rounds)
+        # restart: every round optimises π_0 afresh, with the whole budget, so the last round's policy has
+        # trained as long as a single round's would (the policy compute is rounds × that, the labels equal)
+        whole = [cfg.policy_iterations] * cfg.rounds
+        self.iterations = whole if cfg.policy_init == "restart" else split_evenly(cfg.policy_iterations, cfg.rounds)
         self.prompt_sets = {
             "seen": feedback_prompts[: cfg.eval_prompts],
             "unseen": load_prompts("unseen", cfg.eval_prompts),
@@ -457,7 +507,10 @@ def _run_round(run: _Run, r: int, initial: dict) -> dict:
 
     # 2. feedback on π_{r-1}'s samples
     prefs_path = folder / "preferences.jsonl"
-    timed("feedback", prefs_path, None, _feedback, cfg, run.run_dir, r, samples, samples_path, prefs_path)
+    previous_reward = run.reward_path(r - 1) if r > 1 else None
+    timed(
+        "feedback", prefs_path, None, _feedback, cfg, run.run_dir, r, samples, samples_path, prefs_path, previous_reward
+    )
     new_labels = read_records(prefs_path, "preference")
 
     # 3. the shift: R_{phi,r-1} on the pairs of the policy it was used to train, before it sees them
@@ -506,11 +559,18 @@ def _all_labels(run: _Run, r: int) -> list:
     return [p for k in range(1, r + 1) for p in read_records(run.round_dir(k) / "preferences.jsonl", "preference")]
 
 
+def reward_data_of(cfg: LoopConfig) -> str:
+    """Which labels a round's reward model trains on: ``reward_data``, or by default every label so
+    far when retraining and the round's own when warm-starting (the loop's behaviour before the option)."""
+    return cfg.reward_data or ("round" if cfg.reward_init == "warm_start" else "all")
+
+
 def _train_reward(run: _Run, r: int) -> None:
     cfg, folder = run.cfg, run.round_dir(r)
     warm = cfg.reward_init == "warm_start" and r > 1
-    data = folder / ("preferences.jsonl" if warm or r == 1 else "reward_data.jsonl")
-    if not warm and r > 1:
+    carried = reward_data_of(cfg) == "all" and r > 1
+    data = folder / ("reward_data.jsonl" if carried else "preferences.jsonl")
+    if carried:
         write_records(_all_labels(run, r), data)
     num_records = len(read_records(data, "preference"))
     held_out = max(1, round(RewardConfig.eval_fraction * num_records))
@@ -527,21 +587,29 @@ def _train_reward(run: _Run, r: int) -> None:
         progress=True,
         report_to=cfg.report_to,
         mixed_precision="no",  # the reward model stays fp32 (models.scoring): see README, Precision
+        ensemble=cfg.reward_ensemble,
+        ensemble_trunk="shared" if cfg.reward_ensemble > 1 else "separate",
     )
     run_reward(reward_cfg, cfg.oracle)
 
 
 def _update_policy(run: _Run, r: int, reward_model) -> None:
     cfg, folder = run.cfg, run.round_dir(r)
-    policy, tokenizer = load_policy(run.policy_path(r - 1))
-    # fixed: every round's KL is to π_0; moved: to π_{r-1}, the policy this round starts from
+    start = run.policy_path(r - 1) if cfg.policy_init == "continue" else run.policy_path(0)
+    policy, tokenizer = load_policy(start)
+    # fixed: every round's KL is to π_0; moved: to π_{r-1}, the last round's policy
     reference = run.initial if cfg.reference == "fixed" else load_policy(run.policy_path(r - 1))[0]
     seed = _round_seed(cfg.seed, "policy", r)
     if cfg.algorithm == "dpo":
+        # continued: iterative DPO on the round's pairs; restarted from π_0: on every pair so far
+        pairs = folder / "preferences.jsonl"
+        if cfg.policy_init == "restart" and r > 1:
+            pairs = folder / "dpo_data.jsonl"
+            write_records(_all_labels(run, r), pairs)
         pcfg = PreferenceConfig(
-            policy=run.policy_path(r - 1),
+            policy=start,
             loss="dpo",
-            data=str(folder / "preferences.jsonl"),
+            data=str(pairs),
             kl_coef=cfg.kl_coef,
             learning_rate=cfg.policy_learning_rate if cfg.quick else cfg.dpo_learning_rate,
             num_epochs=cfg.dpo_epochs,
@@ -556,7 +624,7 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         return
     rl_cfg = RLConfig(
         algorithm=cfg.algorithm,
-        policy=run.policy_path(r - 1),
+        policy=start,
         reward=str(run.reward_path(r)),
         oracle=cfg.oracle,
         num_iterations=run.iterations[r - 1],
@@ -694,8 +762,9 @@ def loop_summary(cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path
         "",
         f"`{cfg.policy}` → {cfg.rounds} round(s) of {cfg.feedback} feedback on the current policy "
         f"({cfg.feedback_prompts} feedback prompts in all × {cfg.samples_per_prompt} samples), reward model on "
-        f"`{cfg.reward_backbone}` ({cfg.reward_init}), policy update `{cfg.algorithm}` "
-        f"(β = {cfg.kl_coef}, reference {cfg.reference}); R* = `{cfg.oracle}`; seed {cfg.seed}.",
+        f"`{cfg.reward_backbone}` ({cfg.reward_init}, labels: {reward_data_of(cfg)}), policy update "
+        f"`{cfg.algorithm}` ({cfg.policy_init}; β = {cfg.kl_coef}, reference {cfg.reference}); R* = `{cfg.oracle}`; "
+        f"seed {cfg.seed}.",
         "",
         format_table(table, columns),
         "",
