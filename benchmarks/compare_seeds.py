@@ -1,42 +1,30 @@
-"""`rlhflab compare` over several seeds, as one table: each method's ΔJ against π_0 per seed, and
-the mean and spread over seeds.
+"""The summary over seeds of finished `rlhflab compare` runs, as `rlhflab compare --seeds` writes it:
+each method's ΔJ against π_0 with a crossed seeds × prompts interval, J at matched KL, each pair of
+methods' difference, and for what is within noise, the seeds or prompts that would show it
+(:mod:`rlhflab.evaluation.comparison`).
 
-    python benchmarks/compare_seeds.py runs/compare-seeds/seed-*     # finished `rlhflab compare` runs
+    rlhflab compare --seeds 0-2 --output_dir runs/compare-seeds      # runs the seeds and writes this itself
+    python benchmarks/compare_seeds.py runs/compare-seeds/seed-*     # the same summary from run directories
+
+Runs made before compare recorded its path points are read from their final points (each method
+then compared at its own KL).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
 import sys
-from pathlib import Path
+
+from rlhflab.commands.compare import seed_record
+from rlhflab.evaluation.comparison import summarize_seeds, summary_markdown
 
 
 def main(run_dirs: list[str]) -> None:
-    runs = [json.loads((Path(d) / "comparison.json").read_text()) for d in run_dirs]
-    runs.sort(key=lambda r: r["config"]["seed"])
-    seeds = [r["config"]["seed"] for r in runs]
-    methods = [m for m in dict.fromkeys(row["method"] for row in runs[0]["rows"]) if m != "initial"]
-    head = "| method | contexts | " + " | ".join(f"ΔJ seed {s} (z)" for s in seeds) + " | mean ΔJ ± sd | beyond noise |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for method in methods:
-        for contexts in ("seen", "unseen"):
-            cells, deltas, beyond = [], [], 0
-            for run in runs:
-                row = next(r for r in run["rows"] if r["method"] == method and r["contexts"] == contexts)
-                z = row["z"]
-                cells.append(f"{row['delta_J']:+.3f} ({'–' if z is None else format(z, '+.1f')})")
-                deltas.append(row["delta_J"])
-                beyond += z is not None and abs(z) >= 2
-            spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-            lines.append(
-                f"| {method} | {contexts} | "
-                + " | ".join(cells)
-                + f" | {statistics.mean(deltas):+.3f} ± {spread:.3f} | {beyond} of {len(runs)} |"
-            )
-    accuracy = [r["pool"]["reward_model"].get("accuracy") for r in runs]
-    lines += ["", "Reward model held-out accuracy per seed: " + ", ".join(f"{a:.3f}" for a in accuracy) + "."]
-    print("\n".join(lines))
+    if not run_dirs:
+        sys.exit("usage: python benchmarks/compare_seeds.py RUN_DIR [RUN_DIR ...]")
+    records = sorted((seed_record(d) for d in run_dirs), key=lambda r: r["seed"])
+    summary = summarize_seeds(records)
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    print(summary_markdown(summary, f"{len(records)} seeds ({seeds}) from {', '.join(run_dirs)}."))
 
 
 if __name__ == "__main__":

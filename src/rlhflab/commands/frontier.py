@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlhflab.commands.pool import (
     Pool,
@@ -44,6 +43,7 @@ from rlhflab.commands.presets import PRESETS as ALL_PRESETS
 from rlhflab.commands.train import run_kto, run_policy_optimization, run_preference_optimization, run_raft
 from rlhflab.config import apply_preset, option, preset_option
 from rlhflab.errors import ConfigError
+from rlhflab.evaluation.along_training import EvaluateAlongTraining, every
 from rlhflab.evaluation.frontier import (
     best_of_n_curve,
     fit_gao,
@@ -193,29 +193,21 @@ def _initial_points(method: str, baseline: dict[str, dict]) -> list[dict]:
     return out
 
 
-class _Evaluations:
+class _Evaluations(EvaluateAlongTraining):
     """The loop's after-iteration hook: every ``every`` iterations (and at the last), the policy
-    being trained evaluated on both context sets. The evaluation seeds its own sampling, so the
-    training run's random state is saved and restored around it: the run is the one it would have
-    been without the evaluations."""
+    being trained evaluated on both context sets (:class:`EvaluateAlongTraining`), each evaluation a
+    point of ``method``'s path after π_0's own."""
 
-    def __init__(self, method: str, policy, total: int, every: int, run: _Run, unit: str):
-        self.method, self.policy, self.total, self.every, self.run, self.unit = method, policy, total, every, run, unit
+    def __init__(self, method: str, policy, total: int, every_k: int, run: _Run, unit: str):
+        self.method, self.run, self.unit = method, run, unit
         self.points: list[dict] = _initial_points(method, run.baseline)
+        super().__init__(policy, run.tokenizer, run.pool.prompt_sets, run.eval_kw, every(every_k, total), self._record)
 
-    def __call__(self, iteration: int) -> bool:
-        done = iteration + 1
-        if done % self.every and done != self.total:
-            return False
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            evaluations = evaluate_on_sets(
-                self.policy, self.run.tokenizer, self.run.pool.prompt_sets, **self.run.eval_kw
-            )
+    def _record(self, done: int, evaluations: dict) -> None:
         for contexts, ev in evaluations.items():
             self.points.append(
                 _point(self.method, contexts, f"{self.unit} {done}", done, ev, self.run.baseline[contexts])
             )
-        return False
 
 
 @dataclass
