@@ -227,6 +227,20 @@ class _Run:
     def use_chat(self) -> bool:
         return not self.cfg.quick  # the tiny model has a template but no training to follow it
 
+    @property
+    def common(self) -> dict:
+        """Options every trained method's config shares (the offline ones and RAFT's SFT)."""
+        cfg = self.cfg
+        return dict(
+            policy=cfg.policy,
+            batch_size=cfg.batch_size,
+            use_chat_template=self.use_chat,
+            seed=cfg.seed,
+            progress=False,
+            report_to=cfg.report_to,
+            mixed_precision=cfg.mixed_precision,
+        )
+
 
 def _run_rl(r: _Run, method: str) -> list[dict]:
     """PPO, RLOO or GRPO against R_phi; a group method draws ``group_size`` samples on proportionally
@@ -250,16 +264,10 @@ def _run_preference(r: _Run, method: str) -> list[dict]:
     for beta in cfg.beta_list:
         name = method if len(cfg.beta_list) == 1 else f"{method} β={beta:g}"
         common = dict(
-            policy=cfg.policy,
+            r.common,
             kl_coef=beta,
             learning_rate=cfg.preference_learning_rate,
             max_steps=cfg.preference_steps,
-            batch_size=cfg.batch_size,
-            use_chat_template=r.use_chat,
-            seed=cfg.seed,
-            progress=False,
-            report_to=cfg.report_to,
-            mixed_precision=cfg.mixed_precision,
             output_dir=str(r.run_dir / name.replace(" β=", "-beta-")),
         )
         policy = load_policy(cfg.policy)[0]
@@ -281,20 +289,14 @@ def _run_raft(r: _Run, method: str) -> list[dict]:
     drawn = cfg.policy_iterations * cfg.prompts_per_iteration
     per_round = max(1, drawn // (cfg.raft_rounds * cfg.group_size))
     raft_cfg = RAFTConfig(
-        policy=cfg.policy,
+        **r.common,
         prompts="train",
         prompts_per_round=per_round,
         num_rounds=cfg.raft_rounds,
         samples_per_prompt=cfg.group_size,
         keep_fraction=1 / cfg.group_size,
         max_new_tokens=cfg.max_new_tokens,
-        use_chat_template=r.use_chat,
         learning_rate=cfg.raft_learning_rate,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        progress=False,
-        report_to=cfg.report_to,
-        mixed_precision=cfg.mixed_precision,
         output_dir=str(r.run_dir / "raft"),
     )
     policy = load_policy(cfg.policy)[0]
