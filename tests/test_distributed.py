@@ -1,6 +1,7 @@
 """``accelerate launch`` means what it says, on two CPU processes over gloo: FSDP shards the trained
 weights (each process holds about half) and trains to the same numbers as one process, RL
-rollouts included; ``--cpu --num_processes 2`` runs two processes; DeepSpeed and a dropped
+rollouts included, and resumes from its sharded checkpoint as the uninterrupted run;
+``--cpu --num_processes 2`` runs two processes; DeepSpeed and a dropped
 process count are one-line errors, never a quiet single process or plain DDP. (DDP itself:
 ``tests/test_offline_training.py::test_two_processes_match_one_process``.)"""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +165,73 @@ def test_a_dropped_process_count_is_a_one_line_error_for_library_callers(monkeyp
     with pytest.raises(ConfigError, match="--num_processes 3 started one process") as err:
         make_accelerator(SFTConfig())
     assert "\n" not in str(err.value) and "--multi_gpu --num_processes 3" in str(err.value)
+
+
+def _checkpoint_layout(checkpoint: Path) -> set[str]:
+    return {str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()}
+
+
+@pytest.mark.subprocess
+def test_an_fsdp_run_resumed_from_its_checkpoint_continues_as_the_uninterrupted_run(model_cache, tmp_path):
+    """SFT and PPO (sampling, a replicated value head) over two FSDP processes, 4 iterations with a
+    checkpoint after 2: each process writes its own DCP shard, no single-file model or optimiser;
+    resumed from that checkpoint (a fresh launch), the last 2 iterations log the same losses and
+    end in the same weights as the straight run. Resumed by one process, it is a one-line error."""
+    from safetensors.torch import load_file
+
+    from rlhflab.train.loop import CHECKPOINT_DIR, SHARDED_DIR
+
+    kinds, kept = "sft,ppo", ("checkpoints", "config.yaml", "metrics.jsonl")
+    run = ["save_steps=2", "ppo.num_iterations=4", "ppo.max_new_tokens=4", "ppo.reward_rule=checksum"]
+    fsdp = ("--use_fsdp", "--fsdp_version", "2", "--num_processes", "2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    done = _launch(model_cache, *fsdp, script=[str(ENTRY), kinds, str(straight), *run])
+    assert done.returncode == 0, done.stdout[-4000:]
+    for kind in kinds.split(","):
+        checkpoints = straight / kind / CHECKPOINT_DIR
+        assert [p.name for p in checkpoints.iterdir()] == ["iter-0000001"]  # finished ones only, no temporary
+        layout = _checkpoint_layout(checkpoints / "iter-0000001")
+        assert {f"{SHARDED_DIR}/__0_0.distcp", f"{SHARDED_DIR}/__1_0.distcp", f"{SHARDED_DIR}/.metadata"} <= layout
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= layout
+        assert not any(name.startswith(("model", "optimizer")) for name in layout), layout
+        for name in kept:
+            (resumed / kind).mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if (straight / kind / name).is_dir() else shutil.copy
+            copy(straight / kind / name, resumed / kind / name)
+
+    resumes = [f"{kind}.resume={resumed / kind}" for kind in kinds.split(",")]
+    done = _launch(model_cache, *fsdp, script=[str(ENTRY), kinds, str(resumed), *run, *resumes])
+    assert done.returncode == 0, done.stdout[-4000:]
+    for kind in kinds.split(","):
+        want, got = _metrics(straight / kind), _metrics(resumed / kind)
+        assert [r["iteration"] for r in got] == [0, 1, 2, 3]
+        for a, b in zip(want[2:], got[2:]):
+            for key in ("loss", "grad_norm", *(("reward", "kl", "value_loss") if kind == "ppo" else ())):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (kind, key, a["iteration"])
+        saved_straight = load_file(straight / kind / "policy" / "model.safetensors")
+        saved_resumed = load_file(resumed / kind / "policy" / "model.safetensors")
+        assert saved_straight.keys() == saved_resumed.keys()
+        for name, tensor in saved_straight.items():
+            assert (saved_resumed[name] - tensor).abs().max() < 1e-4, (kind, name)
+
+    from tests import _train_entry
+
+    with pytest.raises(ConfigError, match="written under FSDP over 2 processes, resumed without FSDP") as err:
+        _train_entry.run("sft", str(resumed / "sft"), {"resume": str(resumed / "sft")})
+    assert "\n" not in str(err.value) and "--use_fsdp --num_processes 2" in str(err.value)
+
+
+def test_a_checkpoint_resumes_only_under_the_layout_that_wrote_it(tmp_path):
+    """Sharded state is per process: an FSDP checkpoint needs FSDP over as many processes, an
+    unsharded one no FSDP; anything else is a one-line error naming the checkpoint."""
+    from rlhflab.train.loop import _check_same_layout
+
+    _check_same_layout(tmp_path, None, None)
+    _check_same_layout(tmp_path, 2, 2)
+    for written, resuming, says in (
+        (2, 3, "written under FSDP over 2 processes, resumed under FSDP over 3 processes"),
+        (None, 2, "written without FSDP, resumed under FSDP over 2 processes"),
+    ):
+        with pytest.raises(ConfigError, match=says) as err:
+            _check_same_layout(tmp_path, written, resuming)
+        assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)

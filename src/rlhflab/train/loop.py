@@ -26,7 +26,9 @@ on a machine without GPUs the processes join over gloo). FSDP (``--use_fsdp`` or
 ``distributed_type: FSDP``) is FSDP2's ``fully_shard`` applied here, on CPU/gloo as on GPUs: each
 decoder layer and each model is one unit, so every process holds 1/N of the trained weights,
 their gradients and optimiser state; sampling gathers the policy's weights once per rollout
-(:func:`rlhflab.hardware.gathered_parameters`) and the final save gathers them once.
+(:func:`rlhflab.hardware.gathered_parameters`) and the final save gathers them once. Its checkpoints
+keep models and optimiser as torch.distributed.checkpoint shards, one per process (:func:`save_checkpoint`),
+and resume under the same launch only.
 DeepSpeed, and ``--cpu --num_processes N`` (which accelerate's launcher runs as one process
 without mpirun), are one-line errors naming what to launch instead.
 """
@@ -56,6 +58,7 @@ from rlhflab.progress import bar, progress_shown
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "rlhflab_state.json"
+SHARDED_DIR = "sharded"  # CHECKPOINT/sharded/: an FSDP run's models and optimiser, one DCP file per process
 TRACKER_PROJECT = "rlhflab"  # trackio / W&B project, MLflow experiment
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: the run's TensorBoard event files
 
@@ -370,8 +373,6 @@ def train(
     if fsdp_requested() and not fsdp:
         print("FSDP requested on one process: nothing to shard, training unsharded", file=sys.stderr)
     if fsdp:
-        if config.save_steps > 0 or config.resume:
-            raise ConfigError("--save_steps / --resume under FSDP: sharded checkpoints are not written yet; use DDP")
         modules = shard_modules(modules, accelerator)
     total_iterations = algorithm.num_iterations()
     optimizer, scheduler = make_optimizer(config, modules, algorithm.total_optimizer_steps())
@@ -385,15 +386,14 @@ def train(
     optimizer = prepared[-1] if isinstance(prepared, (list, tuple)) else prepared
     accelerator.register_for_checkpointing(scheduler)
     algorithm.bind(accelerator, modules)
+    sharded = (modules, optimizer) if fsdp else None
 
     start = 0
     if config.resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"{run_dir}: no checkpoint to resume from")
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        algorithm.load_state_dict(state["algorithm"])
+        state = load_checkpoint(accelerator, checkpoint, algorithm, sharded)
         start = state["iteration"] + 1
         if accelerator.is_main_process:
             _truncate_metrics(run_dir / "metrics.jsonl", state["iteration"])
@@ -445,7 +445,7 @@ def train(
             logger.log(row)
         logger.advance()
         if config.save_steps > 0 and (iteration + 1) % config.save_steps == 0 and iteration < total_iterations - 1:
-            save_checkpoint(accelerator, run_dir, iteration, algorithm)
+            save_checkpoint(accelerator, run_dir, iteration, algorithm, sharded)
         if should_stop is not None and should_stop(iteration):
             if iteration % max(1, config.logging_steps) != 0 and iteration != total_iterations - 1:
                 logger.log(row)  # the last row of a stopped run is always logged
@@ -622,9 +622,15 @@ def _fsdp_no_sync(module: nn.Module):
             unit.set_requires_gradient_sync(True, recurse=False)
 
 
-def save_checkpoint(accelerator, run_dir: Path, iteration: int, algorithm: Algorithm) -> Path:
+def save_checkpoint(
+    accelerator, run_dir: Path, iteration: int, algorithm: Algorithm, sharded: tuple[dict, Any] | None = None
+) -> Path:
     """Save models, optimiser, scheduler and RNG states, then mark the checkpoint complete by
-    renaming it into place: a checkpoint directory that exists is a finished one."""
+    renaming it into place: a checkpoint directory that exists is a finished one.
+
+    ``sharded``, the ``(modules, optimizer)`` of an FSDP run: those two are saved with
+    torch.distributed.checkpoint instead, each process writing its own shard into SHARDED_DIR;
+    scheduler, RNG and the algorithm's state are saved as without FSDP."""
     root = run_dir / CHECKPOINT_DIR
     final = root / f"iter-{iteration:07d}"
     tmp = root / f".tmp-iter-{iteration:07d}"
@@ -632,15 +638,90 @@ def save_checkpoint(accelerator, run_dir: Path, iteration: int, algorithm: Algor
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _accelerate_keeps_no_optimizer(accelerator) if sharded else contextlib.nullcontext():
+        accelerator.save_state(str(tmp))
+    state = {"iteration": iteration, "algorithm": algorithm.state_dict() if accelerator.is_main_process else None}
+    if sharded:
+        _save_sharded(tmp / SHARDED_DIR, *sharded)
+        state["fsdp_processes"] = accelerator.num_processes
+    accelerator.wait_for_everyone()  # every process's files are written before the rename
     if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, {"iteration": iteration, "algorithm": algorithm.state_dict()})
+        write_json(tmp / STATE_FILE, state)
         os.replace(tmp, final)
         for old in root.glob("iter-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, checkpoint: Path, algorithm: Algorithm, sharded: tuple[dict, Any] | None) -> dict:
+    """Restore what :func:`save_checkpoint` saved into ``checkpoint`` and return its state file."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    _check_same_layout(checkpoint, state.get("fsdp_processes"), accelerator.num_processes if sharded else None)
+    with _accelerate_keeps_no_optimizer(accelerator) if sharded else contextlib.nullcontext():
+        accelerator.load_state(str(checkpoint))
+    if sharded:
+        _load_sharded(checkpoint / SHARDED_DIR, *sharded)
+    algorithm.load_state_dict(state["algorithm"])
+    return state
+
+
+def _check_same_layout(checkpoint: Path, written: int | None, resuming: int | None) -> None:
+    """A sharded checkpoint resumes under FSDP over as many processes as wrote it (each restores
+    its own RNG states; the trajectory would not be the uninterrupted one), an unsharded one
+    without FSDP. ``written`` / ``resuming``: the FSDP process count, None without FSDP."""
+    if written == resuming:
+        return
+
+    def launch(processes: int | None) -> str:
+        return f"under FSDP over {processes} processes" if processes else "without FSDP"
+
+    raise ConfigError(
+        f"{checkpoint}: written {launch(written)}, resumed {launch(resuming)}; resume it as the run was launched"
+        + (f" (accelerate launch --use_fsdp --num_processes {written})" if written else "")
+    )
+
+
+@contextlib.contextmanager
+def _accelerate_keeps_no_optimizer(accelerator):
+    """accelerate's save_state / load_state keep the optimiser's state in one file of the main
+    process; under FSDP each process holds a different shard of it, saved by :func:`_save_sharded`.
+    While the block runs accelerate sees no optimiser (its scheduler, RNG and scaler states stay)."""
+    kept = accelerator._optimizers
+    accelerator._optimizers = []
+    try:
+        yield
+    finally:
+        accelerator._optimizers = kept
+
+
+def _sharded_state(modules: dict[str, nn.Module], optimizer) -> tuple[nn.Module, Any, dict]:
+    """The FSDP modules as one module (their names the keys' prefixes), the bare torch optimiser
+    (accelerate's wrapper unwrapped), and their sharded state dicts (DTensors: this process's shards)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = nn.ModuleDict(modules)
+    bare = getattr(optimizer, "optimizer", optimizer)
+    model_state, optimizer_state = get_state_dict(model, bare)
+    return model, bare, {"model": model_state, "optimizer": optimizer_state}
+
+
+def _save_sharded(directory: Path, modules: dict[str, nn.Module], optimizer) -> None:
+    """Every process writes its shard of the models and the optimiser (collective)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(modules, optimizer)[2], checkpoint_id=str(directory))
+
+
+def _load_sharded(directory: Path, modules: dict[str, nn.Module], optimizer) -> None:
+    """Every process reads its shard of the models and the optimiser back (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model, bare, state = _sharded_state(modules, optimizer)
+    dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(model, bare, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def optimizer_batch_size(config) -> int:
