@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhflab.commands.collect import AnnotateConfig, SampleConfig, run_annotate, run_sample
-from rlhflab.commands.compare import CompareConfig, run_compare
+from rlhflab.commands.compare import CompareConfig, compare_outputs, run_compare
 from rlhflab.commands.decode import BestOfNConfig, RADConfig, run_bon, run_rad
 from rlhflab.commands.demo import DemoConfig, run_demo
 from rlhflab.commands.evaluate import EvalConfig, run_eval
@@ -22,6 +22,7 @@ from rlhflab.commands.feedback import ServeConfig, run_feedback, run_serve
 from rlhflab.commands.frontier import FrontierConfig, run_frontier
 from rlhflab.commands.iterate import LoopConfig, loop_done, run_loop
 from rlhflab.commands.language import run_ilf, run_revise
+from rlhflab.commands.memory import MemoryConfig, run_memory
 from rlhflab.commands.report import ReportConfig, run_report
 from rlhflab.commands.toy import ToyConfig, format_toy_result, run_toy
 from rlhflab.commands.train import (
@@ -204,7 +205,7 @@ COMMANDS: dict[str, Command] = {
         CompareConfig,
         run_compare,
         "RL and its alternatives from one pool of feedback: J, J_hat, KL table and plot",
-        lambda cfg, d: f"table in {d / 'comparison.md'} and {d / 'comparison.json'}; plot {d / 'comparison.png'}",
+        lambda cfg, d: compare_outputs(d),
     ),
     "frontier": Command(
         FrontierConfig,
@@ -224,6 +225,12 @@ COMMANDS: dict[str, Command] = {
         run_eval,
         "J (oracle), J_hat (reward model), KL, length, diversity; seen vs unseen prompts",
         lambda cfg, results: format_evaluations({cfg.policy: results}),
+    ),
+    "memory": Command(
+        MemoryConfig,
+        run_memory,
+        "peak training memory per process (weights, grads, AdamW, activations) for a method and sharding",
+        lambda cfg, text: text,
     ),
     "report": Command(
         ReportConfig,
