@@ -51,6 +51,8 @@ EXPECTED: dict[str, dict[str, int]] = {
     f"GET {API}/stats": row(401, 403, 403, 200, 200),
     f"GET {P}/review": row(303, 403, 403, 200, 200),
     f"POST {P}/gold": row(303, 403, 403, 303, 303),
+    f"GET {P}/adjudicate": row(303, 403, 403, 200, 200),
+    f"POST {P}/adjudicate": row(303, 403, 403, 400, 400),  # authorised; the item has no disagreement
     f"POST {P}/exclude": row(303, 403, 403, 403, 303),
     f"GET {P}/export": row(303, 403, 403, 403, 200),
     "GET /admin": row(303, 403, 403, 403, 200),
@@ -113,6 +115,7 @@ def test_the_authorisation_matrix(world):
             f"POST {P}/label": {"assignment_id": open_task.assignment_id, "idempotency_key": f"k{next(keys)}", "choice": "left"},
             f"POST {P}/skip": {"assignment_id": open_task.assignment_id},
             f"POST {P}/gold": {"item_id": first.item_id, "answer": "0"},
+            f"POST {P}/adjudicate": {"item_id": first.item_id, "cause": "other", "note": "n", "choice": "left"},
             f"POST {P}/exclude": {"username": "bob", "excluded": "1"},
             "POST /admin/invitations": {"role": "annotator"},
             "POST /admin/members": {"project": project.id, "usernames": "bob", "role": "annotator"},

@@ -70,6 +70,7 @@ FORM_FIELDS = {
     "POST /admin/members": ["project", "usernames", "role"],
     "POST /logout": ["x"],
     "POST /projects/{project_id:id}/instructions": ["x"],
+    "POST /projects/{project_id:id}/adjudicate": ["item_id", "cause", "note", "choice"],
 }
 LABEL_FIELDS = {
     "pairwise": ["choice"],
@@ -93,6 +94,7 @@ QUERIES = {
     "GET /login": ["next"],
     "GET /projects/{project_id:id}/label": ["saved", "duplicate"],
     "GET /projects/{project_id:id}/review": ["saved"],
+    "GET /projects/{project_id:id}/adjudicate": ["item", "saved"],
     "GET /projects/{project_id:id}/export": ["kind", "include_excluded"],
     "GET /admin": ["added"],
 }
@@ -134,6 +136,8 @@ def test_no_input_gets_a_5xx_or_a_traceback(world, caplog):
         "answer": "0",
         "answer_0": "3",
         "answer_1": "4",
+        "cause": "ambiguous_item",
+        "note": "",
     }
     failures: list[str] = []
     sent = 0
@@ -218,6 +222,7 @@ def test_no_input_gets_a_5xx_or_a_traceback(world, caplog):
                     send("anonymous", method, path.replace("{token}", bad), base)
             if method == "GET":
                 owner = "admin" if "admin" in key or "export" in key else "rita" if "review" in key else "alice"
+                owner = "rita" if "adjudicate" in key else owner
                 for name in QUERIES.get(key, []):
                     for value in HOSTILE:
                         send(
@@ -242,7 +247,13 @@ def test_no_input_gets_a_5xx_or_a_traceback(world, caplog):
                             send("alice", "POST", url, raw=body)
                 continue
             # each field alone, as the caller the route is for, then all at once, as everyone
-            owner = {"/admin": "admin", "/exclude": "admin", "/gold": "rita", "/login": "anonymous"}
+            owner = {
+                "/admin": "admin",
+                "/exclude": "admin",
+                "/gold": "rita",
+                "/adjudicate": "rita",
+                "/login": "anonymous",
+            }
             caller = next((who for part, who in owner.items() if part in key), "alice")
             for field in fields:
                 for value in HOSTILE:

@@ -85,7 +85,7 @@ def test_migrations_create_exactly_the_schema_the_models_declare(db_url):
         migrate(engine)  # at head: nothing to do
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), m.Base.metadata) == []
-            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0004"
             if engine.dialect.name == "sqlite":
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -77,6 +77,8 @@ ACCESS: dict[str, tuple[str, ...]] = {
     "GET /api/projects/{project_id:id}/stats": STAFF,
     "GET /projects/{project_id:id}/review": STAFF,
     "POST /projects/{project_id:id}/gold": STAFF,
+    "GET /projects/{project_id:id}/adjudicate": STAFF,
+    "POST /projects/{project_id:id}/adjudicate": STAFF,
     "POST /projects/{project_id:id}/exclude": ADMIN,
     "GET /projects/{project_id:id}/export": ADMIN,
     "GET /admin": ADMIN,

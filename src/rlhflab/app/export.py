@@ -5,7 +5,19 @@ The records are the ones ``rlhflab.data`` defines, so ``rlhflab reward --data`` 
 (people here, simulated annotators in ``rlhflab annotate``). Each row carries extra columns the
 readers ignore, for whoever audits the data: who labelled (``annotator_id``), what (``item_id``,
 ``project``), how it was shown (``shown_order``, ``swapped``: position bias can be checked after
-the fact), how long it took (``seconds``) and whether it was a gold item (``gold``).
+the fact), how long it took (``seconds``), whether it was a gold item (``gold``) and which policy
+sampled it (``policy``: set on a live project's items, rlhflab.app.live; None for a samples file's).
+
+Adjudication (rlhflab.app.adjudication): every row also carries its item's resolution beside the
+raw label, ``adjudicated_label`` (the reviewer's label, stored as labels are: original completion
+indices, e.g. ``{"choice": "right", "winner": 1}``), ``adjudication_cause`` and
+``adjudication_note`` (all None for an item no one adjudicated), and ``adjudicated`` (whether the
+record is made from the resolution rather than from an annotator's label). By default the records
+are the raw labels, as before: disagreement is information (a reward model can weigh it). With
+``use_adjudicated`` an adjudicated item's labels are replaced by one record made from its resolution,
+attributed to the reviewer (``annotator``, ``annotator_id``; ``label_id`` None, the completions
+"shown" in their original order); items no one adjudicated keep their raw labels. A pairwise
+resolution of "tie" or "both bad" then carries no preference (skipped and counted, as a label's).
 
 This module reads label rows (``Store.label_rows``), not the database.
 """
@@ -46,6 +58,11 @@ def _extras(row: dict) -> dict:
         "shown_order": list(row["shown_order"]),
         "seconds": row["seconds"],
         "gold": row["gold"],
+        "policy": row.get("policy"),  # which policy sampled the item (a live project's), else None
+        "adjudicated": row.get("from_adjudication", False),
+        "adjudicated_label": (row.get("adjudication") or {}).get("value"),
+        "adjudication_cause": (row.get("adjudication") or {}).get("cause"),
+        "adjudication_note": (row.get("adjudication") or {}).get("note"),
     }
 
 
@@ -56,6 +73,43 @@ def _ranking(row: dict) -> Ranking:
         return Ranking(row["prompt"], [completions[winner], completions[1 - winner]], annotator=row["annotator"])
     order = row["value"]["ranking"]
     return Ranking(row["prompt"], [completions[i] for i in order], annotator=row["annotator"])
+
+
+def _resolution_row(row: dict, decision: dict) -> dict:
+    """The label row an item's resolution stands for: the item's data from one of its ``row``s, the
+    reviewer's label, the completions in their original order."""
+    return {
+        **row,
+        "value": decision["value"],
+        "annotator": decision["reviewer"],
+        "annotator_id": decision["reviewer_id"],
+        "label_id": None,
+        "shown_order": list(range(len(row["completions"]))),
+        "swapped": False,
+        "seconds": None,
+        "excluded": False,
+        "from_adjudication": True,
+    }
+
+
+def adjudicated_rows(rows: list[dict], used: list[dict]) -> list[dict]:
+    """``used`` with each adjudicated item's rows replaced, where its first one was, by the row of its
+    resolution. ``rows`` (excluded annotators' too) find the items: one whose every label is left out
+    still has its reviewer's decision, which goes last."""
+    decided: dict[int, dict] = {}
+    for row in rows:
+        if row.get("adjudication"):
+            decided.setdefault(row["item_id"], row)
+    out, placed = [], set()
+    for row in used:
+        item_id = row["item_id"]
+        if item_id not in decided:
+            out.append(row)
+        elif item_id not in placed:
+            placed.add(item_id)
+            out.append(_resolution_row(decided[item_id], decided[item_id]["adjudication"]))
+    out += [_resolution_row(row, row["adjudication"]) for item_id, row in decided.items() if item_id not in placed]
+    return out
 
 
 def records_from_rows(rows: list[dict], kind: str, counts: dict) -> list[dict]:
@@ -145,11 +199,14 @@ def export_rows(
     include_excluded: bool = False,
     format: str | None = None,
     task: str | None = None,
+    use_adjudicated: bool = False,
 ) -> dict:
     """Write the records of ``kind`` made from label rows (of one project, whose ``task`` is given
     when the rows may be empty) to ``output`` and return the counts: ``records`` written, ``labels``
     used, ``excluded_labels`` left out (annotators an admin excluded, unless ``include_excluded``),
-    ``tie_skipped`` and ``both_bad_skipped`` (pairwise labels with no preference)."""
+    ``tie_skipped`` and ``both_bad_skipped`` (pairwise labels with no preference); with
+    ``use_adjudicated`` (see the module docstring) also ``adjudicated_items``, the items whose
+    resolution replaced their ``labels_replaced`` labels."""
     if kind not in KINDS:
         raise ConfigError(f"unknown export kind '{kind}'; choose from {', '.join(KINDS)}")
     format = output_format(output, format)
@@ -159,7 +216,14 @@ def export_rows(
             raise ExportError(f"a {project_task} project's labels export as {' or '.join(fits)}, not {kind}")
     used = [r for r in rows if include_excluded or not r["excluded"]]
     counts = {"tie_skipped": 0, "both_bad_skipped": 0}
-    records = records_from_rows(used, kind, counts)
+    if use_adjudicated:
+        resolved = adjudicated_rows(rows, used)
+        replaced = [r for r in resolved if r.get("from_adjudication")]
+        counts["adjudicated_items"] = len(replaced)
+        counts["labels_replaced"] = sum(1 for r in used if r.get("adjudication"))
+        records = records_from_rows(resolved, kind, counts)
+    else:
+        records = records_from_rows(used, kind, counts)
     if not records:
         raise ExportError(
             f"no {kind} to export: {len(used)} labels, {len(rows) - len(used)} more from excluded annotators"

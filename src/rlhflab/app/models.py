@@ -170,6 +170,8 @@ class Item(Base):
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_answer: Mapped[Any | None] = mapped_column(JSON)  # in original completion indices
     is_qualification: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the policy that sampled the completions (`rlhflab serve --policy`, live projects); None from a samples file
+    policy: Mapped[str | None] = mapped_column(Text)
 
 
 class Assignment(Base):
@@ -209,6 +211,25 @@ class Label(Base):
     seconds: Mapped[float | None] = mapped_column(Float)  # time on the page, as the page measured it
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)  # the item was gold when labelled
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Adjudication(Base):
+    """A reviewer's resolution of an item whose labels disagree: the label it should have (in original
+    completion indices, as a label is stored), why the annotators disagreed, and the labels they saw
+    (``label_ids``: an item whose labels change afterwards goes back to the adjudication queue). One
+    per item: deciding again replaces the decision (and its reviewer, cause and time)."""
+
+    __tablename__ = "adjudications"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ID, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ID, ForeignKey("items.id", ondelete="CASCADE"), unique=True)
+    reviewer_id: Mapped[int | None] = mapped_column(ID, ForeignKey("users.id", ondelete="SET NULL"))
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cause: Mapped[str] = mapped_column(String(32))  # one of adjudication.CAUSES
+    note: Mapped[str] = mapped_column(Text)
+    label_ids: Mapped[list[Any]] = mapped_column(JSON)  # the labels the reviewer saw, ascending
+    decided_at: Mapped[dt.datetime]
 
 
 class LoginFailure(Base):

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from rlhflab.app import models as m
+from rlhflab.app.adjudication import adjudication_items, check_cause, counted_labels, needs_adjudication
 from rlhflab.app.db import default_db_url, make_engine, migrate, read_only
 from rlhflab.app.export import ExportError, export_rows
 from rlhflab.app.models import MAX_ID
@@ -49,6 +50,7 @@ from rlhflab.app.tasks import (
     gold_agrees,
     items_from_samples,
     labels_disagree,
+    prompt_key,
     read_gold,
     resolve_label,
     validate_gold,
@@ -599,7 +601,7 @@ class Store:
         self,
         name: str,
         task: str,
-        samples: str | os.PathLike | Sequence[Samples],
+        samples: str | os.PathLike | Sequence[Samples] | None,
         *,
         attributes: Sequence[str] = (),
         overlap: int = 3,
@@ -611,7 +613,8 @@ class Store:
         seed: int = 0,
     ) -> ProjectInfo:
         """A project of ``task`` over the items made from ``samples`` (a file written by ``rlhflab
-        sample``, or Samples records), plus the gold items of ``gold`` (see tasks.read_gold).
+        sample``, or Samples records; None for a live project, which starts with no sampled items: see
+        rlhflab.app.live), plus the gold items of ``gold`` (see tasks.read_gold).
 
         ``overlap``: distinct annotators per non-gold item. ``gold_rate``: the share of an
         annotator's tasks that are gold items (every round(1/gold_rate)-th). ``qualification_items``:
@@ -645,13 +648,13 @@ class Store:
         if isinstance(qualification_items, bool) or not isinstance(qualification_items, int) or qualification_items < 0:
             raise StoreError(f"qualification_items must be a non-negative integer, got {qualification_items!r}")
 
-        records = _read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
+        records = _read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples or [])
         items = items_from_samples(task, records)
         for i, (prompt, completions) in enumerate(items):
             found = first_unstorable({"prompt": prompt, "completions": completions})
             if found:  # Samples records given directly (a file's rows were checked line by line)
                 raise StoreError(f"<samples>: item {i + 1}: field '{found[0]}' {found[1]}")
-        if not items:
+        if not items and samples is not None:
             source = samples if isinstance(samples, (str, os.PathLike)) else "<samples>"
             need = "2 distinct non-empty completions" if task in ("pairwise", "ranking") else "a non-empty completion"
             raise StoreError(f"{source}: no record has {need}, so there is nothing to label")
@@ -1031,6 +1034,61 @@ class Store:
             project, membership = self._visible_project(session, project_id, user)
             return self._progress(session, project, membership)
 
+    # ---- queue order (active learning: rlhflab.feedback.acquisition) --------------------------------
+    @staticmethod
+    def _items_needing_labels(session: DBSession, project: m.Project, lock: bool = False) -> list[m.Item]:
+        """Non-gold items that fewer than ``overlap`` annotators hold, in queue order: the items whose
+        order decides what ``_claim_item`` hands out next."""
+        query = (
+            select(m.Item)
+            .where(
+                m.Item.project_id == project.id,
+                m.Item.is_gold.is_(False),
+                _active_assignments(m.Item.id) < project.overlap,
+            )
+            .order_by(m.Item.position)
+        )
+        return list(session.scalars(query.with_for_update(of=m.Item) if lock else query))
+
+    def items_to_order(self, project: int | str, user: UserInfo | None = None) -> list[dict]:
+        """The items that still need labels (non-gold, fewer than ``overlap`` annotators hold them), in
+        the order they are handed out: ``{"item_id", "prompt", "completions"}``, to score for
+        :meth:`reorder_items`. Admins only."""
+        self._require_admin(user, "reorder a project's queue")
+        with self._read() as session:
+            row = self._project_row(session, project)
+            items = self._items_needing_labels(session, row)
+            return [{"item_id": i.id, "prompt": i.prompt, "completions": list(i.completions)} for i in items]
+
+    def reorder_items(self, project: int | str, scores: dict[int, float], user: UserInfo | None = None) -> int:
+        """Hand out the items that still need labels highest ``scores`` first (ties in their current
+        order), then those without a score in their current order; returns how many items moved.
+
+        Only the order among those items changes: they swap positions with one another, so gold and
+        qualification items, items no annotator can be given any more, and every assignment stay as
+        they are. Scores of items that filled up meanwhile are ignored. Admins only."""
+        self._require_admin(user, "reorder a project's queue")
+        if any(not math.isfinite(float(s)) for s in scores.values()):
+            raise StoreError("every queue score must be a finite number")
+
+        def reorder(session: DBSession) -> int:
+            row = self._project_row(session, project)
+            items = self._items_needing_labels(session, row, lock=True)
+            scored = [i for i in items if i.id in scores]
+            ranked = sorted(scored, key=lambda i: -float(scores[i.id])) + [i for i in items if i.id not in scores]
+            positions = [i.position for i in items]  # ascending: the slots the reordered items share
+            moves = [(item, new) for item, new in zip(ranked, positions) if item.position != new]
+            # Through negative positions first, since (project, position) is unique at every statement.
+            for item, new in moves:
+                item.position = -new
+            session.flush()
+            for item, new in moves:
+                item.position = new
+            session.flush()
+            return len(moves)
+
+        return self._write_retrying(reorder)
+
     # ---- review -----------------------------------------------------------------------------------
     def disagreements(self, project_id: int, user: UserInfo, limit: int = 100) -> list[dict]:
         """Items whose labels disagree (tasks.labels_disagree), in item order, each with its labels:
@@ -1159,7 +1217,9 @@ class Store:
             )
 
     # ---- analysis ---------------------------------------------------------------------------------
-    def _label_rows(self, session: DBSession, project: m.Project, include_excluded: bool) -> list[dict]:
+    def _label_rows(
+        self, session: DBSession, project: m.Project, include_excluded: bool, item_id: int | None = None
+    ) -> list[dict]:
         query = (
             select(m.Label, m.Item, m.User.username, m.Membership.excluded, m.Assignment)
             .join(m.Item, m.Item.id == m.Label.item_id)
@@ -1174,6 +1234,9 @@ class Store:
         )
         if not include_excluded:
             query = query.where(m.Membership.excluded.is_(False), m.Assignment.status != m.REVOKED)
+        if item_id is not None:
+            query = query.where(m.Label.item_id == item_id)
+        decisions = self._adjudications(session, project, item_id)
         return [
             {
                 "label_id": label.id,
@@ -1195,9 +1258,82 @@ class Store:
                 # a revoked assignment's label is left out as an excluded annotator's is
                 "excluded": excluded or assignment.status == m.REVOKED,
                 "attributes": list(project.attributes),
+                "adjudication": decisions.get(item.id),
+                "policy": item.policy,
             }
             for label, item, username, excluded, assignment in session.execute(query)
         ]
+
+    @staticmethod
+    def _adjudications(session: DBSession, project: m.Project, item_id: int | None = None) -> dict[int, dict]:
+        """item id -> its adjudication ``{"value", "cause", "note", "reviewer", "reviewer_id",
+        "label_ids", "decided_at"}``, for the project's (or the one item's) adjudicated items."""
+        query = (
+            select(m.Adjudication, m.User.username)
+            .outerjoin(m.User, m.User.id == m.Adjudication.reviewer_id)
+            .where(m.Adjudication.project_id == project.id)
+        )
+        if item_id is not None:
+            query = query.where(m.Adjudication.item_id == item_id)
+        return {
+            row.item_id: {
+                "value": dict(row.value),
+                "cause": row.cause,
+                "note": row.note,
+                "reviewer": username,
+                "reviewer_id": row.reviewer_id,
+                "label_ids": list(row.label_ids),
+                "decided_at": row.decided_at,
+            }
+            for row, username in session.execute(query)
+        }
+
+    # ---- adjudication -----------------------------------------------------------------------------
+    def adjudication_queue(self, project_id: int, user: UserInfo | None = None) -> list[dict]:
+        """The project's items that disagree or were adjudicated (rlhflab.app.adjudication's
+        ``adjudication_items``: those with ``pending`` are the queue). Reviewers and admins only."""
+        with self._read() as session:
+            project, _ = self._visible_project(session, project_id, user, "reviewer")
+            return adjudication_items(project.task, self._label_rows(session, project, include_excluded=True))
+
+    def adjudicate(
+        self, item_id: int, value: Any, cause: str, note: str, user: UserInfo | None, project_id: int | None = None
+    ) -> dict:
+        """Record the resolution of an item whose labels disagree: ``value`` the label it should have,
+        as a page posts it with the completions shown in their original order (validated as a label
+        is: LabelError), ``cause`` one of adjudication.CAUSES, ``note`` free text. Replaces an earlier
+        decision. StoreError unless the item's counted labels disagree (see rlhflab.app.adjudication);
+        NotFound for an item of another project than ``project_id``. Reviewers and admins only.
+        Returns the item's adjudication as ``Store.label_rows`` rows carry it."""
+        check_id(item_id, "item")
+        cause, note = check_cause(cause, note)
+        unstorable = first_unstorable(value)
+        if unstorable:
+            raise LabelError(f"field '{unstorable[0]}' {unstorable[1]}")
+
+        def decide(session: DBSession) -> dict:
+            item = session.scalars(select(m.Item).where(m.Item.id == item_id).with_for_update()).first()
+            if item is None or (project_id is not None and item.project_id != project_id):
+                raise NotFound(f"no item {item_id}")
+            project, _ = self._visible_project(session, item.project_id, user, "reviewer")
+            labels = counted_labels(self._label_rows(session, project, include_excluded=True, item_id=item.id))
+            if item.is_gold or not needs_adjudication(project.task, labels.get(item.id, [])):
+                raise StoreError(f"item {item.id} has no disagreeing labels to adjudicate")
+            k = len(item.completions)
+            shown = validate_label(project.task, project.attributes, k, value)
+            decision = session.scalars(select(m.Adjudication).where(m.Adjudication.item_id == item.id)).first()
+            if decision is None:
+                decision = m.Adjudication(project_id=project.id, item_id=item.id)
+                session.add(decision)
+            decision.reviewer_id = None if user is None else user.id
+            decision.value = resolve_label(project.task, shown, list(range(k)))
+            decision.cause, decision.note = cause, note
+            decision.label_ids = sorted(row["label_id"] for row in labels[item.id])
+            decision.decided_at = m.utcnow()
+            session.flush()
+            return self._adjudications(session, project, item.id)[item.id]
+
+        return self._write_retrying(decide)
 
     def label_rows(
         self, project_id: int | str, include_excluded: bool = True, user: UserInfo | None = None
@@ -1216,9 +1352,11 @@ class Store:
         include_excluded: bool = False,
         *,
         format: str | None = None,
+        use_adjudicated: bool = False,
         user: UserInfo | None = None,
     ) -> dict:
-        """Write a project's labels as rlhflab records (see rlhflab.app.export) and return the counts.
+        """Write a project's labels as rlhflab records (see rlhflab.app.export) and return the counts;
+        with ``use_adjudicated``, an adjudicated item's resolution in place of its labels.
 
         The labels are read in one transaction, a consistent snapshot however many annotators are
         labelling meanwhile. With ``user``: admins only.
@@ -1228,6 +1366,66 @@ class Store:
             row, _ = self._visible_project(session, project, user)
             task, rows = row.task, self._label_rows(session, row, include_excluded=True)
         try:
-            return export_rows(rows, kind, output, include_excluded=include_excluded, format=format, task=task)
+            return export_rows(
+                rows, kind, output, include_excluded, format=format, task=task, use_adjudicated=use_adjudicated
+            )
         except (ExportError, ConfigError) as e:
             raise StoreError(str(e)) from None
+
+    # ---- live projects (rlhflab.app.live) -----------------------------------------------------------
+    def live_queue(self, project: int | str) -> tuple[int, set[str]]:
+        """``(waiting, used)`` of a live project: how many of its non-gold items no annotator has been
+        given yet (a skipped item waits no more: someone passed it over), and the prompts its items
+        hold (as ``live.prompt_key`` strings), which are never sampled again."""
+        with self._read() as session:
+            row = self._project_row(session, project)
+            never_assigned = ~exists().where(m.Assignment.item_id == m.Item.id)
+            waiting = session.scalar(
+                select(func.count(m.Item.id)).where(
+                    m.Item.project_id == row.id, m.Item.is_gold.is_(False), never_assigned
+                )
+            )
+            used = {prompt_key(p) for p in session.scalars(select(m.Item.prompt).where(m.Item.project_id == row.id))}
+        return waiting, used
+
+    def add_live_items(self, project: int | str, records: Sequence[Samples], policy: str) -> list[int]:
+        """Append the items each of ``records`` makes (tasks.items_from_samples) to the end of the
+        queue, each recording the ``policy`` that sampled it; returns how many items each record made:
+        0 for one whose prompt an item of the project holds already (no prompt is used twice, whoever
+        sampled it), or whose completions make no item or hold text no column can store.
+
+        One transaction, with the project's row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE runs one
+        writer at a time), so two samplers on one database take turns and see each other's items."""
+        check_text(policy, "the policy name")
+
+        def add(session: DBSession) -> list[int]:
+            row = self._project_row(session, project)
+            session.scalars(select(m.Project.id).where(m.Project.id == row.id).with_for_update()).first()
+            used = {prompt_key(p) for p in session.scalars(select(m.Item.prompt).where(m.Item.project_id == row.id))}
+            position = session.scalar(select(func.max(m.Item.position)).where(m.Item.project_id == row.id)) or 0
+            made = []
+            for record in records:
+                key = prompt_key(record.prompt)
+                items = [] if key in used else items_from_samples(row.task, [record])
+                items = [(p, c) for p, c in items if not first_unstorable({"prompt": p, "completions": c})]
+                for prompt, completions in items:
+                    position += 1
+                    session.add(
+                        m.Item(
+                            project_id=row.id,
+                            position=position,
+                            prompt=prompt,
+                            completions=completions,
+                            is_gold=False,
+                            gold_answer=None,
+                            is_qualification=False,
+                            policy=policy,
+                        )
+                    )
+                if items:
+                    used.add(key)
+                made.append(len(items))
+            session.flush()
+            return made
+
+        return self._write_retrying(add)

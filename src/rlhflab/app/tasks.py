@@ -13,6 +13,7 @@ agreement, Section 7.3.3) can be measured; :func:`gold_agrees` is that compariso
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -275,3 +276,9 @@ def labels_disagree(task: str, values: list[dict]) -> bool:
             for a in attributes
         )
     return len({v["good"] for v in values}) > 1
+
+
+def prompt_key(prompt: Any) -> str:
+    """A prompt (a string or a list of chat messages) as one string that is equal for equal prompts,
+    however the database handed its JSON back (the live sampler's record of prompts used)."""
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)

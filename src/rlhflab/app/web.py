@@ -1,13 +1,13 @@
 """The feedback app: ``create_app`` puts the routers, the error handlers and the middleware together.
 
-Routes live in ``rlhflab.app.routes`` (``auth``, ``labelling``, ``review``, ``admin``), each an
+Routes live in ``rlhflab.app.routes`` (``auth``, ``labelling``, ``review``, ``adjudication``, ``admin``), each an
 ``APIRouter``; what they depend on (the store, the caller, the parsed body, the one authorisation
 check and its route→roles table) in ``rlhflab.app.deps``; what pages show in ``rlhflab.app.views``.
 The Store filters by ownership and raises ``NotFound`` (404) or ``Forbidden`` (403).
 
 Pages: ``/login``, ``/logout``, ``/invite/{token}``, ``/`` (my projects), ``/projects/{id}/instructions``,
 ``/projects/{id}/label`` (the next task; POST submits it), ``/projects/{id}/skip``,
-``/projects/{id}/dashboard``, ``/projects/{id}/review``, ``/projects/{id}/gold``,
+``/projects/{id}/dashboard``, ``/projects/{id}/review``, ``/projects/{id}/gold``, ``/projects/{id}/adjudicate``,
 ``/projects/{id}/exclude``, ``/projects/{id}/export?kind=…``, ``/admin``, ``/admin/invitations``,
 ``/admin/members``. JSON: ``GET /api/projects/{id}/next``, ``POST /api/projects/{id}/labels``,
 ``GET /api/projects/{id}/stats``.
@@ -27,14 +27,14 @@ from starlette.exceptions import HTTPException
 
 from rlhflab.app.deps import AccessDenied, LoginRequired, authorize
 from rlhflab.app.middleware import BODY_READ_TIMEOUT_S, HeadAsGet, LimitBody, SecurityHeaders
-from rlhflab.app.routes import admin, auth, labelling, review
+from rlhflab.app.routes import adjudication, admin, auth, labelling, review
 from rlhflab.app.store import Forbidden, NotFound, Store
 from rlhflab.app.tasks import LabelError
 from rlhflab.app.views import HERE, is_api, render, see_other
 from rlhflab.errors import ConfigError, RlhflabError
 
 # Every route is in one of these (the authorisation matrix test enumerates them).
-ROUTERS = (auth.router, labelling.router, review.router, admin.router)
+ROUTERS = (auth.router, labelling.router, review.router, adjudication.router, admin.router)
 # Where `rlhflab serve` listens unless told otherwise, and so where invitation links point.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 # The environment variable through which `rlhflab serve --workers N` hands each worker process the

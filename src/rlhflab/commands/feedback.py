@@ -1,4 +1,4 @@
-"""``rlhflab feedback create|assign|users|invite|stats|export`` and ``rlhflab serve``: the feedback app
+"""``rlhflab feedback create|reorder|assign|users|invite|stats|export`` and ``rlhflab serve``: the feedback app
 from the command line, over the same store the web app uses (no HTTP involved).
 
 Each subcommand is a config dataclass (``--config FILE.yaml`` and flags, as every rlhflab command)
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,13 +20,23 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rlhflab.app.export import FORMATS, KINDS
+from rlhflab.app.live import LiveSampler
+from rlhflab.app.live import log as live_log
 from rlhflab.app.quality import agreement, annotator_quality, format_quality
-from rlhflab.app.store import ProjectInfo, Store, UserInfo
+from rlhflab.app.store import NotFound, ProjectInfo, Store, UserInfo
 from rlhflab.app.tasks import ROLES, TASKS
 from rlhflab.app.text import unstorable_text
 from rlhflab.app.web import SERVE_OPTIONS_ENV, create_app, public_base
-from rlhflab.config import option, parse_config
+from rlhflab.commands.collect import SampleConfig, run_sample
+from rlhflab.config import PromptOptions, SamplingOptions, option, parse_config
+from rlhflab.data import encode_prompts, load_prompts
+from rlhflab.data.render import completion_text, prompt_text
 from rlhflab.errors import ConfigError, DataError
+from rlhflab.feedback.acquisition import ORDERS, SCORED_ORDERS, acquisition_order, check_scorer, score_pairs
+from rlhflab.models import load_policy
+from rlhflab.models.decoder_parts import context_length
+from rlhflab.progress import progress_shown
+from rlhflab.rewards.registry import load_reward_source
 
 # Where `feedback users --add` reads a password when there is no --password_file and no terminal
 # to prompt on (scripts, tests).
@@ -62,6 +73,11 @@ class FeedbackCreateConfig(DatabaseOptions):
 
     name: str | None = option(None, "Project name (unique).")
     samples: str | None = option(None, "Samples file: one {prompt, completions} row per prompt.")
+    live: bool = option(
+        False,
+        "A live project: it may start without --samples, and `rlhflab serve --policy DIR --live_project NAME` "
+        "keeps its queue filled with the policy's completions for new prompts as annotators work.",
+    )
     task: str = option("pairwise", "What annotators do with each item.", choices=list(TASKS))
     attributes: str = option("", "Comma-separated attributes rated 1-7 (rating projects; default: overall).")
     overlap: int = option(3, "Distinct annotators per item (agreement needs at least 2).")
@@ -70,14 +86,60 @@ class FeedbackCreateConfig(DatabaseOptions):
     gold_rate: float = option(0.1, "Share of each annotator's tasks that are gold items (every round(1/rate)-th).")
     qualification_items: int = option(0, "Gold items every annotator labels first, to qualify for the rest.")
     qualification_threshold: float = option(0.7, "Share of qualification items an annotator must get right.")
-    seed: int = option(0, "Seeds the order each annotator sees an item's completions in.")
+    seed: int = option(0, "Seeds the order each annotator sees an item's completions in (and --order random).")
+    order: str = option(
+        "position",
+        "The order non-gold items are handed out in: as created (position), most informative first by the "
+        "disagreement of the --reward ensemble (uncertainty) or by the smallest --reward margin (margin), "
+        "or shuffled (random); see rlhflab.feedback.acquisition. Pairwise projects only, but for position.",
+        choices=list(ORDERS),
+    )
+    reward: str | None = option(
+        None, "Reward model that scores the pairs for --order margin; an ensemble folder for --order uncertainty."
+    )
 
     def validate(self) -> None:
         super().validate()
         if not self.name:
             raise ConfigError("--name is required")
-        if not self.samples:
-            raise ConfigError("--samples is required (a file written by `rlhflab sample`)")
+        if not self.samples and not self.live:
+            raise ConfigError(
+                "--samples is required (a file written by `rlhflab sample`), or --live for a project that "
+                "`rlhflab serve --policy DIR --live_project NAME` fills"
+            )
+        if self.live and not self.samples and self.order != "position":
+            raise ConfigError(
+                f"--order {self.order} orders the --samples items: a --live project without them has none"
+            )
+        _check_order(self.order, self.reward, self.task)
+
+
+def _check_order(order: str, reward: str | None, task: str | None) -> None:
+    if order in SCORED_ORDERS and not reward:
+        raise ConfigError(f"--order {order} scores the pairs with a reward model: give --reward DIR")
+    if order not in SCORED_ORDERS and reward:
+        raise ConfigError(f"--reward scores pairs for --order uncertainty or margin, not --order {order}")
+    if task is not None and task != "pairwise" and order != "position":
+        raise ConfigError(f"--order {order} orders pairs: a pairwise project only, not {task}")
+
+
+@dataclass
+class FeedbackReorderConfig(DatabaseOptions):
+    """Re-score the items of a pairwise project that still need labels and hand them out most informative
+    first (run after retraining the reward model on the labels so far); assignments stay as they are."""
+
+    project: str | None = option(None, "Project name.")
+    order: str = option(
+        "uncertainty", "How to order the queue (see `rlhflab feedback create --order`).", choices=list(ORDERS)
+    )
+    reward: str | None = option(None, "Reward model (margin) or ensemble folder (uncertainty) that scores the pairs.")
+    seed: int = option(0, "Seed of --order random.")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.project:
+            raise ConfigError("--project is required")
+        _check_order(self.order, self.reward, None)
 
 
 @dataclass
@@ -138,6 +200,7 @@ class FeedbackExportConfig(DatabaseOptions):
     output: str | None = option(None, "Output: FILE.jsonl, FILE.parquet, or a folder (datasets save_to_disk).")
     format: str | None = option(None, "Output format (default: from the output's suffix).", choices=list(FORMATS))
     include_excluded: bool = option(False, "Keep the labels of annotators an admin excluded.")
+    use_adjudicated: bool = option(False, "Export an adjudicated item's resolution instead of its labels.")
     overwrite: bool = option(False, "Replace --output if it is a folder that holds files (else that is an error).")
 
     def validate(self) -> None:
@@ -147,7 +210,40 @@ class FeedbackExportConfig(DatabaseOptions):
 
 
 @dataclass
-class ServeConfig(DatabaseOptions):
+class LivePolicyOptions(SamplingOptions, PromptOptions):
+    """A live project (rlhflab.app.live): the policy `rlhflab serve` samples its items from, and the prompts."""
+
+    policy: str | None = option(
+        None,
+        "Policy that samples the --live_project's items: registry name, hub id or local path.",
+        aliases=["--model"],
+    )
+    live_project: str | None = option(
+        None, "Project (made by `feedback create --live`, or any) whose queue --policy keeps filled, from --prompts."
+    )
+    live_buffer: int = option(8, "Items of the live project kept waiting that no annotator has been given yet.")
+    num_samples: int = option(2, "Completions sampled per prompt (a pairwise item is a pair of them).")
+    seed: int = option(0, "Seeds the order the live project's prompts are taken in, and their sampling.")
+
+    def check_live(self) -> None:
+        if (self.policy is None) != (self.live_project is None):
+            raise ConfigError("--policy and --live_project go together: the policy samples the live project's items")
+        if self.policy is None:  # an option no live project uses is refused, not ignored
+            given = [
+                f.name
+                for f in dataclasses.fields(LivePolicyOptions)
+                if f.name not in ("policy", "live_project") and getattr(self, f.name) != f.default
+            ]
+            if given:
+                raise ConfigError(f"--{given[0]} is an option of a live project: give --policy and --live_project too")
+        if self.live_buffer < 1:
+            raise ConfigError(f"--live_buffer must be at least 1, got {self.live_buffer}")
+        if self.num_samples < 1 or self.generation_batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--num_samples, --generation_batch_size and --max_new_tokens must be at least 1")
+
+
+@dataclass
+class ServeConfig(LivePolicyOptions, DatabaseOptions):
     """Serve the feedback web app (labelling, review, dashboard, export) with uvicorn."""
 
     host: str = option("127.0.0.1", "Interface to listen on (127.0.0.1: this machine only).")
@@ -162,6 +258,7 @@ class ServeConfig(DatabaseOptions):
 
     def validate(self) -> None:
         super().validate()
+        self.check_live()
         public_base(self.base_url())
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
@@ -187,8 +284,11 @@ def run_feedback_create(cfg: FeedbackCreateConfig) -> ProjectInfo:
             raise DataError(str(path), None, None, f"not UTF-8 text ({e.reason})") from None
         if unstorable_text(instructions):
             raise DataError(str(path), None, None, unstorable_text(instructions))
+    reward = load_reward_source(cfg.reward) if cfg.reward else None
+    if cfg.order != "position":
+        check_scorer(cfg.order, reward)  # a --reward that cannot score fails before the project exists
     with Store(cfg.db) as store:
-        return store.create_project(
+        project = store.create_project(
             cfg.name,
             cfg.task,
             cfg.samples,
@@ -201,6 +301,36 @@ def run_feedback_create(cfg: FeedbackCreateConfig) -> ProjectInfo:
             qualification_threshold=cfg.qualification_threshold,
             seed=cfg.seed,
         )
+        if cfg.order != "position":
+            order_queue(store, project.id, cfg.order, reward, cfg.seed)
+        return project
+
+
+def order_queue(store: Store, project: int | str, order: str, reward, seed: int = 0) -> int:
+    """Score every item of pairwise ``project`` that still needs labels by ``order`` (``reward``: the
+    loaded reward source that scores them, rlhflab.feedback.acquisition) and hand them out highest
+    score first; returns how many items moved. ``position`` restores the creation order."""
+    info = store.project(project)
+    if info.task != "pairwise":
+        raise ConfigError(f"project '{info.name}' is a {info.task} project: only pairwise queues are ordered by score")
+    items = store.items_to_order(info.id)
+    if not items:
+        return 0
+    if order == "position":
+        scores = [-item["item_id"] for item in items]  # items were created in position order
+    else:
+        contexts = [prompt_text(item["prompt"]) for item in items]
+        first = [completion_text(item["completions"][0]) for item in items]
+        second = [completion_text(item["completions"][1]) for item in items]
+        scores = score_pairs(order, reward, contexts, first, second, seed).tolist()
+    ranks = acquisition_order(scores)
+    return store.reorder_items(info.id, {items[i]["item_id"]: float(len(ranks) - n) for n, i in enumerate(ranks)})
+
+
+def run_feedback_reorder(cfg: FeedbackReorderConfig) -> int:
+    reward = load_reward_source(cfg.reward) if cfg.reward else None
+    with Store(cfg.db) as store:
+        return order_queue(store, cfg.project, cfg.order, reward, cfg.seed)
 
 
 def _new_password(cfg: FeedbackUsersConfig) -> str:
@@ -259,9 +389,60 @@ def run_feedback_export(cfg: FeedbackExportConfig) -> dict:
         raise ConfigError(f"{output}: a folder that holds files; choose another --output, or add --overwrite")
     with Store(cfg.db) as store:
         try:
-            return store.export(cfg.project, cfg.kind, output, cfg.include_excluded, format=cfg.format)
+            return store.export(
+                cfg.project,
+                cfg.kind,
+                output,
+                cfg.include_excluded,
+                format=cfg.format,
+                use_adjudicated=cfg.use_adjudicated,
+            )
         except OSError as e:
             raise ConfigError(f"{output}: cannot write the export there ({e.strerror or e})") from None
+
+
+def live_sampler(cfg: LivePolicyOptions, store: Store) -> LiveSampler:
+    """The sampler that keeps ``cfg.live_project`` filled: the policy loaded once, every prompt read and
+    encoded once (a prompt the policy cannot take fails here, in one line, not at each try), sampling
+    done by ``rlhflab sample``'s own function with the same options."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SampleConfig) if hasattr(cfg, f.name)}
+    options = SampleConfig(**{**shared, "output": ""})  # "": run_sample writes no file
+
+    def sample(batch, seed: int):
+        with progress_shown(False):  # no progress bar in the server's log for every top-up
+            return run_sample(dataclasses.replace(options, seed=seed), policy, tokenizer, batch)
+
+    try:  # the project and the options are checked before the policy loads
+        sampler = LiveSampler(
+            store,
+            cfg.live_project,
+            load_prompts(cfg.prompts, cfg.limit),
+            sample,
+            cfg.policy,
+            num_samples=cfg.num_samples,
+            buffer=cfg.live_buffer,
+            seed=cfg.seed,
+            batch_size=cfg.generation_batch_size,
+        )
+    except NotFound:
+        raise ConfigError(
+            f"--live_project: no project '{cfg.live_project}'; make it with "
+            f"`rlhflab feedback create --name {cfg.live_project} --live`"
+        ) from None
+    policy, tokenizer = load_policy(cfg.policy)
+    encode_prompts(
+        tokenizer, sampler.prompts, cfg.use_chat_template, context_length(policy), cfg.max_new_tokens, cfg.truncate
+    )
+    return sampler
+
+
+def _show_live_log() -> None:
+    """The live sampler's lines (what it added, what failed) on stderr, beside uvicorn's."""
+    if not live_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("rlhflab serve: %(message)s"))
+        live_log.addHandler(handler)
+        live_log.setLevel(logging.INFO)
 
 
 def run_serve(cfg: ServeConfig) -> None:
@@ -270,23 +451,41 @@ def run_serve(cfg: ServeConfig) -> None:
 
     With ``--workers N`` (N > 1) uvicorn starts N processes from the factory
     ``rlhflab.app.web:app_from_environment``, each building its app from the options put in
-    ``$RLHFLAB_SERVE_OPTIONS``; the database was migrated here first, so they find it at head."""
+    ``$RLHFLAB_SERVE_OPTIONS``; the database was migrated here first, so they find it at head.
+
+    With ``--policy DIR --live_project NAME`` a :class:`rlhflab.app.live.LiveSampler` keeps that
+    project's queue filled, in a thread of this process only (under ``--workers N``, uvicorn's
+    supervisor, which serves no request): one sampler, however many workers."""
     import uvicorn
 
     store = Store(cfg.db)
     where = store.engine.url.render_as_string(hide_password=True)
     workers = f", {cfg.workers} workers" if cfg.workers > 1 else ""
+    sampler = live_sampler(cfg, store) if cfg.live_project else None
     print(f"rlhflab serve: database {where}{workers}; open http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
     if not any(user.role == "admin" for user in store.users()):
         print("no admin yet: add one with `rlhflab feedback users --add NAME --role admin`", flush=True)
+    if sampler is not None:
+        print(
+            f"live project '{sampler.project}': {cfg.policy} samples {cfg.num_samples} completions for each new "
+            f"prompt of {cfg.prompts} ({len(sampler.order)}), keeping {cfg.live_buffer} items waiting",
+            flush=True,
+        )
+        _show_live_log()
+        sampler.start()
     options = {"secure_cookies": cfg.secure_cookies, "public_url": cfg.base_url(), "read_timeout": cfg.read_timeout}
     server = {"host": cfg.host, "port": cfg.port, "timeout_keep_alive": cfg.keep_alive_timeout}
-    if cfg.workers == 1:
-        uvicorn.run(create_app(store=store, **options), **server)
-        return
-    store.close()
-    os.environ[SERVE_OPTIONS_ENV] = json.dumps({"url": store.url, **options})
-    uvicorn.run("rlhflab.app.web:app_from_environment", factory=True, workers=cfg.workers, **server)
+    try:
+        if cfg.workers == 1:
+            uvicorn.run(create_app(store=store, **options), **server)
+            return
+        if sampler is None:
+            store.close()  # the supervisor keeps connections only for its sampler
+        os.environ[SERVE_OPTIONS_ENV] = json.dumps({"url": store.url, **options})
+        uvicorn.run("rlhflab.app.web:app_from_environment", factory=True, workers=cfg.workers, **server)
+    finally:
+        if sampler is not None:
+            sampler.stop(timeout=1)  # a sampling call under way is left to the daemon thread's end
 
 
 # ---- `rlhflab feedback SUBCOMMAND` ---------------------------------------------------------------
@@ -299,12 +498,21 @@ def _users_done(cfg: FeedbackUsersConfig, result) -> str:
     return "\n".join(f"{u.username:<{width}}  {u.role}" for u in result)
 
 
+def _create_done(cfg: FeedbackCreateConfig, p: ProjectInfo) -> str:
+    made = f"created {p.task} project '{p.name}' (id {p.id}) with {p.num_items} items"
+    return made + (f"; fill it with `rlhflab serve --policy DIR --live_project {p.name}`" if cfg.live else "")
+
+
 def _export_done(cfg: FeedbackExportConfig, counts: dict) -> str:
     skipped = [
         f"{counts[key]} {what} skipped"
         for key, what in (("tie_skipped", "ties"), ("both_bad_skipped", "both-bad"), ("excluded_labels", "labels of excluded annotators"))
         if counts.get(key)
     ]  # fmt: skip
+    if counts.get("adjudicated_items"):
+        skipped.append(
+            f"{counts['labels_replaced']} labels replaced by {counts['adjudicated_items']} items' adjudication"
+        )
     extra = f"; {', '.join(skipped)}" if skipped else ""
     return f"wrote {counts['records']} {cfg.kind} from {counts['labels']} labels to {counts['output']}{extra}"
 
@@ -318,10 +526,13 @@ class Subcommand(NamedTuple):
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "create": Subcommand(
-        FeedbackCreateConfig,
-        run_feedback_create,
-        "create a labelling project from samples",
-        lambda cfg, p: f"created {p.task} project '{p.name}' (id {p.id}) with {p.num_items} items",
+        FeedbackCreateConfig, run_feedback_create, "create a labelling project from samples", _create_done
+    ),
+    "reorder": Subcommand(
+        FeedbackReorderConfig,
+        run_feedback_reorder,
+        "re-score the items that still need labels and reorder the queue",
+        lambda cfg, moved: f"project '{cfg.project}': {moved} items moved in the queue ({cfg.order} order)",
     ),
     "assign": Subcommand(
         FeedbackAssignConfig,

@@ -31,7 +31,7 @@ class MemoryConfig:
     strategy: str = option(
         "ddp",
         "ddp (all replicated), fsdp (rlhflab's FSDP2: trained weights, gradients and AdamW sharded), "
-        "zero3 (DeepSpeed ZeRO-3: the same sharding; rlhflab itself launches FSDP).",
+        "zero3 (DeepSpeed ZeRO-3: the same sharding; rlhflab runs it for SFT, reward and the DPO family).",
         choices=list(STRATEGIES),
     )
     batch_size: int = option(8, "Examples (RL: sampled sequences) per micro-batch across all processes.")

@@ -29,8 +29,19 @@ their gradients and optimiser state; sampling gathers the policy's weights once 
 (:func:`rlhflab.hardware.gathered_parameters`) and the final save gathers them once. Its checkpoints
 keep models and optimiser as torch.distributed.checkpoint shards, one per process (:func:`save_checkpoint`),
 and resume under the same launch only.
-DeepSpeed, and ``--cpu --num_processes N`` (which accelerate's launcher runs as one process
-without mpirun), are one-line errors naming what to launch instead.
+DeepSpeed (``--use_deepspeed --zero_stage 2|3``, the ``rlhflab[deepspeed]`` extra) is accelerate's
+DeepSpeed engine (:func:`deepspeed_plugin`; tested on CPU processes over gloo, not on GPUs): ZeRO-2
+partitions gradients and optimiser state, ZeRO-3 the weights too. The loop drives no torch
+DataLoader, so the plugin's config gets the micro-batch, accumulation steps and clipping from
+rlhflab's own options (accelerate's defaults would be a dataloader's batch size and a silent clip at
+1.0); the engine clips and steps on each step's last micro-batch and the loop only reads its
+gradient norm. One trained model per engine, fp32 weights without autocast; ZeRO-3 trains the
+offline methods only (sampling would need the gathered weights), and the final save gathers the
+weights once. Its checkpoints are DeepSpeed's own (accelerate's save_state: one ZeRO shard per
+process) and resume under the same launch only. What it cannot run (PPO/A2C with a separate critic,
+RL or RAFT under ZeRO-3, mixed precision, ZeRO-0/1) is a one-line error naming what to launch
+instead, and so is ``--cpu --num_processes N`` (which accelerate's launcher runs as one process
+without mpirun).
 """
 
 from __future__ import annotations
@@ -67,6 +78,9 @@ class Algorithm(Protocol):
     """What a method provides to the loop."""
 
     name: str
+    # Whether training samples from the policy being trained (RL rollouts, RAFT's rounds): a sharding
+    # that keeps the weights partitioned between steps (DeepSpeed ZeRO-3) cannot run it.
+    samples_from_policy: bool
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules the optimiser trains (prepared and checkpointed by the loop)."""
@@ -108,24 +122,37 @@ def make_accelerator(config: TrainConfig, run_dir: str | Path | None = None):
     from accelerate.tracking import TensorBoardTracker
 
     _check_launch()
-    # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU and each
-    # process trains alone (into the same run directory); with it, the processes join over gloo.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     log_with = tracker_names(getattr(config, "report_to", None))
     if run_dir is not None and "tensorboard" in log_with:
         # an instance, so that the event files go to RUN/tensorboard rather than RUN/<project name>
         log_with[log_with.index("tensorboard")] = TensorBoardTracker(TENSORBOARD_DIR, run_dir)
+    project_dir = None if run_dir is None else str(run_dir)
+    if deepspeed_requested():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # accelerate refuses cpu=True with DeepSpeed; without a backend named, on a machine with no
+        # GPU it would count one process and DeepSpeed's batch arithmetic would fail.
+        group = {} if torch.cuda.is_available() else {"backend": "gloo"}
+        state = PartialState(**group)
+        precision = _agreed_precision(config, state)
+        plugin = deepspeed_plugin(config, state.num_processes, precision)
+        AcceleratorState._reset_state()
+        return Accelerator(
+            deepspeed_plugin=plugin,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            kwargs_handlers=[InitProcessGroupKwargs(**group)],
+            log_with=log_with or None,
+            project_dir=project_dir,
+        )
+    # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU and each
+    # process trains alone (into the same run directory); with it, the processes join over gloo.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     with _without_env("ACCELERATE_USE_FSDP"):
         precision = _agreed_precision(config, PartialState(cpu=cpu))
         # accelerate keeps one process-wide state, which refuses a second run (the demo's next stage,
         # a test) in another precision; the processes' group (PartialState) is kept.
         AcceleratorState._reset_state()
-        return Accelerator(
-            mixed_precision=precision,
-            cpu=cpu,
-            log_with=log_with or None,
-            project_dir=None if run_dir is None else str(run_dir),
-        )
+        return Accelerator(mixed_precision=precision, cpu=cpu, log_with=log_with or None, project_dir=project_dir)
 
 
 def fsdp_requested() -> bool:
@@ -133,20 +160,80 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def deepspeed_requested() -> bool:
+    """``accelerate launch --use_deepspeed`` or an accelerate config with ``distributed_type: DEEPSPEED``."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+DEEPSPEED_INSTEAD = "or launch with --use_fsdp (FSDP2: parameters, gradients and optimiser state sharded)"
+
+
+def deepspeed_plugin(config: TrainConfig, processes: int, precision: str):
+    """accelerate's DeepSpeedPlugin as accelerate launch set it (zero stage, config file), with what
+    rlhflab's loop decides written into its config: ``train_micro_batch_size_per_gpu`` (this
+    process's share of one micro-batch, ``batch_size / processes``; accelerate would take it from a
+    DataLoader passed to ``prepare``, which the loop has none of), ``gradient_accumulation_steps``
+    and ``gradient_clipping`` (``max_grad_norm``; 0 clips nothing; accelerate's default is a silent
+    1.0). The engine clips, so the loop does not clip again."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage", plugin.zero_stage)
+    if stage not in (2, 3):
+        raise ConfigError(
+            f"DeepSpeed ZeRO stage {stage}: rlhflab runs ZeRO-2 and ZeRO-3 (accelerate launch --use_deepspeed "
+            "--zero_stage 2 or 3); for plain data parallelism launch with --multi_gpu"
+        )
+    if precision != "no" or getattr(config, "dtype", "float32") != "float32":
+        what = f"--mixed_precision {precision}" if precision != "no" else f"--dtype {config.dtype}"
+        raise ConfigError(
+            f"DeepSpeed with {what}: rlhflab trains fp32 weights under DeepSpeed (its bf16 keeps bf16 weights, not "
+            f"rlhflab's fp32-weight autocast); launch with --mixed_precision no, {DEEPSPEED_INSTEAD}"
+        )
+    micro = max(1, getattr(config, "batch_size", 1) // processes)
+    accumulation = config.gradient_accumulation_steps
+    plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=micro,
+        gradient_accumulation_steps=accumulation,
+        train_batch_size=micro * accumulation * processes,
+        gradient_clipping=float(config.max_grad_norm),
+    )
+    plugin.gradient_accumulation_steps = accumulation
+    return plugin
+
+
+def _check_deepspeed_run(algorithm: Algorithm, modules: dict[str, nn.Module], stage: int) -> None:
+    """One-line errors for the runs a DeepSpeed engine cannot take through accelerate."""
+    if len(modules) > 1:
+        raise ConfigError(
+            f"{algorithm.name} trains {len(modules)} models ({', '.join(modules)}) and accelerate gives DeepSpeed one "
+            f"model per engine; train it with --critic shared (a value head on the policy), {DEEPSPEED_INSTEAD}"
+        )
+    if stage == 3 and algorithm.samples_from_policy:
+        # Sampling reads whole weights, which ZeRO-3 keeps partitioned (RAFT samples between rounds).
+        raise ConfigError(
+            f"{algorithm.name} samples from the policy, whose weights DeepSpeed ZeRO-3 keeps partitioned; "
+            f"use --zero_stage 2 (full weights on each process), {DEEPSPEED_INSTEAD}"
+        )
+
+
 def _check_launch() -> None:
     """One-line errors for the launches accelerate would otherwise quietly run as something else."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed_requested():
         import importlib.util
 
-        why = (
-            "the deepspeed package is not installed"
-            if importlib.util.find_spec("deepspeed") is None
-            else "rlhflab's loop does not drive a DeepSpeed engine"
-        )
-        raise ConfigError(
-            f"DeepSpeed requested (accelerate launch --use_deepspeed / distributed_type DEEPSPEED) but {why}; "
-            "for sharded training launch with --use_fsdp (FSDP2: parameters, gradients and optimiser state sharded)"
-        )
+        requested = "DeepSpeed requested (accelerate launch --use_deepspeed / distributed_type DEEPSPEED)"
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                f"{requested} but the deepspeed package is not installed: pip install 'rlhflab[deepspeed]', "
+                f"{DEEPSPEED_INSTEAD}"
+            )
+        if "LOCAL_RANK" not in os.environ:
+            # accelerate would take this process for one of a group that was never started
+            raise ConfigError(
+                f"{requested} but no launcher started this process (no LOCAL_RANK); run it under "
+                "`accelerate launch --use_deepspeed --zero_stage 2|3 --num_processes N ...`"
+            )
     requested = processes_the_launcher_dropped()
     if requested > 1:
         raise ConfigError(
@@ -369,6 +456,9 @@ def train(
     modules = algorithm.trainable_modules()
     if getattr(config, "gradient_checkpointing", False):
         enable_gradient_checkpointing(modules)
+    deepspeed_stage = _deepspeed_stage(accelerator)
+    if deepspeed_stage:
+        _check_deepspeed_run(algorithm, modules, deepspeed_stage)
     fsdp = fsdp_requested() and accelerator.num_processes > 1
     if fsdp_requested() and not fsdp:
         print("FSDP requested on one process: nothing to shard, training unsharded", file=sys.stderr)
@@ -387,6 +477,13 @@ def train(
     accelerator.register_for_checkpointing(scheduler)
     algorithm.bind(accelerator, modules)
     sharded = (modules, optimizer) if fsdp else None
+    if deepspeed_stage and accelerator.is_main_process:
+        print(
+            f"DeepSpeed: ZeRO-{deepspeed_stage} over {accelerator.num_processes} processes, micro-batch "
+            f"{accelerator.deepspeed_config['train_micro_batch_size_per_gpu']} per process, "
+            f"gradient_clipping {accelerator.deepspeed_config['gradient_clipping']} (from --max_grad_norm)",
+            file=sys.stderr,
+        )
 
     start = 0
     if config.resume:
@@ -412,12 +509,19 @@ def train(
         for micro_batches in algorithm.updates(iteration):
             step_loss = 0.0
             for i, micro in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
                 # Gradients are all-reduced once per optimiser step, on its last micro-batch.
-                with _no_sync(accelerator, modules.values(), active=i < len(micro_batches) - 1):
+                with _no_sync(accelerator, modules.values(), active=not last):
                     with autocast(accelerator.mixed_precision, accelerator.device.type):
                         loss, stats = algorithm.loss(micro)
                     _check_finite(loss, "the loss", iteration, algorithm.name)
-                    accelerator.backward(loss)
+                    if deepspeed_stage:
+                        # The engine reduces, clips and steps on the boundary; the losses come
+                        # weighted already, so it must not divide them by the accumulation steps.
+                        accelerator.gradient_state._set_sync_gradients(last)
+                        accelerator.backward(loss, scale_wrt_gas=False)
+                    else:
+                        accelerator.backward(loss)
                 # Micro-batch losses come weighted by their share, so the step's loss is their sum.
                 step_loss += loss.item()
                 for key, value in stats.items():
@@ -428,6 +532,7 @@ def train(
             if fsdp:
                 _average_replicated_gradients(params, accelerator.num_processes)
             if config.max_grad_norm > 0:
+                # (Under DeepSpeed the engine clipped in its step; this reads the norm it measured.)
                 norm = _clip_grad_norm(accelerator, params, config.max_grad_norm, fsdp)
                 _check_finite(torch.as_tensor(norm), "the gradient norm", iteration, algorithm.name)
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
@@ -452,11 +557,39 @@ def train(
             break
     logger.close()
     accelerator.wait_for_everyone()
-    with _full_state_dicts(modules.values()) if fsdp else contextlib.nullcontext():
+    with _full_state_dicts(modules.values()) if fsdp else _zero3_gathered(modules.values()):
         if accelerator.is_main_process:
             algorithm.save_final(run_dir)
     accelerator.wait_for_everyone()
+    if deepspeed_stage == 3:
+        # accelerate's plugin tells transformers to build every model loaded from now on already
+        # partitioned (zero.Init), which only an engine can run: a frozen reference of the next run
+        # in this process could not. (The trained model itself stays partitioned: RUN/ holds it.)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     return run_dir
+
+
+def _deepspeed_stage(accelerator) -> int:
+    """The ZeRO stage of a DeepSpeed accelerator; 0 without DeepSpeed."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
+
+
+def _zero3_gathered(modules: Iterable[nn.Module]) -> contextlib.AbstractContextManager:
+    """The full weights of ZeRO-3-partitioned ``modules`` on every process while the block runs
+    (one all-gather; collective, so every process enters), so that ``save_pretrained`` on the
+    main process writes an ordinary checkpoint; nothing for weights DeepSpeed does not partition."""
+    partitioned = [p for m in modules for p in m.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 def enable_gradient_checkpointing(modules: dict[str, nn.Module]) -> None:
@@ -644,6 +777,8 @@ def save_checkpoint(
     if sharded:
         _save_sharded(tmp / SHARDED_DIR, *sharded)
         state["fsdp_processes"] = accelerator.num_processes
+    if _deepspeed_stage(accelerator):
+        state["deepspeed"] = _deepspeed_layout(accelerator)  # accelerate saved the engine: one ZeRO shard per process
     accelerator.wait_for_everyone()  # every process's files are written before the rename
     if accelerator.is_main_process:
         write_json(tmp / STATE_FILE, state)
@@ -659,6 +794,7 @@ def load_checkpoint(accelerator, checkpoint: Path, algorithm: Algorithm, sharded
     """Restore what :func:`save_checkpoint` saved into ``checkpoint`` and return its state file."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
     _check_same_layout(checkpoint, state.get("fsdp_processes"), accelerator.num_processes if sharded else None)
+    _check_same_deepspeed_layout(checkpoint, state.get("deepspeed"), _deepspeed_layout(accelerator))
     with _accelerate_keeps_no_optimizer(accelerator) if sharded else contextlib.nullcontext():
         accelerator.load_state(str(checkpoint))
     if sharded:
@@ -680,6 +816,30 @@ def _check_same_layout(checkpoint: Path, written: int | None, resuming: int | No
     raise ConfigError(
         f"{checkpoint}: written {launch(written)}, resumed {launch(resuming)}; resume it as the run was launched"
         + (f" (accelerate launch --use_fsdp --num_processes {written})" if written else "")
+    )
+
+
+def _deepspeed_layout(accelerator) -> str | None:
+    """``ZeRO-S over N processes`` under DeepSpeed, else None: what a DeepSpeed checkpoint resumes under."""
+    stage = _deepspeed_stage(accelerator)
+    return f"ZeRO-{stage} over {accelerator.num_processes} processes" if stage else None
+
+
+def _check_same_deepspeed_layout(checkpoint: Path, written: str | None, resuming: str | None) -> None:
+    """A DeepSpeed checkpoint (the engine's own ZeRO shards, one per process) resumes under the
+    same stage over as many processes, and an ordinary one without DeepSpeed."""
+    if written == resuming:
+        return
+
+    def launch(layout: str | None) -> str:
+        return f"under DeepSpeed {layout}" if layout else "without DeepSpeed"
+
+    how = ""
+    if written:
+        stage, processes = written.removeprefix("ZeRO-").split(" over ")
+        how = f" (accelerate launch --use_deepspeed --zero_stage {stage} --num_processes {processes.split()[0]})"
+    raise ConfigError(
+        f"{checkpoint}: written {launch(written)}, resumed {launch(resuming)}; resume it as the run was launched{how}"
     )
 
 

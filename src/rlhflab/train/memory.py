@@ -35,8 +35,8 @@ follows what rlhflab's loop (:mod:`rlhflab.train.loop`) actually keeps:
   does not reshard the root between forward and backward) and two decoder layers (the one
   computing and the one prefetched), and the unsharded gradients of the root and of one layer
   before their reduce-scatter. Frozen models (reference, reward model) are not sharded by
-  rlhflab. ZeRO-3 partitions the same three things the same way, so its column is FSDP's; rlhflab's
-  loop itself refuses DeepSpeed launches (``--use_fsdp`` is how it shards).
+  rlhflab. ZeRO-3 partitions the same three things the same way, so its column is FSDP's (rlhflab
+  runs it for SFT, reward and the DPO family: ``accelerate launch --use_deepspeed --zero_stage 3``).
 
 The total is the sum of the components: an upper bound on the true peak, which comes during the
 backward pass while gradients are built as saved activations are freed (allocator slack and

@@ -99,6 +99,7 @@ class OfflineAlgorithm:
     saving the trained model. Subclasses implement ``loss`` (and may override ``updates``)."""
 
     module_name = "policy"  # key in trainable_modules, and the output directory's name
+    samples_from_policy = False  # trains on a fixed dataset
 
     def __init__(self, config: TrainConfig, model, tokenizer, num_examples: int, groups: Sequence | None = None):
         self.config, self.model, self.tokenizer = config, model, tokenizer

@@ -245,6 +245,8 @@ class Experience:
 class PolicyOptimization:
     """PPO / A2C / REINFORCE / RLOO / GRPO on the shared loop (see the module docstring)."""
 
+    samples_from_policy = True  # every iteration's rollout
+
     def __init__(
         self,
         config: RLConfig,

@@ -103,6 +103,8 @@ class RAFTConfig(LoopOptions, DatasetOptions, SamplingOptions, PromptOptions, Po
 class RoundSFT(SFTAlgorithm):
     """SFT for one round; only the last round's policy is written (by :func:`raft`)."""
 
+    samples_from_policy = True  # the rounds sample from the policy between their fine-tunings
+
     def save_final(self, run_dir: Path):
         pass
 

@@ -86,13 +86,21 @@ def exclude(project_id: int, who: Who, store: Db, form: Form) -> Response:
 
 
 @router.get("/projects/{project_id:id}/export")
-def export(project_id: int, who: Who, store: Db, kind: str = "preferences", include_excluded: bool = False):
+def export(
+    project_id: int,
+    who: Who,
+    store: Db,
+    kind: str = "preferences",
+    include_excluded: bool = False,
+    use_adjudicated: bool = False,
+):
     project = store.project(project_id, who.user)
     if kind not in EXPORT_KINDS:
         raise HTTPException(422, f"kind must be one of {', '.join(EXPORT_KINDS)}")
     folder = Path(tempfile.mkdtemp(prefix="rlhflab-export-"))
     try:
-        store.export(project.id, kind, folder / f"{kind}.jsonl", include_excluded=include_excluded, user=who.user)
+        output = folder / f"{kind}.jsonl"
+        store.export(project.id, kind, output, include_excluded, use_adjudicated=use_adjudicated, user=who.user)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

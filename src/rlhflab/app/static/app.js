@@ -32,7 +32,7 @@
     return false;
   }
 
-  const task = body.dataset.page === "label" ? body.dataset.task : null;
+  const task = ["label", "adjudicate"].includes(body.dataset.page) ? body.dataset.task : null;
   const handlers = {
     pairwise: function (event) {
       const keys = { 1: "choice-left", ArrowLeft: "choice-left", 2: "choice-right", ArrowRight: "choice-right",
