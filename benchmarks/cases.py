@@ -19,10 +19,17 @@ import torch
 from workloads import CHAT_PROMPTS, SETTINGS, demonstration_records, length_reward, pair_records, prompt_texts
 
 POLICY = "smollm2-135m-instruct"
-# CPU fp32 by default; benchmarks/gpu.sh sets cuda + bfloat16 (run.py --device/--dtype).
+# Storage dtype: float32 on CPU; benchmarks/gpu.sh sets cuda + bfloat16 (run.py --device/--dtype).
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 DTYPE = os.environ.get("BENCH_DTYPE", "float32")
 TRL_VLLM = os.environ.get("BENCH_TRL_VLLM", "0") == "1"
+
+
+def mixed_precision() -> str:
+    """The autocast precision every case runs under (``no`` or ``bf16``): resolved once by run.py
+    (rlhflab's ``resolve_mixed_precision``) and passed in the environment, read at call time
+    because run.py sets it after importing this module."""
+    return os.environ.get("BENCH_MIXED_PRECISION", "no")
 
 
 def sync():
@@ -30,10 +37,35 @@ def sync():
         torch.cuda.synchronize()
 
 
+# (module, grad enabled, autocast on) -> output dtype, seen in this process (one child per trial).
+ACTIVATION_DTYPES: dict[str, str] = {}
+
+
+def _watch_dtypes(model):
+    """Record the output dtype of the first attention projection and of the output head whenever
+    they run, so each trial reports what precision its matmuls really ran in (whatever the
+    framework's flags promise)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = head if head is not None else getattr(model, "score", None)
+    watched = {"layer0.q_proj": model.model.layers[0].self_attn.q_proj, "head": head}
+    for name, module in watched.items():
+        if module is None:
+            continue
+
+        def hook(module, inputs, output, name=name):
+            out = output if torch.is_tensor(output) else output[0]
+            mode = "train" if torch.is_grad_enabled() else "no_grad"
+            ACTIVATION_DTYPES.setdefault(f"{name} {mode}", str(out.dtype).removeprefix("torch."))
+
+        module.register_forward_hook(hook)
+    return model
+
+
 def _policy():
     from rlhflab.models import load_policy
 
-    return load_policy(POLICY, DTYPE)
+    model, tokenizer = load_policy(POLICY, DTYPE)
+    return _watch_dtypes(model), tokenizer
 
 
 def _reward_model():
@@ -42,7 +74,8 @@ def _reward_model():
     from rlhflab.models import load_reward_model
 
     torch.manual_seed(0)
-    return load_reward_model(POLICY, DTYPE)
+    model, tokenizer = load_reward_model(POLICY, DTYPE)
+    return _watch_dtypes(model), tokenizer
 
 
 # ---- rlhflab -------------------------------------------------------------------------------------
@@ -79,13 +112,20 @@ def _run_rlhflab(config, algorithm) -> dict:
         stamps.close()
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     starts = [t0] + stamps.ends[:-1]
-    return {"step_times": [b - a for a, b in zip(starts, stamps.ends)], "metrics": rows}
+    return {
+        "step_times": [b - a for a, b in zip(starts, stamps.ends)],
+        "metrics": rows,
+        "activation_dtypes": dict(ACTIVATION_DTYPES),
+    }
 
 
 def _config(cls, tmp, steps, **kw):
-    return cls(
-        output_dir=str(Path(tmp) / "run"), max_steps=steps, progress=False, logging_steps=1, seed=0, dtype=DTYPE, **kw
-    )
+    import dataclasses
+
+    kw.setdefault("mixed_precision", mixed_precision())
+    if "max_steps" in {f.name for f in dataclasses.fields(cls)}:  # the offline configs; RL counts iterations
+        kw["max_steps"] = steps
+    return cls(output_dir=str(Path(tmp) / "run"), progress=False, logging_steps=1, seed=0, dtype=DTYPE, **kw)
 
 
 def rlhflab_sft(steps: int) -> dict:
@@ -115,7 +155,7 @@ def _preference_records(tokenizer):
     return [Preference(**r) for r in pair_records(tokenizer, 64, s["prompt_tokens"], s["completion_tokens"])]
 
 
-def rlhflab_reward(steps: int) -> dict:
+def rlhflab_reward(steps: int, precision: str | None = None) -> dict:
     from rlhflab.models.scoring import encode_for_reward
     from rlhflab.train.reward_model import RewardAlgorithm, RewardConfig
 
@@ -124,12 +164,24 @@ def rlhflab_reward(steps: int) -> dict:
     records = _preference_records(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         config = _config(
-            RewardConfig, tmp, steps, model=POLICY, batch_size=s["batch"], learning_rate=SETTINGS["reward"]["lr"]
+            RewardConfig,
+            tmp,
+            steps,
+            model=POLICY,
+            batch_size=s["batch"],
+            learning_rate=SETTINGS["reward"]["lr"],
+            mixed_precision=precision or mixed_precision(),
         )
         out = _run_rlhflab(config, RewardAlgorithm(config, model, tokenizer, records))
     enc = encode_for_reward(tokenizer, [r.prompt for r in records[:8]], [r.chosen for r in records[:8]])
     out["tokens_per_row"] = sorted(set(enc["attention_mask"].sum(-1).tolist()))
     return out
+
+
+def rlhflab_reward_fp32(steps: int) -> dict:
+    """The reward model as rlhflab's pool commands train it: fp32 whatever the run's precision
+    (README, Precision: under bf16 the demo's reward model ranked samples far worse)."""
+    return rlhflab_reward(steps, "no")
 
 
 def rlhflab_dpo(steps: int) -> dict:
@@ -193,7 +245,6 @@ def _rl_algorithm(
         use_chat_template=False,
         **extra,
     )
-    config.max_steps = -1
     reward_source = reward_source or RewardSource("length", lambda c, o: length_reward(o))
     return config, PolicyOptimization(config, model, tokenizer, prompts, reward_source)
 
@@ -290,7 +341,9 @@ def _trl_args(cls, tmp, steps, lr, **kw):
         logging_steps=1,
         report_to=[],
         save_strategy="no",
-        bf16=DTYPE == "bfloat16",
+        # bf16 autocast over fp32 weights under rlhflab's bf16 (a forward hook confirms the matmuls
+        # run in bf16 on a CPU too: ACTIVATION_DTYPES); with bf16 storage (gpu.sh), as before.
+        bf16=DTYPE == "bfloat16" or mixed_precision() == "bf16",
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=DEVICE == "cpu",
@@ -310,7 +363,13 @@ def _run_trl(make_trainer) -> dict:
     trainer = make_trainer([stamps.callback])
     trainer.train()
     starts = [t0] + stamps.ends[:-1]
-    return {"step_times": [b - a for a, b in zip(starts, stamps.ends)], "metrics": stamps.metrics, "trainer": trainer}
+    return {
+        "step_times": [b - a for a, b in zip(starts, stamps.ends)],
+        "metrics": stamps.metrics,
+        "trainer": trainer,
+        "activation_dtypes": dict(ACTIVATION_DTYPES),
+        "trl_mixed_precision": trainer.accelerator.mixed_precision,
+    }
 
 
 def trl_sft(steps: int) -> dict:
@@ -456,7 +515,9 @@ def generation(quick: bool) -> dict:
     decode step). A same-batch row (both at 8 rows) is reported beside it. Every pair is timed
     interleaved (generate, engine) on the same prompts. End-of-sequence is ignored by both
     (``min_new_tokens`` for generate, no EOS ids for the engine), so every row produces exactly
-    the requested number of tokens and both produce the same number of tokens."""
+    the requested number of tokens and both produce the same number of tokens. Both run under the
+    run's autocast precision (``mixed_precision()``)."""
+    from rlhflab.hardware import autocast
     from rlhflab.sampling import generation as engine
     from rlhflab.sampling.rollout import pad_left
 
@@ -511,7 +572,9 @@ def generation(quick: bool) -> dict:
                 torch.manual_seed(r)
                 sync()
                 t0 = time.perf_counter()
-                counts[name] = fn(ids_list, n, T, rows_per_call)
+                # Both under the run's precision (one autocast context per set, as a trainer's collect).
+                with autocast(mixed_precision(), torch.device(DEVICE).type):
+                    counts[name] = fn(ids_list, n, T, rows_per_call)
                 sync()
                 times[name].append(time.perf_counter() - t0)
         results.append(
@@ -523,16 +586,17 @@ def generation(quick: bool) -> dict:
                 "generate_batch": s["baseline_batch"],
                 "engine_batch": min(engine_rows, prompts_n * n),
                 "prompt_tokens": sorted({len(p) for p in ids_list}),
+                "prompt_tokens_mean": sum(len(p) for p in ids_list) / len(ids_list),
                 "seconds": times,
                 "tokens": counts,
             }
         )
-    return {"generation": results}
+    return {"generation": results, "activation_dtypes": dict(ACTIVATION_DTYPES)}
 
 
 RUNNERS = {
     "sft": {"rlhflab": rlhflab_sft, "trl": trl_sft},
-    "reward": {"rlhflab": rlhflab_reward, "trl": trl_reward},
+    "reward": {"rlhflab": rlhflab_reward, "rlhflab_fp32": rlhflab_reward_fp32, "trl": trl_reward},
     "dpo": {"rlhflab": rlhflab_dpo, "trl": trl_dpo, "trl_precompute": trl_dpo_precompute},
     "rloo": {"rlhflab": rlhflab_rloo, "trl": trl_rloo},
     "grpo": {"rlhflab": rlhflab_grpo, "trl": trl_grpo},
