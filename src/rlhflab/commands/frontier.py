@@ -46,16 +46,16 @@ from rlhflab.errors import ConfigError
 from rlhflab.evaluation.along_training import EvaluateAlongTraining, every
 from rlhflab.evaluation.frontier import (
     best_of_n_curve,
-    fit_gao,
-    mean_and_se,
-    measured_fall,
+    fit_points,
+    frontier_point,
+    initial_points,
     per_prompt_means,
     plot_frontier,
     powers_of_two,
     reference_betas,
     reference_curve,
     reward_matrix,
-    rising_at,
+    with_deltas,
 )
 from rlhflab.evaluation.metrics import PolicyEvaluation, evaluate_on_sets
 from rlhflab.evaluation.tables import format_table
@@ -68,12 +68,6 @@ from rlhflab.train.rejection import RAFTConfig
 PRESETS = ALL_PRESETS["frontier"]
 METHODS = ["bon", "ppo", "rloo", "grpo", "dpo", "ipo", "kto", "raft"]
 PREFERENCE_METHODS = ("dpo", "ipo", "kto")
-
-
-def gao_form(method: str) -> str:
-    """Which of Gao et al.'s forms a method's curve is fitted with: best-of-n's d(α − βd), or the RL
-    form d(α − β log d) for every policy trained along a path (``method`` may carry its β: 'dpo β=0.1')."""
-    return "bon" if method == "bon" else "rl"
 
 
 @dataclass
@@ -152,47 +146,6 @@ class FrontierConfig(pool_options(PRESETS, "frontier")):
 
 
 # ---- points -------------------------------------------------------------------------------------
-def _point(method: str, contexts: str, label: str, step: int, ev: PolicyEvaluation, baseline: dict) -> dict:
-    """One evaluated policy as a frontier point, its ΔJ and ΔĴ paired by prompt with π_0's."""
-    J = per_prompt_means(ev.oracle_rewards, ev.prompt_index, ev.num_prompts)
-    J_hat = per_prompt_means(ev.proxy_rewards, ev.prompt_index, ev.num_prompts)
-    return _with_deltas(
-        {
-            "method": method,
-            "contexts": contexts,
-            "point": label,
-            "step": step,
-            "kl": ev.kl,
-            "kl_se": ev.kl_se,
-            "J": ev.J,
-            "J_se": ev.J_se,
-            "J_hat": ev.J_hat,
-            "J_hat_se": ev.J_hat_se,
-            "per_prompt_J": J.tolist(),
-            "per_prompt_J_hat": J_hat.tolist(),
-        },
-        baseline,
-    )
-
-
-def _with_deltas(point: dict, baseline: dict) -> dict:
-    for key in ("J", "J_hat"):
-        point[f"delta_{key}"], point[f"delta_{key}_se"] = mean_and_se(_deltas([point], baseline, key)[:, 0])
-    return point
-
-
-def _initial_points(method: str, baseline: dict[str, dict]) -> list[dict]:
-    """π_0 itself (KL 0): the first point of every trained method, from the large sample."""
-    out = []
-    for contexts, b in baseline.items():
-        point = {"method": method, "contexts": contexts, "point": "π_0", "step": 0, "kl": 0.0, "kl_se": 0.0}
-        point["per_prompt_J"], point["per_prompt_J_hat"] = b["J"].tolist(), b["J_hat"].tolist()
-        point["J"], point["J_se"] = mean_and_se(b["J"])
-        point["J_hat"], point["J_hat_se"] = mean_and_se(b["J_hat"])
-        out.append(_with_deltas(point, b))
-    return out
-
-
 class _Evaluations(EvaluateAlongTraining):
     """The loop's after-iteration hook: every ``every`` iterations (and at the last), the policy
     being trained evaluated on both context sets (:class:`EvaluateAlongTraining`), each evaluation a
@@ -200,13 +153,13 @@ class _Evaluations(EvaluateAlongTraining):
 
     def __init__(self, method: str, policy, total: int, every_k: int, run: _Run, unit: str):
         self.method, self.run, self.unit = method, run, unit
-        self.points: list[dict] = _initial_points(method, run.baseline)
+        self.points: list[dict] = initial_points(method, run.baseline)
         super().__init__(policy, run.tokenizer, run.pool.prompt_sets, run.eval_kw, every(every_k, total), self._record)
 
     def _record(self, done: int, evaluations: dict) -> None:
         for contexts, ev in evaluations.items():
             self.points.append(
-                _point(self.method, contexts, f"{self.unit} {done}", done, ev, self.run.baseline[contexts])
+                frontier_point(self.method, contexts, f"{self.unit} {done}", done, ev, self.run.baseline[contexts])
             )
 
 
@@ -315,58 +268,8 @@ def _bon_points(large: dict[str, PolicyEvaluation], max_n: int, baseline: dict) 
             point = {"method": "bon", "contexts": contexts, "point": f"n={p['n']}", "step": p["n"], **p}
             # the analytic KL is the x-axis, as in Gao et al.; the exact plug-in stands beside it
             point["kl"], point["kl_se"] = p["kl_bound"], None
-            points.append(_with_deltas(point, baseline[contexts]))
+            points.append(with_deltas(point, baseline[contexts]))
     return points
-
-
-# ---- fits ---------------------------------------------------------------------------------------
-def _fits(points: list[dict], baseline: dict, num_bootstrap: int, seed: int) -> tuple[dict, list[str]]:
-    """Gao et al.'s fit of J and of Ĵ for each (method, contexts), and one line per fit saying
-    where J peaks and whether Ĵ still rises there; a method whose points cannot be fitted says why."""
-    fits, lines = {}, []
-    for method in dict.fromkeys(p["method"] for p in points):
-        for contexts in dict.fromkeys(p["contexts"] for p in points):
-            mine = [p for p in points if p["method"] == method and p["contexts"] == contexts]
-            entry = {f"baseline_{k}": float(baseline[contexts][k].mean()) for k in ("J", "J_hat")}
-            where = f"{method}, {contexts} contexts"
-            kl = [p["kl"] for p in mine]
-            fall = measured_fall(kl, _deltas(mine, baseline[contexts], "J"))
-            entry["measured_fall"] = fall
-            lines += [f"- {where}:", _fall_line(fall, mine)]
-            try:
-                j, j_hat = (
-                    fit_gao(kl, _deltas(mine, baseline[contexts], key), gao_form(method), num_bootstrap, seed=seed)
-                    for key in ("J", "J_hat")
-                )
-            except ValueError as e:
-                entry.update(J=None, J_hat=None, note=str(e))
-                lines.append(f"  - no fit: {e}")
-                fits.setdefault(method, {})[contexts] = entry
-                continue
-            entry["J"], entry["J_hat"] = j.to_dict(), j_hat.to_dict()
-            rising = rising_at(j_hat, j.peak_kl)
-            entry["J_hat_rising_at_J_peak"] = rising
-            verdict = "" if rising is None else ("; Ĵ still rising there" if rising else "; Ĵ no longer rising there")
-            lines += [f"  - fit of J: {j.describe('J')}{verdict}", f"  - fit of Ĵ: {j_hat.describe('Ĵ')}"]
-            fits.setdefault(method, {})[contexts] = entry
-    return fits, lines
-
-
-def _fall_line(fall: dict, points: list[dict]) -> str:
-    best, last = points[fall["best"]], points[fall["last"]]
-    if fall["best"] == fall["last"]:
-        return f"  - measured: J is highest at the largest KL ({last['point']}, KL {last['kl']:.3g}): no fall"
-    se = "–" if fall["fall_se"] is None else f"{fall['fall_se']:.3f}"
-    z = "" if fall["z"] is None else f" ({fall['z']:+.1f} se{', beyond noise' if fall['z'] >= 2 else ''})"
-    return (
-        f"  - measured: J is highest at {best['point']} (KL {best['kl']:.3g}) and falls by "
-        f"{fall['fall']:+.3f} ± {se}{z} to the largest KL ({last['point']}, KL {last['kl']:.3g})"
-    )
-
-
-def _deltas(points: list[dict], baseline: dict, key: str) -> np.ndarray:
-    """(prompts, points): each prompt's J (``key``) at each point minus its J under π_0."""
-    return np.stack([np.asarray(p[f"per_prompt_{key}"]) - baseline[key] for p in points], 1)
 
 
 FRONTIER_COLUMNS = [
@@ -431,7 +334,7 @@ def _run_frontier(cfg: FrontierConfig) -> Path:
         seconds[method] = time.perf_counter() - t0
         print(f"[frontier] {method}: {seconds[method]:.1f} s", flush=True)
 
-    fits, fit_lines = _fits(points, baseline, cfg.num_bootstrap, cfg.seed)
+    fits, fit_lines = fit_points(points, baseline, cfg.num_bootstrap, cfg.seed)
     write_json(
         run_dir / "frontier.json",
         {

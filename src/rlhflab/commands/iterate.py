@@ -14,6 +14,11 @@ policy's outputs and retrains:
            KL-anchored to π_0 (fixed) or to π_{r-1} (moved)
         6. evaluation: J (R*, Eq. 12) and Ĵ (R_{phi,r}, Eq. 14) on seen and unseen contexts,
            KL to π_0 and to π_{r-1}, and R_{phi,r}'s agreement with R* on π_r's own samples
+        7. (``eval_every`` K > 0, RL only) the round's frontier: the update of step 5 evaluated every K
+           iterations as ``rlhflab frontier`` does (J, Ĵ under R_{phi,r}, KL to π_0), Gao et al.'s RL
+           form ΔJ = d(α − β log d), d = √KL(π‖π_0), fitted to the round's path: where J peaks,
+           whether Ĵ still rises there, and J's measured fall — over-optimisation round by round
+           (Wolf, Kirk & Musolesi 2025)
 
 The label budget (``feedback_prompts``) and the policy-update budget (``policy_iterations``) are run
 totals split over the rounds, so ``--rounds 1`` and ``--rounds 3`` with the same flags compare the
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -54,6 +60,15 @@ from rlhflab.config import (
 )
 from rlhflab.data import Samples, load_prompts, read_records, write_records
 from rlhflab.errors import ConfigError
+from rlhflab.evaluation.along_training import EvaluateAlongTraining, every
+from rlhflab.evaluation.frontier import (
+    fit_points,
+    frontier_point,
+    initial_points,
+    mean_and_se,
+    per_prompt_means,
+    plot_frontier,
+)
 from rlhflab.evaluation.html_report import write_report
 from rlhflab.evaluation.metrics import (
     PolicyEvaluation,
@@ -75,6 +90,9 @@ from rlhflab.train.reward_model import RewardConfig
 
 CONFIG_FILE = "loop_config.yaml"
 ROUND_FILE = "round.json"  # written last: a round whose file exists is finished
+FRONTIER_FILE = "frontier.json"  # round-NN/: the round's path fitted (--eval_every)
+PATH_FILE = "frontier_path.json"  # round-NN/policy_run/: the path as the update's hook records it
+NUM_BOOTSTRAP = 1000  # resamples of the prompts for the fits' intervals, as `rlhflab frontier`'s default
 FEEDBACK_MODES = ["simulated", "app", "file"]
 ALGORITHMS = ["ppo", "rloo", "grpo", "dpo"]
 
@@ -160,6 +178,14 @@ class LoopConfig(pool_options(PRESETS, "loop")):
     )
     poll_seconds: float = option(5.0, "Seconds between checks for new labels (--feedback app or file).")
     wait_timeout: float = option(0.0, "Give up waiting for a round's labels after this many seconds (0: wait forever).")
+    eval_every: int = option(
+        0,
+        "K > 0 (ppo, rloo, grpo): evaluate each round's policy update every K iterations and at its last, on the "
+        "seen and unseen prompts (J under R*, J-hat under the round's reward model, KL to pi_0 even with "
+        "--reference moved), and fit Gao et al.'s RL form to each round's path: round-NN/frontier.json, the "
+        "over-optimisation table of report.md, frontier.png. Training is unchanged. 0: off (one evaluation per "
+        "round, after its update).",
+    )
     resume: str | None = option(None, "Continue the loop run in this directory where it stopped.")
 
     def resolved(self) -> LoopConfig:
@@ -172,6 +198,12 @@ class LoopConfig(pool_options(PRESETS, "loop")):
             raise ConfigError("--rounds must be at least 1")
         if self.algorithm in ("rloo", "grpo") and self.rl_samples_per_prompt < 2:
             raise ConfigError(f"--algorithm {self.algorithm} needs --rl_samples_per_prompt >= 2")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval_every must be >= 0 (0: off), got {self.eval_every}")
+        if self.eval_every and self.algorithm == "dpo":
+            raise ConfigError(
+                "--eval_every evaluates an RL update along its iterations (ppo, rloo, grpo); not with --algorithm dpo"
+            )
         if self.overlap < 1 or self.labels_per_round < 0:
             raise ConfigError("--overlap must be positive and --labels_per_round non-negative")
         if self.order == "uncertainty" and self.reward_ensemble < 2:
@@ -480,7 +512,11 @@ def run_loop(cfg: LoopConfig, explicit: set[str] | None = None) -> Path:
             initial, rows, run_dir / "by_round.png", f"{cfg.rounds} round(s), {cfg.algorithm}, {cfg.feedback} feedback"
         )
         plot_reliability(rows, run_dir / "reliability.png")
-        summary = loop_summary(cfg, initial, rows, run_dir)
+        frontiers = _read_frontiers(run) if cfg.eval_every else []
+        if frontiers:
+            points = [p for f in frontiers for p in f["points"]]
+            plot_frontier(points, {}, {m: e for f in frontiers for m, e in f["fits"].items()}, run_dir / "frontier.png")
+        summary = loop_summary(cfg, initial, rows, run_dir, frontiers)
         write_text(run_dir / "report.md", summary)
         write_report([run_dir])
         print("\n" + summary)
@@ -530,6 +566,10 @@ def _run_round(run: _Run, r: int, initial: dict) -> dict:
     # 6. evaluation of π_r
     eval_path = folder / "evaluation.json"
     timed("evaluate", eval_path, None, _evaluate, run, r, reward_model, eval_path)
+
+    # 7. the round's frontier: the path its update recorded, fitted (--eval_every)
+    if cfg.eval_every:
+        timed("fit the round's frontier", folder / FRONTIER_FILE, None, _fit_frontier, run, r, folder / FRONTIER_FILE)
 
     row = _round_row(run, r, initial, reward_model, json.loads(eval_path.read_text()), seconds)
     write_json(folder / ROUND_FILE, row)
@@ -641,7 +681,138 @@ def _update_policy(run: _Run, r: int, reward_model) -> None:
         report_to=cfg.report_to,
         mixed_precision=cfg.mixed_precision,
     )
-    run_policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference)
+    hook = _RoundPath(run, r, policy, reward_model, folder / "policy_run" / PATH_FILE) if cfg.eval_every else None
+    run_policy_optimization(rl_cfg, policy, tokenizer, reward_model, run.oracle, reference=reference, should_stop=hook)
+
+
+# ---- over-optimisation per round (--eval_every) ----------------------------------------------------
+def _rescored(raw: dict, reward_model) -> PolicyEvaluation:
+    """A stored evaluation with its Ĵ under ``reward_model``: its own texts scored again (J, KL kept)."""
+    ev = PolicyEvaluation(**raw)
+    ev.proxy_rewards = reward_model(ev.contexts, ev.texts).tolist()
+    ev.J_hat, ev.J_hat_se = mean_and_se(per_prompt_means(ev.proxy_rewards, ev.prompt_index, ev.num_prompts))
+    return ev
+
+
+def _per_prompt(ev: PolicyEvaluation) -> dict:
+    return {
+        "J": per_prompt_means(ev.oracle_rewards, ev.prompt_index, ev.num_prompts),
+        "J_hat": per_prompt_means(ev.proxy_rewards, ev.prompt_index, ev.num_prompts),
+    }
+
+
+class _RoundPath(EvaluateAlongTraining):
+    """Round r's update evaluated every ``eval_every`` iterations and at its last, as ``rlhflab
+    frontier`` evaluates a method: J under R*, Ĵ under R_{phi,r}, KL to π_0 (the x-axis whatever the
+    update's anchor), each point's ΔJ and ΔĴ paired by prompt with π_0 (π_0's Ĵ rescored by R_{phi,r}).
+
+    The path starts where the update does: at π_0 (KL 0) in round 1 or under ``policy_init`` restart,
+    else at π_{r-1} — the last round's evaluation of it, Ĵ rescored by R_{phi,r} — so under continue
+    the rounds' paths follow one another along one axis of KL to π_0. Each record rewrites ``path``
+    atomically; the last comes before the policy is saved, so a saved policy has its whole path."""
+
+    def __init__(self, run: _Run, r: int, policy, reward_model, path: Path):
+        self.path, self.method = path, f"round {r}"
+        initial = json.loads((run.run_dir / "initial_evaluation.json").read_text())
+        self.baseline = {c: _per_prompt(_rescored(raw, reward_model)) for c, raw in initial.items()}
+        if r == 1 or run.cfg.policy_init == "restart":
+            self.points = initial_points(self.method, self.baseline)
+        else:
+            previous = json.loads((run.round_dir(r - 1) / "evaluation.json").read_text())
+            self.points = [
+                frontier_point(self.method, c, f"π_{r - 1}", 0, _rescored(raw, reward_model), self.baseline[c])
+                for c, raw in previous.items()
+            ]
+        eval_kw = dict(run.eval_kw, reward_model=reward_model, reference=run.initial)
+        at = every(run.cfg.eval_every, run.iterations[r - 1])
+        super().__init__(policy, run.tokenizer, run.prompt_sets, eval_kw, at, self._record)
+
+    def _record(self, done: int, evaluations: dict) -> None:
+        for c, ev in evaluations.items():
+            self.points.append(frontier_point(self.method, c, f"iteration {done}", done, ev, self.baseline[c]))
+        baseline = {c: {k: v.tolist() for k, v in b.items()} for c, b in self.baseline.items()}
+        write_json(self.path, {"baseline": baseline, "points": self.points})
+
+
+def _fit_frontier(run: _Run, r: int, output: Path) -> None:
+    """Round r's path fitted: Gao et al.'s RL form of J and Ĵ, where J peaks and whether Ĵ still
+    rises there, and J's measured fall (``fit_points``, as ``rlhflab frontier`` fits a method)."""
+    source = run.round_dir(r) / "policy_run" / PATH_FILE
+    if not source.is_file():
+        raise ConfigError(f"{source}: missing, so round {r}'s update was not evaluated along its path")
+    path = json.loads(source.read_text())
+    fits, lines = fit_points(path["points"], path["baseline"], NUM_BOOTSTRAP, run.cfg.seed)
+    write_json(output, {"round": r, "points": path["points"], "fits": fits, "lines": lines})
+
+
+def _read_frontiers(run: _Run) -> list[dict]:
+    return [json.loads((run.round_dir(r) / FRONTIER_FILE).read_text()) for r in range(1, run.cfg.rounds + 1)]
+
+
+def _peak_text(fit: dict | None) -> str:
+    """A fit's J peak KL with its interval; a peak past 10× the largest KL measured is not a finding."""
+    if fit is None:
+        return "no fit"
+    if math.isinf(fit["peak_kl"]):
+        return "no peak"
+    far = 10 * fit["max_kl"]
+
+    def kl(value: float) -> str:
+        return f"> {far:.3g}" if value > far else f"{value:.3g}"
+
+    return f"{kl(fit['peak_kl'])} [{kl(fit['peak_kl_ci'][0])}, {kl(fit['peak_kl_ci'][1])}]"
+
+
+def overoptimisation_section(cfg: LoopConfig, frontiers: list[dict]) -> list[str]:
+    """report.md's per-round over-optimisation table, its fits in words beneath it."""
+    table = []
+    for f in frontiers:
+        for contexts, entry in f["fits"][f"round {f['round']}"].items():
+            kl = [p["kl"] for p in f["points"] if p["contexts"] == contexts]
+            fall, rising = entry["measured_fall"], entry.get("J_hat_rising_at_J_peak")
+            table.append(
+                {
+                    "round": f["round"],
+                    "contexts": contexts,
+                    "points": len(kl),
+                    "kl": f"{min(kl):.3f}–{max(kl):.3f}",
+                    "peak": _peak_text(entry["J"]),
+                    "rising": "–" if rising is None else ("yes" if rising else "no"),
+                    "fall": "no fall" if fall["best"] == fall["last"] else _z(fall["fall"], fall["fall_se"]),
+                }
+            )
+    columns = [
+        ("round", "round", "d"),
+        ("contexts", "contexts", ""),
+        ("points", "points", "d"),
+        ("kl", "KL(π‖π_0) range", ""),
+        ("peak", "fitted J peak KL [95% CI]", ""),
+        ("rising", "Ĵ rising at J peak?", ""),
+        ("fall", "measured fall of J ± se (z)", ""),
+    ]
+    anchor = " (not to the update's anchor π_r−1: `--reference moved`)" if cfg.reference == "moved" else ""
+    start = (
+        "Round 1's path starts at π_0, a later round's at π_r−1 (its evaluation of the round before, Ĵ rescored), "
+        "so the rounds follow one another along the KL axis; the form stays anchored at π_0 (ΔJ = 0 at d = 0)."
+        if cfg.policy_init == "continue"
+        else "Every round's path starts at π_0 (`--policy_init restart`)."
+    )
+    return [
+        "",
+        "## Over-optimisation per round (Gao et al. 2022 on each round's path)",
+        "",
+        format_table(table, columns),
+        "",
+        f"Each round's policy update evaluated every {cfg.eval_every} iterations and at its last: J under R*, Ĵ "
+        f"under the round's reward model, x-axis KL to π_0{anchor}, ΔJ and ΔĴ paired by prompt with π_0 (π_0's Ĵ "
+        f"rescored by the round's reward model). {start} Fit: "
+        "ΔJ = d(α − β log d), d = √KL, intervals a bootstrap over prompts; *Ĵ rising*: the fitted Ĵ still climbs "
+        "where the fitted J peaks (reward hacking, by the fits); *measured fall*: J at the path's best point "
+        "minus J at its largest KL, paired by prompt. Points and fits: `round-NN/frontier.json`; plot "
+        "`frontier.png` (one line per round).",
+        "",
+        *[line for f in frontiers for line in f["lines"]],
+    ]
 
 
 def _evaluate(run: _Run, r: int, reward_model, output: Path) -> None:
@@ -707,8 +878,11 @@ def _z(delta, se) -> str:
     return "–" if delta is None else f"{delta:+.3f} ± {se:.3f} ({delta / se:+.1f})" if se else f"{delta:+.3f}"
 
 
-def loop_summary(cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path) -> str:
-    """report.md: one line per round (round 0 is π_0)."""
+def loop_summary(
+    cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path, frontiers: list[dict] | None = None
+) -> str:
+    """report.md: one line per round (round 0 is π_0), and with ``frontiers`` (``--eval_every``) the
+    over-optimisation of each round's path."""
     table = [
         {
             "round": 0,
@@ -777,11 +951,15 @@ def loop_summary(cfg: LoopConfig, initial: dict, rows: list[dict], run_dir: Path
         "Plots: `by_round.png` (J, Ĵ and reward-model accuracy by round), `reliability.png` "
         "(calibration per round). Rows: `rounds.json`.",
     ]
+    if frontiers:
+        lines += overoptimisation_section(cfg, frontiers)
     return "\n".join(lines) + "\n"
 
 
 def loop_done(cfg: LoopConfig, run_dir: Path) -> str:
+    png = run_dir / "frontier.png"  # --eval_every (of the run, which a resumed run's cfg may not repeat)
+    frontier = f", {png} (each round's path)" if png.is_file() else ""
     return (
         f"report in {run_dir / 'report.md'} and {run_dir / 'report.html'}; per-round rows in {run_dir / 'rounds.json'}; "
-        f"plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}"
+        f"plots {run_dir / 'by_round.png'}, {run_dir / 'reliability.png'}{frontier}"
     )

@@ -15,6 +15,10 @@ Three pure pieces, each a function of reward matrices (prompts × samples or pro
   ΔJ(d) = d(α − βd) and RL ΔJ(d) = d(α − β log d), fitted by least squares, with percentile
   intervals from a bootstrap over prompts; the KL where the fitted J peaks (the over-optimisation
   point) comes with its interval and the share of resamples that peak at all.
+
+Evaluated policies become *points* (:func:`frontier_point`: J, Ĵ, KL and each prompt's J and Ĵ, the
+ΔJ and ΔĴ paired by prompt with π_0's), and a path of points its fits (:func:`fit_points`), as
+``rlhflab frontier`` and ``rlhflab loop --eval_every`` both write them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
@@ -30,6 +35,9 @@ from scipy.special import gammaln, logsumexp
 from rlhflab.decoding.best_of_n import plug_in_best_of_n_kl
 from rlhflab.decoding.best_of_n_math import best_of_n_kl_bound
 from rlhflab.evaluation.plots import _save, pyplot
+
+if TYPE_CHECKING:
+    from rlhflab.evaluation.metrics import PolicyEvaluation
 
 FORMS = ("bon", "rl")
 
@@ -333,6 +341,110 @@ def rising_at(fit: GaoFit, kl: float) -> bool | None:
     else:
         slope = fit.alpha - fit.beta * ((math.log(d) if d > 0 else -math.inf) + 1)
     return bool(slope > 0)
+
+
+# ---- points along a path, and their fits ------------------------------------------------------
+def gao_form(method: str) -> str:
+    """Which of Gao et al.'s forms a method's curve is fitted with: best-of-n's d(α − βd), or the RL
+    form d(α − β log d) for every policy trained along a path (``method`` may carry its β: 'dpo β=0.1')."""
+    return "bon" if method == "bon" else "rl"
+
+
+def frontier_point(method: str, contexts: str, label: str, step: int, ev: PolicyEvaluation, baseline: dict) -> dict:
+    """One evaluated policy as a frontier point, its ΔJ and ΔĴ paired by prompt with π_0's
+    (``baseline``: {"J": (P,), "J_hat": (P,)}, π_0's per-prompt means)."""
+    J = per_prompt_means(ev.oracle_rewards, ev.prompt_index, ev.num_prompts)
+    J_hat = per_prompt_means(ev.proxy_rewards, ev.prompt_index, ev.num_prompts)
+    return with_deltas(
+        {
+            "method": method,
+            "contexts": contexts,
+            "point": label,
+            "step": step,
+            "kl": ev.kl,
+            "kl_se": ev.kl_se,
+            "J": ev.J,
+            "J_se": ev.J_se,
+            "J_hat": ev.J_hat,
+            "J_hat_se": ev.J_hat_se,
+            "per_prompt_J": J.tolist(),
+            "per_prompt_J_hat": J_hat.tolist(),
+        },
+        baseline,
+    )
+
+
+def with_deltas(point: dict, baseline: dict) -> dict:
+    """``point`` with ``delta_J``, ``delta_J_hat`` and their standard errors over prompts, paired with ``baseline``."""
+    for key in ("J", "J_hat"):
+        point[f"delta_{key}"], point[f"delta_{key}_se"] = mean_and_se(paired_deltas([point], baseline, key)[:, 0])
+    return point
+
+
+def initial_points(method: str, baseline: dict[str, dict]) -> list[dict]:
+    """π_0 itself (KL 0), one point per context set of ``baseline`` ({contexts: {"J", "J_hat"}})."""
+    out = []
+    for contexts, b in baseline.items():
+        point = {"method": method, "contexts": contexts, "point": "π_0", "step": 0, "kl": 0.0, "kl_se": 0.0}
+        point["per_prompt_J"], point["per_prompt_J_hat"] = np.asarray(b["J"]).tolist(), np.asarray(b["J_hat"]).tolist()
+        point["J"], point["J_se"] = mean_and_se(b["J"])
+        point["J_hat"], point["J_hat_se"] = mean_and_se(b["J_hat"])
+        out.append(with_deltas(point, b))
+    return out
+
+
+def paired_deltas(points: list[dict], baseline: dict, key: str) -> np.ndarray:
+    """(prompts, points): each prompt's J (``key``) at each point minus its J under π_0."""
+    return np.stack([np.asarray(p[f"per_prompt_{key}"]) - np.asarray(baseline[key]) for p in points], 1)
+
+
+def fit_points(points: list[dict], baseline: dict, num_bootstrap: int, seed: int) -> tuple[dict, list[str]]:
+    """Gao et al.'s fit of J and of Ĵ for each (method, contexts) of ``points`` (form by
+    :func:`gao_form`, against the points' KL), J's :func:`measured_fall`, and one line per fit saying
+    where J peaks and whether Ĵ still rises there; a method whose points cannot be fitted says why.
+    Returns ({method: {contexts: entry}}, lines)."""
+    fits, lines = {}, []
+    for method in dict.fromkeys(p["method"] for p in points):
+        for contexts in dict.fromkeys(p["contexts"] for p in points):
+            mine = [p for p in points if p["method"] == method and p["contexts"] == contexts]
+            entry = {f"baseline_{k}": float(np.mean(baseline[contexts][k])) for k in ("J", "J_hat")}
+            where = f"{method}, {contexts} contexts"
+            kl = [p["kl"] for p in mine]
+            fall = measured_fall(kl, paired_deltas(mine, baseline[contexts], "J"))
+            entry["measured_fall"] = fall
+            lines += [f"- {where}:", fall_line(fall, mine)]
+            try:
+                j, j_hat = (
+                    fit_gao(
+                        kl, paired_deltas(mine, baseline[contexts], key), gao_form(method), num_bootstrap, seed=seed
+                    )
+                    for key in ("J", "J_hat")
+                )
+            except ValueError as e:
+                entry.update(J=None, J_hat=None, note=str(e))
+                lines.append(f"  - no fit: {e}")
+                fits.setdefault(method, {})[contexts] = entry
+                continue
+            entry["J"], entry["J_hat"] = j.to_dict(), j_hat.to_dict()
+            rising = rising_at(j_hat, j.peak_kl)
+            entry["J_hat_rising_at_J_peak"] = rising
+            verdict = "" if rising is None else ("; Ĵ still rising there" if rising else "; Ĵ no longer rising there")
+            lines += [f"  - fit of J: {j.describe('J')}{verdict}", f"  - fit of Ĵ: {j_hat.describe('Ĵ')}"]
+            fits.setdefault(method, {})[contexts] = entry
+    return fits, lines
+
+
+def fall_line(fall: dict, points: list[dict]) -> str:
+    """:func:`measured_fall` of ``points`` in words, as one indented line of a fit's description."""
+    best, last = points[fall["best"]], points[fall["last"]]
+    if fall["best"] == fall["last"]:
+        return f"  - measured: J is highest at the largest KL ({last['point']}, KL {last['kl']:.3g}): no fall"
+    se = "–" if fall["fall_se"] is None else f"{fall['fall_se']:.3f}"
+    z = "" if fall["z"] is None else f" ({fall['z']:+.1f} se{', beyond noise' if fall['z'] >= 2 else ''})"
+    return (
+        f"  - measured: J is highest at {best['point']} (KL {best['kl']:.3g}) and falls by "
+        f"{fall['fall']:+.3f} ± {se}{z} to the largest KL ({last['point']}, KL {last['kl']:.3g})"
+    )
 
 
 # ---- the picture -------------------------------------------------------------------------------

@@ -207,6 +207,24 @@ def _read_loop(run_dir: Path) -> Run:
         offset += max((m["iteration"] + 1 for m in policy), default=0)
         steps += max((m.get("step", 0) for m in policy), default=0)
         curves[f"reward model, round {row['round']}"] = _metrics(run_dir / folder / "reward" / "metrics.jsonl")
+    figures = [
+        Figure(
+            "J, Ĵ and reward-model accuracy by round",
+            _png(plot_rounds, initial, rows),
+            "Round 0 is π_0; Ĵ under each round's reward model; ±1 standard error.",
+        )
+    ]
+    notes = []  # `rlhflab loop --eval_every`: each round's path and fits, shown as a frontier run's are
+    if (run_dir / "frontier.png").is_file():
+        for folder in folders:
+            notes += _fit_notes(_json(run_dir / folder / "frontier.json")["lines"])
+        figures.append(
+            Figure(
+                "Over-optimisation per round: J and Ĵ against KL(π‖π_0) along each round's update",
+                (run_dir / "frontier.png").read_bytes(),
+                "One line per round; Ĵ under each round's own reward model; ±1 se over prompts; dashed: Gao et al. fits.",
+            )
+        )
     return Run(
         run_dir,
         "loop",
@@ -215,13 +233,8 @@ def _read_loop(run_dir: Path) -> Run:
         evaluations=evaluations,
         reward_models=rows,
         curves=curves,
-        figures=[
-            Figure(
-                "J, Ĵ and reward-model accuracy by round",
-                _png(plot_rounds, initial, rows),
-                "Round 0 is π_0; Ĵ under each round's reward model; ±1 standard error.",
-            )
-        ],
+        figures=figures,
+        notes=notes,
     )
 
 
@@ -247,18 +260,24 @@ def _read_toy(run_dir: Path) -> Run:
     return Run(run_dir, "toy report", "summary.md", {"seed": seed}, figures=figures, headlines=headlines)
 
 
+def _fit_notes(lines: list[str]) -> list[str]:
+    """``fit_points``' lines ("- where:" then "  - what") as one headline each: "where: what"."""
+    notes, where = [], ""
+    for line in lines:
+        if line.startswith("- "):
+            where = line[2:].rstrip(":")
+        elif line.startswith("  - "):
+            notes.append(f"{where}: {line[4:]}")
+    return notes
+
+
 def _read_frontier(run_dir: Path) -> Run:
     """A ``rlhflab frontier`` run: its plot, and per method and context set the measured fall of J
     and the Gao et al. fits with the over-optimisation KL, as frontier.md words them."""
     _require(run_dir, "frontier", ["frontier_config.yaml", "frontier.json", "frontier.md", "frontier.png"])
     result = _json(run_dir / "frontier.json")
     fits = (run_dir / "frontier.md").read_text().partition("## Gao et al.")[2].partition("\n## ")[0]
-    notes, where = [], ""
-    for line in fits.splitlines():
-        if line.startswith("- "):
-            where = line[2:].rstrip(":")
-        elif line.startswith("  - "):
-            notes.append(f"{where}: {line[4:]}")
+    notes = _fit_notes(fits.splitlines())
     methods = ", ".join(dict.fromkeys(p["method"] for p in result["points"]))
     figure = Figure(
         "The frontier: J (oracle) and Ĵ (reward model) against KL(π‖π_0), every method",
