@@ -66,6 +66,16 @@ def test_auto_takes_bf16_only_where_the_measurement_says_it_is_faster(monkeypatc
     assert ("bf16 autocast" in lines[0]) == (chosen == "bf16")
 
 
+@pytest.mark.parametrize("speedup, warned", [(0.01, True), (2.0, False)])
+def test_an_explicit_bf16_is_honoured_and_says_so_where_bf16_is_slower(monkeypatch, capsys, speedup, warned):
+    monkeypatch.setattr(hardware, "bf16_matmul_speedup", lambda device_type="cpu": speedup)
+    assert hardware.resolve_mixed_precision("bf16", "cpu") == "bf16"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bf16 autocast as asked" in line]
+    assert len(lines) == int(warned)
+    if warned:
+        assert lines[0].startswith("--mixed_precision bf16:") and "0.01x" in lines[0]
+
+
 def test_the_measurement_is_short_and_cached_per_process():
     import time
 

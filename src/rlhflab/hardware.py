@@ -85,7 +85,8 @@ def resolve_mixed_precision(requested: str | None, device_type: str, announce: b
     ``auto`` takes bf16 where :func:`bf16_matmul_speedup` measures it at least
     ``AUTO_BF16_MIN_SPEEDUP`` times faster, and (``announce``) prints one line saying what it chose
     and the measured ratio. fp16 needs a CUDA device (accelerate runs no fp16 autocast or loss
-    scaling on a CPU: it would silently train in fp32), so on a CPU it is a ConfigError."""
+    scaling on a CPU: it would silently train in fp32), so on a CPU it is a ConfigError. An explicit
+    bf16 on a CPU where bf16 measures slower than fp32 is honoured with a one-line warning."""
     source = "--mixed_precision"
     if requested is None:
         requested = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
@@ -97,6 +98,15 @@ def resolve_mixed_precision(requested: str | None, device_type: str, announce: b
             f"{source} fp16: needs a CUDA GPU (accelerate has no fp16 autocast or loss scaling on {device_type}); "
             "use bf16 or auto"
         )
+    if requested == "bf16" and announce and device_type == "cpu":
+        # Honoured, but not silently: on an AVX2-only CPU bf16 is emulated, a matmul 10-100x slower.
+        ratio = bf16_matmul_speedup(device_type)
+        if ratio < 1:
+            print(
+                f"{source} bf16: running bf16 autocast as asked, though a bf16 matmul ran {ratio:.2f}x as fast as "
+                f"fp32 on this cpu (auto would choose fp32)",
+                file=sys.stderr,
+            )
     if requested != "auto":
         return requested
     ratio = bf16_matmul_speedup(device_type)
