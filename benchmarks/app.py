@@ -5,6 +5,8 @@ once, at a person's pace and saturated, and how long an export of 100,000 labels
 
     python benchmarks/app.py                      # SQLite and PostgreSQL (127.0.0.1:5432), one worker
     python benchmarks/app.py --workers 2          # `rlhflab serve --workers 2`
+    python benchmarks/app.py --workers 1 2        # both, side by side
+    python benchmarks/app.py --quick --output /tmp/app   # write /tmp/app.md and .json instead
     python benchmarks/app.py --databases sqlite   # one of them
     python benchmarks/app.py --quick              # fewer requests, for a first look
 
@@ -15,7 +17,8 @@ header; "client time" adds the HTTP round trip and the wait in the server's queu
 clients, the server and PostgreSQL share them). The server is ``rlhflab serve`` in a subprocess, on
 a fresh database for each part (a SQLite file in a temporary folder; a PostgreSQL database created
 on ``--pg_server`` and dropped afterwards). Its stderr is scanned for tracebacks, which are counted.
-Results: ``benchmarks/results/app.md`` and ``app.json``.
+Results: ``benchmarks/results/app.md`` and ``app.json`` (or ``--output``); the summary gives saturated
+throughput as a multiple of the baseline before issue 26's work on speed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 from rlhflab.app import models as m
 from rlhflab.app.auth import SESSION_COOKIE
@@ -48,6 +52,9 @@ from rlhflab.hardware import matmul_peak
 HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 SERVER_TIMING = re.compile(r"dur=([0-9.]+)")
 RESULTS = Path(__file__).with_name("results")
+# Saturated labels/s at 50 annotators, one worker, before issue 26's speed work: as the issue states
+# them, and as benchmarks/results/app.md measured them (2 cores).
+BASELINE_LABELS_PER_S = {"SQLite": (40.0, 54.7), "PostgreSQL": (27.0, 29.6)}
 
 
 def free_port() -> int:
@@ -94,6 +101,13 @@ def fresh_database(kind: str, folder: Path, pg_server: str, part: str):
     finally:
         with psycopg.connect(**connect, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the server process and its worker processes have used so far: a
+    figure other jobs on the machine do not inflate, unlike latencies."""
+    process = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -166,7 +180,7 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
         base = f"http://127.0.0.1:{port}"
         for level in levels:
             timings = {k: {"server": [], "client": []} for k in ("page", "submit")}
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), server_cpu_seconds(server.pid)
 
             async def run(level=level, timings=timings):
                 await asyncio.gather(
@@ -177,7 +191,7 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
                 )
 
             asyncio.run(run())
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, server_cpu_seconds(server.pid) - cpu0
             for kind in ("page", "submit"):
                 server_ms, client_ms = timings[kind]["server"], timings[kind]["client"]
                 rows.append(
@@ -193,6 +207,8 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
                         "client_p50_ms": statistics.median(client_ms),
                         "client_p95_ms": percentile(client_ms, 95),
                         "labels_per_second": level * labels_each / wall,
+                        # the server's CPU per label stored (a page and a submission, and the rest)
+                        "server_cpu_ms_per_label": 1000 * cpu / (level * labels_each),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -265,6 +281,29 @@ def bench_export(db_url: str, num_labels: int) -> dict:
     return result
 
 
+def summary(rows: list[dict], most: int) -> list[str]:
+    """The table of the goals at ``most`` annotators, one row per database and number of workers: paced
+    p95, and saturated throughput against the issue's baseline and against benchmarks/results/app.md
+    as it stood before the work on it (BASELINE_LABELS_PER_S)."""
+    lines = [f"At {most} annotators (goal: paced p95 < 50 ms on both databases; saturated labels/s 3x the baseline):"]
+    lines += ["", "| database | workers | paced server p95 ms | paced client p95 ms | saturated labels/s "]
+    lines[-1] += "| x issue 26 baseline | x app.md before | saturated server CPU ms/label | tracebacks |"
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for database, workers in dict.fromkeys((r["database"], r["workers"]) for r in rows):
+        at = [r for r in rows if (r["database"], r["workers"]) == (database, workers) and r["annotators"] == most]
+        paced = [r for r in at if r["think_s"] > 0]
+        saturated = [r for r in at if r["think_s"] == 0]
+        rate = saturated[0]["labels_per_second"] if saturated else float("nan")
+        issue, before = BASELINE_LABELS_PER_S[database]
+        lines.append(
+            f"| {database} | {workers} | {max(r['server_p95_ms'] for r in paced):.1f} "
+            f"| {max(r['client_p95_ms'] for r in paced):.1f} | {rate:.1f} | {rate / issue:.2f} "
+            f"| {rate / before:.2f} | {saturated[0]['server_cpu_ms_per_label'] if saturated else float('nan'):.1f} "
+            f"| {sum(r['server_tracebacks'] for r in at) // 2} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
@@ -272,7 +311,10 @@ def main() -> None:
         "--pg_server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
         help="a PostgreSQL server (and a database to connect to) where a fresh database is made per part",
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1, help="`rlhflab serve --workers`")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1],
+        help="`rlhflab serve --workers`; several (e.g. 1 2) run everything once with each, side by side",
+    )  # fmt: skip
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--labels_each", type=int, default=10, help="labels per annotator per level and pace")
     parser.add_argument(
@@ -280,6 +322,11 @@ def main() -> None:
     )
     parser.add_argument("--export_labels", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="50 annotators only, 3 labels each, 10,000 exported")
+    parser.add_argument(
+        "--output", type=Path, default=None,
+        help="where to write the results, as a path without suffix (.md and .json are added); "
+        "default benchmarks/results/app (app-workersN with --workers N)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.levels, args.labels_each, args.export_labels = [max(args.levels)], 3, 10_000
@@ -287,57 +334,50 @@ def main() -> None:
     peak = matmul_peak()["gflops_median"]
     rows, exports = [], {}
     for kind in args.databases:
-        for think in (args.think, 0.0):  # a fast human's pace, then no pause at all (the server saturated)
-            with fresh_database(kind, folder, args.pg_server, f"labelling-{think:g}") as url:
-                rows += bench_labelling(url, args.levels, args.labels_each, think, args.workers)
+        for workers in args.workers:
+            for think in (args.think, 0.0):  # a fast human's pace, then no pause at all (the server saturated)
+                with fresh_database(kind, folder, args.pg_server, f"labelling-{workers}-{think:g}") as url:
+                    rows += bench_labelling(url, args.levels, args.labels_each, think, workers)
         with fresh_database(kind, folder, args.pg_server, "export") as url:
             exports[kind] = bench_export(url, args.export_labels)
+    workers_flag = " ".join(map(str, args.workers))
     lines = [
         "# Feedback app under load",
         "",
-        f"`python benchmarks/app.py{' --quick' if args.quick else ''} --workers {args.workers}` on "
+        f"`python benchmarks/app.py{' --quick' if args.quick else ''} --workers {workers_flag}` on "
         f"{os.cpu_count()} cores (fp32 matmul {peak:.0f} GFLOP/s; the clients, the server and PostgreSQL share "
-        f"them), {args.workers} uvicorn worker(s), SQLite (WAL, synchronous=FULL) and PostgreSQL; "
+        f"them), {workers_flag} uvicorn worker(s), SQLite (WAL, synchronous=FULL) and PostgreSQL; "
         f"{args.labels_each} labels per annotator per row. Each annotator loads the labelling page (which hands "
         f"out the next item), reads it for a uniform {args.think / 2:g}-{1.5 * args.think:g} s (think = "
         f"{args.think:g} s; people take longer) or not at all (think = 0: every client fires its next request at "
         "once, a saturation test), then posts the form. Server time: the app's own `Server-Timing` (from the "
         "request reaching the app to its response; includes waiting for a worker thread and for the database); "
-        "client time adds the HTTP round trip and the wait in the server's queue.",
+        "client time adds the HTTP round trip and the wait in the server's queue. Server CPU: the CPU time "
+        "the server's processes used per label stored (other jobs on the machine do not inflate it).",
         "",
-        "| database | think s | annotators | request | n | server p50 ms | server p95 ms | client p50 ms "
-        "| client p95 ms | labels/s | tracebacks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| database | workers | think s | annotators | request | n | server p50 ms | server p95 ms | client p50 ms "
+        "| client p95 ms | labels/s | server CPU ms/label | tracebacks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['database']} | {r['think_s']:g} | {r['annotators']} | {r['request']} | {r['n']} "
+            f"| {r['database']} | {r['workers']} | {r['think_s']:g} | {r['annotators']} | {r['request']} | {r['n']} "
             f"| {r['server_p50_ms']:.1f} | {r['server_p95_ms']:.1f} | {r['client_p50_ms']:.1f} "
-            f"| {r['client_p95_ms']:.1f} | {r['labels_per_second']:.1f} | {r['server_tracebacks']} |"
+            f"| {r['client_p95_ms']:.1f} | {r['labels_per_second']:.1f} | {r['server_cpu_ms_per_label']:.1f} "
+            f"| {r['server_tracebacks']} |"
         )
-    most = max(args.levels)
-    lines += ["", f"At {most} annotators (goal: paced p95 < 50 ms on both databases):", ""]
-    lines += ["| database | paced server p95 ms | paced client p95 ms | saturated labels/s | tracebacks |"]
-    lines += ["|---|---|---|---|---|"]
-    for database in dict.fromkeys(r["database"] for r in rows):
-        at = [r for r in rows if r["database"] == database and r["annotators"] == most]
-        paced = [r for r in at if r["think_s"] > 0]
-        saturated = [r for r in at if r["think_s"] == 0]
-        lines.append(
-            f"| {database} | {max(r['server_p95_ms'] for r in paced):.1f} "
-            f"| {max(r['client_p95_ms'] for r in paced):.1f} | {saturated[0]['labels_per_second']:.1f} "
-            f"| {sum(r['server_tracebacks'] for r in at) // 2} |"
-        )
+    lines += ["", *summary(rows, max(args.levels))]
     lines.append("")
     for kind, export in exports.items():
         lines.append(
             f"Export of {export['labels']:,} labels to preferences JSONL ({export['rows_written']:,} rows), "
             f"{'PostgreSQL' if kind == 'postgresql' else 'SQLite'}: {export['seconds']:.2f} s (goal < 10 s)."
         )
-    RESULTS.mkdir(exist_ok=True)
-    stem = "app" if args.workers == 1 else f"app-workers{args.workers}"
-    write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
-    write_json(RESULTS / f"{stem}.json", {"labelling": rows, "export": exports, "matmul_gflops": peak})
+    stem = "app" if args.workers == [1] else "app-workers" + "-".join(map(str, args.workers))
+    output = args.output or RESULTS / stem
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text(output.with_name(output.name + ".md"), "\n".join(lines) + "\n")
+    write_json(output.with_name(output.name + ".json"), {"labelling": rows, "export": exports, "matmul_gflops": peak})
     print("\n".join(lines))
 
 

@@ -78,6 +78,7 @@ LABEL_FIELDS = {
     "rating": ["score_0", "score_1"],
     "binary": ["good"],
     "critique": ["critique", "correction"],
+    "turns": ["turn_0", "turn_1"],
 }
 LABEL_LEAVES = {
     "pairwise": ["choice"],
@@ -85,6 +86,7 @@ LABEL_LEAVES = {
     "rating": ["scores"],
     "binary": ["good"],
     "critique": ["critique", "correction"],
+    "turns": ["turns"],
 }
 LABEL_ROUTE = "POST /projects/{project_id:id}/label"
 GOLD_ROUTE = "POST /projects/{project_id:id}/gold"
@@ -131,6 +133,8 @@ def test_no_input_gets_a_5xx_or_a_traceback(world, caplog):
         "score_0": "3",
         "score_1": "4",
         "good": "yes",
+        "turn_0": "no",
+        "turn_1": "yes",
         "critique": "fine",
         "correction": "",
         "answer": "0",

@@ -26,6 +26,7 @@ FORM_VALUES = {
     "rating": {"score_0": "6", "score_1": "3"},
     "binary": {"good": "yes"},
     "critique": {"critique": "Too short;\n  no kigo.", "correction": "An old silent pond\n  a frog jumps in\n  splash"},
+    "turns": {"turn_0": "no", "turn_1": "yes"},
 }
 API_VALUES = {
     "pairwise": {"choice": "left"},
@@ -33,6 +34,7 @@ API_VALUES = {
     "rating": {"scores": {"helpful": 6, "honest": 3}},
     "binary": {"good": True},
     "critique": {"critique": "Too short;\n  no kigo.", "correction": "An old silent pond\n  a frog jumps in\n  splash"},
+    "turns": {"turns": [False, True]},
 }
 
 
@@ -46,6 +48,8 @@ def expected_stored(task: str, shown_order: list[int]) -> dict:
         return {"scores": {"helpful": 6, "honest": 3}}
     if task == "binary":
         return {"good": True}
+    if task == "turns":
+        return {"turns": [False, True]}
     return dict(API_VALUES["critique"])
 
 

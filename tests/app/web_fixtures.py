@@ -42,6 +42,9 @@ TASK_SAMPLES = {
     "rating": [{"prompt": "Explain rain.", "completions": ["Water falls from clouds.", "Because."]}],
     "binary": [{"prompt": "Is 2 prime?", "completions": ["Yes.", "No."]}],
     "critique": [{"prompt": "Write a haiku.", "completions": ["An old silent pond\n  a frog jumps in"]}],
+    "turns": [{"prompt": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "5."},
+                          {"role": "user", "content": "Are you sure?"}],
+               "completions": ["Sorry: it is 4."]}],  # two assistant turns: the prompt's and the reply
 }  # fmt: skip
 RATING_ATTRIBUTES = ["helpful", "honest"]
 HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')

@@ -10,12 +10,14 @@ deferred and see one snapshot. On PostgreSQL the store locks rows itself (``FOR 
 from __future__ import annotations
 
 import os
+import select
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 from rlhflab.errors import ConfigError
@@ -34,6 +36,8 @@ APP_DIR = Path(__file__).resolve().parent
 # out the pool's timeout for a connection (a 500). On PostgreSQL, ``--workers N`` needs
 # N x 40 connections within the server's max_connections (100 by default).
 POOL_SIZE, POOL_OVERFLOW = 10, 30
+# Seconds after which a pooled PostgreSQL connection is replaced at its next checkout.
+POOL_RECYCLE_S = 1800
 
 
 def default_db_url() -> str:
@@ -92,7 +96,47 @@ def make_engine(url: str | None = None) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
+    # No pool_pre_ping: it costs a round trip on every checkout, several per request. A connection the
+    # server has closed (a restart, an idle timeout, pg_terminate_backend) is found without one, by
+    # polling its socket at checkout; pool_recycle replaces connections before a silent middlebox
+    # timeout can drop them.
+    engine = create_engine(
+        parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_recycle=POOL_RECYCLE_S, pool_pre_ping=False
+    )
+    event.listen(engine, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def closed_by_server(dbapi_connection) -> bool:
+    """Whether an idle psycopg connection is unusable, found without a round trip: psycopg knows it is
+    closed or broken, or its socket is readable, which on an idle connection (the app LISTENs to
+    nothing) means the server has sent its goodbye (FATAL 57P01 on shutdown) or closed it."""
+    import psycopg  # the PostgreSQL driver: imported only where it is used
+
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    try:
+        fd = dbapi_connection.pgconn.socket
+    except psycopg.OperationalError:  # the connection has no socket any more
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _refuse_closed_connection(dbapi_connection, _record, _proxy) -> None:
+    """Pool checkout: a connection the server closed is replaced by a new one (SQLAlchemy's pool does
+    that on DisconnectionError), so the first request after a database restart succeeds."""
+    if closed_by_server(dbapi_connection):
+        raise DisconnectionError("the database server closed this pooled connection")
+
+
+def single_statement(engine: Engine) -> Engine:
+    """The same engine for a read that is one statement (a statement sees one snapshot by itself):
+    autocommit on PostgreSQL, so no BEGIN and COMMIT round trips; a deferred BEGIN on SQLite."""
+    if engine.dialect.name == "sqlite":
+        return read_only(engine)
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def read_only(engine: Engine) -> Engine:

@@ -19,6 +19,11 @@ attributed to the reviewer (``annotator``, ``annotator_id``; ``label_id`` None, 
 "shown" in their original order); items no one adjudicated keep their raw labels. A pairwise
 resolution of "tie" or "both bad" then carries no preference (skipped and counted, as a label's).
 
+A turns label (rlhflab.app.tasks) exports as TRL's conversational unpaired-preference rows, the rows
+``rlhflab kto`` trains on: one per assistant turn, ``{"prompt": the messages before it, "completion":
+[that assistant message], "label": its verdict}``, with ``annotator`` and ``turn`` (the assistant
+turn's place, 0 first) beside the extra columns above.
+
 This module reads label rows (``Store.label_rows``), not the database.
 """
 
@@ -27,11 +32,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rlhflab.app.tasks import assistant_turns, conversation
 from rlhflab.data import LanguageFeedback, Ranking, Rating, ranking_to_preferences
 from rlhflab.errors import ConfigError, DataError, RlhflabError
 from rlhflab.files import atomic_path, write_jsonl
 
-KINDS = ("preferences", "rankings", "ratings", "language")
+KINDS = ("preferences", "rankings", "ratings", "language", "unpaired")
 FORMATS = ("jsonl", "parquet", "dataset")
 # Which kinds of records each task's labels become.
 TASK_KINDS = {
@@ -40,6 +46,7 @@ TASK_KINDS = {
     "rating": ("ratings",),
     "binary": ("ratings",),
     "critique": ("language",),
+    "turns": ("unpaired",),
 }
 LIKERT_SCALE = "likert:7"
 
@@ -73,6 +80,22 @@ def _ranking(row: dict) -> Ranking:
         return Ranking(row["prompt"], [completions[winner], completions[1 - winner]], annotator=row["annotator"])
     order = row["value"]["ranking"]
     return Ranking(row["prompt"], [completions[i] for i in order], annotator=row["annotator"])
+
+
+def _turn_rows(row: dict) -> list[dict]:
+    """A turns label as TRL conversational unpaired-preference rows, one per assistant turn."""
+    messages = conversation(row["prompt"], row["completions"][0])
+    verdicts = row["value"]["turns"]
+    return [
+        {
+            "prompt": messages[:i],
+            "completion": [messages[i]],
+            "label": verdict,
+            "annotator": row["annotator"],
+            "turn": n,
+        }
+        for n, (i, verdict) in enumerate(zip(assistant_turns(messages), verdicts, strict=True))
+    ]
 
 
 def _resolution_row(row: dict, decision: dict) -> dict:
@@ -120,6 +143,7 @@ def records_from_rows(rows: list[dict], kind: str, counts: dict) -> list[dict]:
     rankings: a ranking label as a Ranking, best first. ratings: one Rating per attribute on the
     Likert 1..7 scale (``attribute`` column); a binary verdict is a Rating on the binary scale.
     language: a critique as LanguageFeedback, with the annotator's correction if they wrote one.
+    unpaired: a turns label's verdicts, one unpaired-preference row per assistant turn.
     """
     out: list[dict] = []
     for row in rows:
@@ -132,6 +156,8 @@ def records_from_rows(rows: list[dict], kind: str, counts: dict) -> list[dict]:
             out += [{**p.to_dict(), **extras} for p in pairs]
         elif kind == "rankings":
             out.append({**_ranking(row).to_dict(), **extras})
+        elif kind == "unpaired":
+            out += [{**turn, **extras} for turn in _turn_rows(row)]
         elif kind == "ratings":
             completion = row["completions"][0]
             if task == "binary":

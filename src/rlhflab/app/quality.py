@@ -21,6 +21,7 @@ How one label becomes values (the "units" of the reliability data, all in ORIGIN
 |---|---|---|---|
 | pairwise | the item | winner 0 or 1, or "tie" / "both_bad" as categories of their own | nominal |
 | binary | the item | good (1) / not good (0) | nominal |
+| turns | (item, assistant turn) | good (1) / not good (0) | nominal |
 | rating | (item, attribute) | the Likert score | ordinal |
 | ranking | (item, completion) | the completion's position in the ranking, 0 = best | ordinal |
 | critique | – | free text: no agreement statistic | – |
@@ -28,8 +29,8 @@ How one label becomes values (the "units" of the reliability data, all in ORIGIN
 A label agrees with a gold answer as :func:`rlhflab.app.tasks.gold_agrees` says (the rule the
 qualification round uses): pairwise the same winner (a tie or "both bad" never agrees), ranking the same
 best completion, rating every attribute within ±1, binary the same verdict. Two annotators' labels of
-one item agree by a share in [0, 1]: pairwise and binary, 1 for the same category; rating, the share of
-attributes scored within ±1 of each other; ranking, the share of completion pairs put in the same order
+one item agree by a share in [0, 1]: pairwise and binary, 1 for the same category; turns, the share of
+assistant turns given the same verdict; rating, the share of attributes scored within ±1 of each other; ranking, the share of completion pairs put in the same order
 (Kendall's concordance: 1 for identical rankings, 0.5 expected by chance, the same winner for two
 completions), so that a peer-agreement bar means the same for rankings of any length.
 """
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from rlhflab.app.tasks import gold_agrees
+from rlhflab.app.tasks import NO_GOLD_TASKS, gold_agrees
 from rlhflab.evaluation.tables import format_table
 
 FLAG_GOLD_AGREEMENT = 0.6  # flag an annotator whose gold agreement is below this …
@@ -54,7 +55,7 @@ FLAG_PEER_AGREEMENT = 0.5  # … or whose agreement with the other annotators is
 MIN_GOLD_LABELS = 3  # … but only with at least this many gold labels
 MIN_SHARED_ITEMS = 3  # … or items shared with other annotators
 
-NOMINAL_TASKS = ("pairwise", "binary")
+NOMINAL_TASKS = ("pairwise", "binary", "turns")
 ORDINAL_TASKS = ("ranking", "rating")
 _PAIRWISE_CATEGORIES = {"tie": 2, "both_bad": 3}  # winner 0 and winner 1 are the codes 0 and 1
 
@@ -136,6 +137,8 @@ def label_units(task: str, value: dict | None) -> Units:
         return {} if code is None else {None: code}
     if task == "binary":
         return {} if value.get("good") is None else {None: int(bool(value["good"]))}
+    if task == "turns":
+        return {turn: int(bool(good)) for turn, good in enumerate(value.get("turns") or [])}
     if task == "rating":
         return {attr: int(score) for attr, score in (value.get("scores") or {}).items()}
     if task == "ranking":
@@ -146,6 +149,9 @@ def label_units(task: str, value: dict | None) -> Units:
 def units_agreement(task: str, a: Units, b: Units) -> float | None:
     """How far two labels of one item agree, in [0, 1] (the rule in the module docstring); None when
     they share nothing to compare."""
+    if task == "turns":
+        common = a.keys() & b.keys()
+        return sum(a[k] == b[k] for k in common) / len(common) if common else None
     if task in NOMINAL_TASKS:
         return float(a == b) if a and b else None
     if task == "rating":
@@ -240,7 +246,7 @@ def annotator_quality(
         gold_scores = [
             float(gold_agrees(task, r["gold_answer"], r.get("value") or {}))
             for r in mine
-            if r.get("gold") and r.get("gold_answer") is not None and task != "critique"
+            if r.get("gold") and r.get("gold_answer") is not None and task not in NO_GOLD_TASKS
         ]
         peer_scores, shared = [], 0
         for r in mine:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import math
 import os
@@ -32,14 +33,14 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from rlhflab.app import models as m
 from rlhflab.app.adjudication import adjudication_items, check_cause, counted_labels, needs_adjudication
-from rlhflab.app.db import default_db_url, make_engine, migrate, read_only
+from rlhflab.app.db import default_db_url, make_engine, migrate, read_only, single_statement
 from rlhflab.app.export import ExportError, export_rows
 from rlhflab.app.models import MAX_ID
 from rlhflab.app.tasks import (
@@ -47,6 +48,7 @@ from rlhflab.app.tasks import (
     ROLES,
     TASKS,
     LabelError,
+    answer_size,
     gold_agrees,
     items_from_samples,
     labels_disagree,
@@ -161,6 +163,20 @@ class Task:
 
 
 @dataclass(frozen=True)
+class TaskPage:
+    """What the labelling page shows (``Store.task_page``): the project, whether the user has read its
+    instructions, the task (None: none now, or the instructions are unread), the user's progress
+    (labels done, items they can be given in all) and qualification status."""
+
+    project: ProjectInfo
+    instructions_seen: bool
+    task: Task | None
+    done: int
+    total: int
+    qualification: str
+
+
+@dataclass(frozen=True)
 class LabelInfo:
     id: int
     item_id: int
@@ -220,6 +236,131 @@ def _active_assignments(item_id) -> Any:
 def _assigned_to(user_id: int) -> Any:
     """Whether the item in the enclosing query was ever assigned to ``user_id`` (open, done or skipped)."""
     return exists().where(m.Assignment.item_id == m.Item.id, m.Assignment.user_id == user_id)
+
+
+# ---- the hot path's statements (the labelling page, a submission, the session lookup), built once
+# with their values as bound parameters: building a statement costs more CPU than running it on SQLite.
+PROJECT_ID, USER_ID, OVERLAP = bindparam("project_id"), bindparam("user_id"), bindparam("overlap")
+
+
+@functools.cache
+def _member_statement(lock: bool) -> Any:
+    """A project (by id), the user's membership of it and its number of items (see Store._member_row)."""
+    num_items = select(func.count(m.Item.id)).where(m.Item.project_id == m.Project.id).scalar_subquery()
+    query = (
+        select(m.Project, m.Membership, num_items)
+        .join(m.Membership, and_(m.Membership.project_id == m.Project.id, m.Membership.user_id == USER_ID))
+        .where(m.Project.id == PROJECT_ID)
+    )
+    return query.with_for_update(of=m.Membership) if lock else query
+
+
+@functools.cache
+def _open_assignment_statement() -> Any:
+    return (
+        select(m.Assignment, m.Item)
+        .join(m.Item, m.Item.id == m.Assignment.item_id)
+        .where(m.Assignment.project_id == PROJECT_ID, m.Assignment.user_id == USER_ID, m.Assignment.status == m.OPEN)
+        .order_by(m.Assignment.id)
+        .limit(1)
+    )
+
+
+def _labels_done() -> Any:
+    return select(func.count(m.Label.id)).where(m.Label.project_id == PROJECT_ID, m.Label.user_id == USER_ID)
+
+
+@functools.cache
+def _labels_done_statement() -> Any:
+    return _labels_done()
+
+
+@functools.cache
+def _candidates_statement() -> Any:
+    """The non-gold items with a free slot that the user never had, in queue order (see _claim_item)."""
+    return (
+        select(m.Item)
+        .where(
+            m.Item.project_id == PROJECT_ID,
+            m.Item.is_gold.is_(False),
+            ~_assigned_to(USER_ID),
+            _active_assignments(m.Item.id) < OVERLAP,
+        )
+        .order_by(m.Item.position)
+        .limit(1)
+    )
+
+
+@functools.cache
+def _holding_statement() -> Any:
+    return select(_active_assignments(bindparam("item_id")))
+
+
+@functools.cache
+def _progress_statement(annotating: bool, qualifying: bool) -> Any:
+    """The counts ``Store._progress`` needs, each a scalar subquery of one statement: labels done and
+    open assignments; if ``annotating``, the gold and the non-gold items the user can still be given;
+    if ``qualifying`` too, the qualification items left."""
+    mine = (m.Assignment.project_id == PROJECT_ID, m.Assignment.user_id == USER_ID)
+    counts = [_labels_done(), select(func.count(m.Assignment.id)).where(*mine, m.Assignment.status == m.OPEN)]
+    if annotating:
+        unassigned = (m.Item.project_id == PROJECT_ID, ~_assigned_to(USER_ID))
+        gold = (m.Item.is_gold.is_(True), *([m.Item.is_qualification.is_(False)] if qualifying else []))
+        counts.append(select(func.count(m.Item.id)).where(*unassigned, *gold))
+        available = (m.Item.is_gold.is_(False), _active_assignments(m.Item.id) < OVERLAP)
+        counts.append(select(func.count(m.Item.id)).where(*unassigned, *available))
+        if qualifying:
+            counts.append(select(func.count(m.Item.id)).where(*unassigned, m.Item.is_qualification.is_(True)))
+    return select(*(c.scalar_subquery() for c in counts))
+
+
+@functools.cache
+def _submission_statement() -> Any:
+    """The assignment a label answers, locked, with its item."""
+    return (
+        select(m.Assignment, m.Item)
+        .join(m.Item, m.Item.id == m.Assignment.item_id)
+        .where(m.Assignment.id == bindparam("assignment_id"))
+        .with_for_update(of=m.Assignment)
+    )
+
+
+@functools.cache
+def _label_by_key_statement() -> Any:
+    return select(m.Label).where(m.Label.idempotency_key == bindparam("key"))
+
+
+@functools.cache
+def _new_assignment_statement() -> Any:
+    table = m.Assignment.__table__
+    return table.insert().returning(table.c.id)
+
+
+@functools.cache
+def _shown_order_statement() -> Any:
+    table = m.Assignment.__table__
+    return table.update().where(table.c.id == bindparam("assignment_id")).values(shown_order=bindparam("order"))
+
+
+@functools.cache
+def _new_label_statement() -> Any:
+    table = m.Label.__table__
+    return table.insert().returning(table.c.id)
+
+
+@functools.cache
+def _done_statement() -> Any:
+    table = m.Assignment.__table__
+    return table.update().where(table.c.id == bindparam("assignment_id")).values(status=m.DONE)
+
+
+@functools.cache
+def _session_statement() -> Any:
+    return (
+        select(m.User.id, m.User.username, m.User.role, m.Session.csrf_token)
+        .join(m.Session, m.Session.user_id == m.User.id)
+        .where(m.Session.token_hash == bindparam("token_hash"), m.Session.expires_at > bindparam("now"))
+    )
 
 
 def _gold_period(gold_rate: float) -> int:
@@ -284,6 +425,7 @@ class Store:
             raise ConfigError(f"cannot open database {where}: {str(e.orig).strip().splitlines()[0]}") from None
         self._writes = sessionmaker(self.engine, expire_on_commit=False)
         self._snapshots = sessionmaker(read_only(self.engine), expire_on_commit=False)
+        self._single = single_statement(self.engine)
         self._hasher = password_hasher or PasswordHasher()
         # Verified against when a username is unknown, so a login takes as long either way.
         self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
@@ -326,15 +468,19 @@ class Store:
 
     # ---- lookups shared by the operations -----------------------------------------------------------
     @staticmethod
-    def _project_row(session: DBSession, project: int | str) -> m.Project:
+    def _naming(project: int | str) -> Any:
+        """The condition selecting the project named by id or name; NotFound for what names none."""
         if isinstance(project, bool) or not isinstance(project, (int, str)):
             raise NotFound(f"no project {project!r}")
         if isinstance(project, int):
             check_id(project, "project")
         elif unstorable_text(project):
             raise NotFound(f"no project {ascii(project)}")
-        column = m.Project.id if isinstance(project, int) else m.Project.name
-        row = session.scalars(select(m.Project).where(column == project)).first()
+        return (m.Project.id if isinstance(project, int) else m.Project.name) == project
+
+    @staticmethod
+    def _project_row(session: DBSession, project: int | str) -> m.Project:
+        row = session.scalars(select(m.Project).where(Store._naming(project))).first()
         if row is None:
             raise NotFound(f"no project {project!r}")
         return row
@@ -343,6 +489,24 @@ class Store:
     def _membership(session: DBSession, project_id: int, user_id: int, lock: bool = False) -> m.Membership | None:
         query = select(m.Membership).where(m.Membership.project_id == project_id, m.Membership.user_id == user_id)
         return session.scalars(query.with_for_update() if lock else query).first()
+
+    def _member_row(
+        self, session: DBSession, project: int | str, user: UserInfo, lock: bool, missing: StoreError
+    ) -> tuple[m.Project, m.Membership, int]:
+        """The project, ``user``'s membership of it (locked, with ``lock``) and its number of items, in
+        one statement: the hot path of the labelling page and of a submission. A user who is not a
+        member gets NotFound, as from ``_visible_project``; an admin who is not one gets ``missing``."""
+        self._naming(project)  # NotFound for what names no project
+        if isinstance(project, int):
+            row = session.execute(_member_statement(lock), {"project_id": project, "user_id": user.id}).first()
+        else:  # by name: not the hot path
+            project_id = session.scalar(select(m.Project.id).where(m.Project.name == project))
+            params = {"project_id": project_id, "user_id": user.id}
+            row = None if project_id is None else session.execute(_member_statement(lock), params).first()
+        if row is None:
+            self._visible_project(session, project, user)  # NotFound unless an admin
+            raise missing
+        return tuple(row)
 
     def _visible_project(
         self, session: DBSession, project: int | str, user: UserInfo | None, *roles: str
@@ -371,8 +535,9 @@ class Store:
             raise Forbidden(f"only an admin may {what}")
 
     @staticmethod
-    def _project_info(session: DBSession, project: m.Project) -> ProjectInfo:
-        num_items = session.scalar(select(func.count(m.Item.id)).where(m.Item.project_id == project.id))
+    def _project_info(session: DBSession, project: m.Project, num_items: int | None = None) -> ProjectInfo:
+        if num_items is None:
+            num_items = session.scalar(select(func.count(m.Item.id)).where(m.Item.project_id == project.id))
         return ProjectInfo(
             id=project.id,
             name=project.name,
@@ -584,13 +749,11 @@ class Store:
         """``(user, CSRF token)`` of a live session; None for an unknown or expired token."""
         if not token:
             return None
-        with self._read() as session:
-            row = session.execute(
-                select(m.User, m.Session.csrf_token)
-                .join(m.Session, m.Session.user_id == m.User.id)
-                .where(m.Session.token_hash == _hash_token(token), m.Session.expires_at > m.utcnow())
+        with self._single.connect() as connection:  # every request asks: one statement, no ORM
+            row = connection.execute(
+                _session_statement(), {"token_hash": _hash_token(token), "now": m.utcnow()}
             ).first()
-        return None if row is None else (_user_info(row[0]), row[1])
+        return None if row is None else (UserInfo(row[0], row[1], row[2]), row[3])
 
     def end_session(self, token: str) -> None:
         with self._write() as session:
@@ -773,48 +936,31 @@ class Store:
 
     # ---- the labelling queue ----------------------------------------------------------------------
     def _progress(self, session: DBSession, project: m.Project, membership: m.Membership | None) -> tuple[int, int]:
-        """(labels done, items this annotator can be given in all, as things stand now)."""
+        """(labels done, items this annotator can be given in all, as things stand now), counted by
+        one statement (each count a scalar subquery: one round trip to the database, not five)."""
         if membership is None:
             return 0, 0
-        user_id = membership.user_id
-        mine = (m.Assignment.project_id == project.id, m.Assignment.user_id == user_id)
-        done = session.scalar(
-            select(func.count(m.Label.id)).where(m.Label.project_id == project.id, m.Label.user_id == user_id)
-        )
-        open_now = session.scalar(select(func.count(m.Assignment.id)).where(*mine, m.Assignment.status == m.OPEN))
-        if membership.role != "annotator" or membership.excluded or membership.qualification == m.FAILED:
+        annotating = not (membership.role != "annotator" or membership.excluded or membership.qualification == m.FAILED)
+        qualifying = annotating and membership.qualification == m.IN_PROGRESS
+        params = {"project_id": project.id, "user_id": membership.user_id, "overlap": project.overlap}
+        counts = session.execute(_progress_statement(annotating, qualifying), params).one()
+        if not annotating:
+            done, open_now = counts
             return done, done + open_now
-        unassigned = (m.Item.project_id == project.id, ~_assigned_to(user_id))
-        qualifying = membership.qualification == m.IN_PROGRESS
-        qualification_left = (
-            session.scalar(select(func.count(m.Item.id)).where(*unassigned, m.Item.is_qualification.is_(True)))
-            if qualifying
-            else 0
-        )
-        gold_left = session.scalar(
-            select(func.count(m.Item.id)).where(
-                *unassigned, m.Item.is_gold.is_(True), *([m.Item.is_qualification.is_(False)] if qualifying else [])
-            )
-        )
-        available = session.scalar(
-            select(func.count(m.Item.id)).where(
-                *unassigned, m.Item.is_gold.is_(False), _active_assignments(m.Item.id) < project.overlap
-            )
-        )
-        ahead = open_now + qualification_left
+        done, open_now, gold_left, available, *qualification_left = counts
+        ahead = open_now + sum(qualification_left)
         later = _scheduled_count(done + ahead + 1, available, gold_left, _gold_period(project.gold_rate))
         return done, done + ahead + later
 
-    def _task(self, session: DBSession, project: m.Project, membership, assignment: m.Assignment) -> Task:
-        item = session.get(m.Item, assignment.item_id)
+    def _task(self, session: DBSession, project: m.Project, membership, assignment_id: int, shown_order, item) -> Task:
         done, total = self._progress(session, project, membership)
         return Task(
-            assignment_id=assignment.id,
+            assignment_id=assignment_id,
             item_id=item.id,
             project_id=project.id,
             prompt=item.prompt,
-            completions=[item.completions[i] for i in assignment.shown_order],
-            shown_order=list(assignment.shown_order),
+            completions=[item.completions[i] for i in shown_order],
+            shown_order=list(shown_order),
             is_gold=item.is_gold,
             is_qualification=item.is_qualification,
             position=done + 1,
@@ -826,28 +972,19 @@ class Store:
         transaction. On PostgreSQL rows other annotators are claiming right now are skipped (SKIP
         LOCKED); only when every candidate is being claimed does it wait for one. Once the lock is
         held the item's count is read again, by a statement that sees every claim committed before."""
-        candidates = (
-            select(m.Item)
-            .where(
-                m.Item.project_id == project.id,
-                m.Item.is_gold.is_(False),
-                ~_assigned_to(user_id),
-                _active_assignments(m.Item.id) < project.overlap,
-            )
-            .order_by(m.Item.position)
-            .limit(1)
-        )
+        candidates = _candidates_statement()
+        params = {"project_id": project.id, "user_id": user_id, "overlap": project.overlap}
         if session.bind.dialect.name == "sqlite":
-            return session.scalars(candidates).first()  # BEGIN IMMEDIATE: no other writer until commit
+            return session.scalars(candidates, params).first()  # BEGIN IMMEDIATE: no other writer until commit
         passed_over: list[int] = []
         while True:
             query = candidates.where(m.Item.id.not_in(passed_over)) if passed_over else candidates
-            item = session.scalars(query.with_for_update(of=m.Item, skip_locked=True)).first()
+            item = session.scalars(query.with_for_update(of=m.Item, skip_locked=True), params).first()
             if item is None:
-                item = session.scalars(query.with_for_update(of=m.Item)).first()
+                item = session.scalars(query.with_for_update(of=m.Item), params).first()
             if item is None:
                 return None
-            count = session.scalar(select(_active_assignments(item.id)))
+            count = session.scalar(_holding_statement(), {"item_id": item.id})
             if count < project.overlap:
                 return item
             passed_over.append(item.id)
@@ -858,9 +995,7 @@ class Store:
         if membership.qualification == m.IN_PROGRESS:
             query = unassigned.where(m.Item.is_qualification.is_(True)).order_by(m.Item.position).limit(1)
             return session.scalars(query).first()
-        position = 1 + session.scalar(
-            select(func.count(m.Label.id)).where(m.Label.project_id == project.id, m.Label.user_id == user_id)
-        )
+        position = 1 + session.scalar(_labels_done_statement(), {"project_id": project.id, "user_id": user_id})
         period = _gold_period(project.gold_rate)
         if period and position % period == 0:
             gold = session.scalars(unassigned.where(m.Item.is_gold.is_(True)).order_by(m.Item.position).limit(1))
@@ -878,43 +1013,52 @@ class Store:
         random order to show the completions in, seeded by the project's seed and the assignment id.
         Only project members who annotate get tasks (NotFound for non-members, Forbidden for others).
         """
+        return self.task_page(project_id, user, unread_stops=False).task
 
-        def assign(session: DBSession) -> Task | None:
-            project, _ = self._visible_project(session, project_id, user, "annotator")
+    def task_page(self, project_id: int, user: UserInfo, *, unread_stops: bool = True) -> TaskPage:
+        """Everything the labelling page shows, in one write transaction: the project, whether the
+        user has read its instructions, the task of :meth:`next_task` (none is handed out while the
+        instructions are unread, with ``unread_stops``), the progress and the qualification status."""
+
+        def work(session: DBSession) -> TaskPage:
             # Locking the membership serialises one annotator's concurrent requests (two tabs), so
             # they never hold two open assignments.
-            membership = self._membership(session, project.id, user.id, lock=True)
-            if membership is None or membership.role != "annotator":
-                raise Forbidden(f"'{user.username}' is not an annotator of project '{project.name}'")
-            if membership.excluded:
-                return None
-            current = session.scalars(
-                select(m.Assignment)
-                .where(
-                    m.Assignment.project_id == project.id,
-                    m.Assignment.user_id == user.id,
-                    m.Assignment.status == m.OPEN,
-                )
-                .order_by(m.Assignment.id)
-                .limit(1)
-            ).first()
-            if current is not None:
-                return self._task(session, project, membership, current)
-            if membership.qualification == m.FAILED:
-                return None
-            item = self._next_item(session, project, membership)
-            if item is None:
-                return None
-            assignment = m.Assignment(project_id=project.id, item_id=item.id, user_id=user.id, shown_order=[])
-            session.add(assignment)
-            session.flush()  # the id seeds the order
-            order = list(range(len(item.completions)))
-            random.Random(derive_seed(project.seed, "shown_order", assignment.id)).shuffle(order)
-            assignment.shown_order = order
-            session.flush()
-            return self._task(session, project, membership, assignment)
+            missing = Forbidden(f"'{user.username}' is not an annotator of project {project_id!r}")
+            project, membership, num_items = self._member_row(session, project_id, user, lock=True, missing=missing)
+            info = self._project_info(session, project, num_items)
+            seen = membership.instructions_seen_at is not None
+            if unread_stops and not seen:
+                return TaskPage(info, False, None, 0, 0, membership.qualification)
+            if membership.role != "annotator":
+                raise Forbidden(f"{membership.role}s may not do this in project '{project.name}'")
+            task = self._assign(session, project, membership)
+            done, total = (task.position - 1, task.total) if task else self._progress(session, project, membership)
+            return TaskPage(info, seen, task, done, total, membership.qualification)
 
-        return self._write_retrying(assign)
+        return self._write_retrying(work)
+
+    def _assign(self, session: DBSession, project: m.Project, membership: m.Membership) -> Task | None:
+        """The annotator's open assignment, else a new one (see :meth:`next_task`); the membership is locked."""
+        if membership.excluded:
+            return None
+        user_id = membership.user_id
+        params = {"project_id": project.id, "user_id": user_id}
+        current = session.execute(_open_assignment_statement(), params).first()
+        if current is not None:
+            assignment, item = current
+            return self._task(session, project, membership, assignment.id, assignment.shown_order, item)
+        if membership.qualification == m.FAILED:
+            return None
+        item = self._next_item(session, project, membership)
+        if item is None:
+            return None
+        # Core statements, not the ORM's unit of work: the hot path (the id seeds the order)
+        new = {"project_id": project.id, "item_id": item.id, "user_id": user_id, "shown_order": [], "status": m.OPEN}
+        assignment_id = session.execute(_new_assignment_statement(), {**new, "created_at": m.utcnow()}).scalar_one()
+        order = list(range(len(item.completions)))
+        random.Random(derive_seed(project.seed, "shown_order", assignment_id)).shuffle(order)
+        session.execute(_shown_order_statement(), {"assignment_id": assignment_id, "order": order})
+        return self._task(session, project, membership, assignment_id, order, item)
 
     def _label_info(self, label: m.Label, duplicate: bool) -> LabelInfo:
         return LabelInfo(label.id, label.item_id, label.user_id, dict(label.value), label.created_at, duplicate)
@@ -931,6 +1075,9 @@ class Store:
         """Store ``user``'s answer (displayed positions, as the page posts it) to their open assignment.
 
         The answer is validated (LabelError) and resolved to original indices before it is stored.
+        ``value`` may be a function of the project's ProjectInfo that returns the answer (a page's form,
+        read according to the project's task), with ``project_id``: the project is then read in the
+        submission's one transaction instead of one of its own.
         A submission repeating an earlier one's ``idempotency_key`` returns the label that one stored
         (``duplicate=True``) and writes nothing. The label is committed before this returns. NotFound
         unless the assignment is the user's own and open (and in ``project_id``, when given: a page of
@@ -941,7 +1088,9 @@ class Store:
             raise LabelError(f"an idempotency key is a string of 1-{MAX_IDEMPOTENCY_KEY} characters")
         if unstorable_text(idempotency_key):
             raise LabelError(f"field 'idempotency_key' {unstorable_text(idempotency_key)}")
-        unstorable = first_unstorable(value)
+        if callable(value) and project_id is None:
+            raise TypeError("a label read from a form (a callable value) needs the project_id it was posted to")
+        unstorable = None if callable(value) else first_unstorable(value)
         if unstorable:
             raise LabelError(f"field 'value.{unstorable[0]}' {unstorable[1]}")
         if seconds is not None:
@@ -951,42 +1100,51 @@ class Store:
                 raise LabelError(f"seconds must not be negative, got {seconds!r}")
 
         def store(session: DBSession) -> LabelInfo:
+            answer, project, membership = value, None, None
+            if project_id is not None:
+                missing = NotFound(f"no open assignment {assignment_id}")
+                project, membership, num_items = self._member_row(session, project_id, user, False, missing)
+                if callable(value):  # the form read with the project's task (LabelError)
+                    answer = value(self._project_info(session, project, num_items))
+                    unstorable = first_unstorable(answer)
+                    if unstorable:
+                        raise LabelError(f"field 'value.{unstorable[0]}' {unstorable[1]}")
             # Lock the assignment first: a concurrent submission for it then finishes before this one
             # looks for its key, and finds the label that one stored.
-            assignment = session.scalars(
-                select(m.Assignment).where(m.Assignment.id == assignment_id).with_for_update()
-            ).first()
-            earlier = session.scalars(select(m.Label).where(m.Label.idempotency_key == idempotency_key)).first()
+            found = session.execute(_submission_statement(), {"assignment_id": assignment_id}).first()
+            assignment, item = found or (None, None)
+            earlier = session.scalars(_label_by_key_statement(), {"key": idempotency_key}).first()
             if earlier is not None:
-                if earlier.user_id != user.id:
+                if earlier.user_id != user.id or (project_id is not None and earlier.project_id != project_id):
                     raise NotFound(f"no open assignment {assignment_id}")
                 return self._label_info(earlier, duplicate=True)
             if not _open_and_owned(assignment, user, project_id):
                 raise NotFound(f"no open assignment {assignment_id}")
-            # Exclusion revokes open assignments; this holds should one be opened in a race with it.
-            membership = self._membership(session, assignment.project_id, user.id)
+            if project is None:
+                # Exclusion revokes open assignments; this holds should one be opened in a race with it.
+                membership = self._membership(session, assignment.project_id, user.id)
+                project = session.get(m.Project, assignment.project_id)
             if membership is None or membership.excluded:
                 raise NotFound(f"no open assignment {assignment_id}")
-            project = session.get(m.Project, assignment.project_id)
-            item = session.get(m.Item, assignment.item_id)
-            shown = validate_label(project.task, project.attributes, len(item.completions), value)
-            label = m.Label(
-                project_id=project.id,
-                item_id=item.id,
-                user_id=user.id,
-                assignment_id=assignment.id,
-                idempotency_key=idempotency_key,
-                value=resolve_label(project.task, shown, assignment.shown_order),
-                seconds=None if seconds is None else float(seconds),
-                is_gold=item.is_gold,
-                created_at=m.utcnow(),
-            )
-            session.add(label)
-            assignment.status = m.DONE
-            session.flush()
+            size = answer_size(project.task, item.prompt, item.completions)  # k, or a turns item's assistant turns
+            shown = validate_label(project.task, project.attributes, size, answer)
+            label = {
+                "project_id": project.id,
+                "item_id": item.id,
+                "user_id": user.id,
+                "assignment_id": assignment.id,
+                "idempotency_key": idempotency_key,
+                "value": resolve_label(project.task, shown, assignment.shown_order),
+                "seconds": None if seconds is None else float(seconds),
+                "is_gold": item.is_gold,
+                "created_at": m.utcnow(),
+            }
+            # Core statements, not the ORM's unit of work: the hot path
+            label_id = session.execute(_new_label_statement(), label).scalar_one()
+            session.execute(_done_statement(), {"assignment_id": assignment.id})
             if item.is_qualification:
                 self._update_qualification(session, project, user.id)
-            return self._label_info(label, duplicate=False)
+            return LabelInfo(label_id, item.id, user.id, dict(label["value"]), label["created_at"], duplicate=False)
 
         return self._write_retrying(store)
 
@@ -1320,7 +1478,8 @@ class Store:
             if item.is_gold or not needs_adjudication(project.task, labels.get(item.id, [])):
                 raise StoreError(f"item {item.id} has no disagreeing labels to adjudicate")
             k = len(item.completions)
-            shown = validate_label(project.task, project.attributes, k, value)
+            size = answer_size(project.task, item.prompt, item.completions)  # k, or a turns item's assistant turns
+            shown = validate_label(project.task, project.attributes, size, value)
             decision = session.scalars(select(m.Adjudication).where(m.Adjudication.item_id == item.id)).first()
             if decision is None:
                 decision = m.Adjudication(project_id=project.id, item_id=item.id)

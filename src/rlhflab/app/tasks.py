@@ -9,6 +9,12 @@ stored, and everything downstream (gold checks, agreement, export) reads origina
 
 Gold items carry a known answer, so an annotator's agreement with it (the paper's expert-annotator
 agreement, Section 7.3.3) can be measured; :func:`gold_agrees` is that comparison.
+
+A ``turns`` item is one multi-turn conversation: a chat prompt (a list of ``{"role", "content"}``
+messages) and one completion, the reply that ends it. The annotator gives every assistant turn (the
+prompt's earlier ones and the completion) a good / bad verdict: ``{"turns": [true, false, ...]}`` in
+the order the assistant turns come (:func:`conversation`, :func:`assistant_turns`). Turns projects
+have no gold answers (yet): their quality is measured by agreement between annotators.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from rlhflab.app.text import first_unstorable
 from rlhflab.data import Samples, read_rows
 from rlhflab.errors import DataError, RlhflabError
 
-TASKS = ("pairwise", "ranking", "rating", "binary", "critique")
+TASKS = ("pairwise", "ranking", "rating", "binary", "critique", "turns")
+NO_GOLD_TASKS = ("critique", "turns")
 ROLES = ("admin", "annotator", "reviewer")
 PAIRWISE_CHOICES = ("left", "right", "tie", "both_bad")
 RATING_MIN, RATING_MAX = 1, 7  # the rating scale is Likert 1..7 ("likert:7" in exports)
@@ -81,6 +88,17 @@ def _boolean(value: Any, what: str) -> bool:
     return value
 
 
+def _verdicts(value: Any, k: int) -> list[bool]:
+    # Strict: JSON true / false only (the page's form answers are turned into booleans by its route).
+    if not isinstance(value, list) or len(value) != k:
+        got = f"{len(value)}" if isinstance(value, list) else f"a {type(value).__name__}"
+        raise LabelError(f"turns must list a verdict (true or false) for each of the {k} assistant turns, got {got}")
+    for i, verdict in enumerate(value):
+        if not isinstance(verdict, bool):
+            raise LabelError(f"turns[{i}] must be true or false, got {verdict!r}")
+    return list(value)
+
+
 def _text(value: Any, what: str, required: bool) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -108,6 +126,60 @@ def check_task(task: str) -> str:
     return task
 
 
+def conversation(prompt: list[dict], completion: Any) -> list[dict]:
+    """A turns item as one conversation: the prompt's messages, then the completion's (a string
+    completion is one assistant message)."""
+    reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+    return [*prompt, *reply]
+
+
+def assistant_turns(messages: list[dict]) -> list[int]:
+    """The indices of a conversation's assistant messages: the turns a turns label judges, in order."""
+    return [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
+
+
+def answer_size(task: str, prompt: Any, completions: list) -> int:
+    """The ``k`` an answer to an item is checked against (:func:`validate_label`): the number of
+    completions shown, or for a turns item the number of assistant turns of its conversation."""
+    if task == "turns":
+        return len(assistant_turns(conversation(prompt, completions[0])))
+    return len(completions)
+
+
+def conversation_problem(prompt: Any) -> str | None:
+    """Why ``prompt`` (as a Samples record holds it) cannot open a turns item; None if it can. The
+    export makes one row per assistant turn whose prompt is every message before it, so an assistant
+    turn may neither open the conversation nor be empty."""
+    if isinstance(prompt, str):
+        return (
+            "is a string, but a turns item is a conversation (a list of {role, content} messages); "
+            "to label a single reply, use --task binary"
+        )
+    if prompt[0]["role"] == "assistant":
+        return "opens with an assistant turn: a turns conversation opens with a system or user message"
+    for i, message in enumerate(prompt):
+        if message["role"] == "assistant" and not message["content"].strip():
+            return f"message {i} is an empty assistant turn: there is nothing to judge"
+    return None
+
+
+def check_conversations(source: str | os.PathLike) -> None:
+    """Refuse a samples file a turns project cannot be made from, in one line naming the file, the
+    line and the field: a row whose prompt is not a conversation (see :func:`conversation_problem`).
+    Rows that are no Samples record are left to its reader to report."""
+    name, rows = read_rows(source)
+    for line, row in rows:
+        if not isinstance(row, dict) or "prompt" not in row:
+            continue
+        try:
+            prompt = Samples.from_dict(row, name, line).prompt
+        except DataError:
+            continue  # the samples reader says what is wrong with it
+        problem = conversation_problem(prompt)
+        if problem:
+            raise DataError(name, line, "prompt", problem)
+
+
 def _usable(completion: Any) -> bool:
     """A completion worth showing: a policy may emit an empty one, which no one can judge."""
     return isinstance(completion, list) or bool(completion.strip())
@@ -126,12 +198,16 @@ def items_from_samples(task: str, samples: list[Samples]) -> list[tuple[Any, lis
     """The ``(prompt, completions)`` items a project of ``task`` makes from sampled completions.
 
     Pairwise: each record's usable, distinct completions in disjoint pairs (0, 1), (2, 3), ... (an
-    odd one out is dropped); ranking: all of them, if there are at least 2; rating, binary and
-    critique: one item per usable, distinct completion.
+    odd one out is dropped); ranking: all of them, if there are at least 2; rating, binary, critique
+    and turns: one item per usable, distinct completion. A turns record whose prompt is no
+    conversation is a LabelError (:func:`check_conversations` names a file's line).
     """
     check_task(task)
     items = []
-    for record in samples:
+    for n, record in enumerate(samples, 1):
+        problem = conversation_problem(record.prompt) if task == "turns" else None
+        if problem:
+            raise LabelError(f"samples record {n}: field 'prompt' {problem}")
         completions = _distinct(record.completions)
         if task == "pairwise":
             items += [(record.prompt, completions[i : i + 2]) for i in range(0, len(completions) - 1, 2)]
@@ -151,8 +227,8 @@ def read_gold(source: str | os.PathLike, task: str, attributes: list[str]) -> li
     hold exactly 2 completions; rating and binary rows exactly 1 (the completion judged).
     """
     name, rows = read_rows(source)
-    if task == "critique":
-        raise DataError(name, None, None, "critique projects have no gold answers")
+    if task in NO_GOLD_TASKS:
+        raise DataError(name, None, None, f"{task} projects have no gold answers")
     gold = []
     for line, row in rows:
         unstorable = first_unstorable(row)
@@ -184,7 +260,8 @@ def read_gold(source: str | os.PathLike, task: str, attributes: list[str]) -> li
 def validate_label(task: str, attributes: list[str], k: int, value: Any) -> dict:
     """``value`` as posted by the page (displayed positions), checked and normalised.
 
-    ``k`` is the number of completions shown. Raises LabelError with a one-line reason.
+    ``k`` is :func:`answer_size`: the number of completions shown (a turns item: its assistant
+    turns). Raises LabelError with a one-line reason.
     """
     check_task(task)
     if task == "pairwise":
@@ -198,6 +275,8 @@ def validate_label(task: str, attributes: list[str], k: int, value: Any) -> dict
         return {"scores": _scores(_fields(value, ("scores",)).get("scores"), list(attributes), "scores")}
     if task == "binary":
         return {"good": _boolean(_fields(value, ("good",)).get("good"), "good")}
+    if task == "turns":
+        return {"turns": _verdicts(_fields(value, ("turns",)).get("turns"), k)}
     value = _fields(value, ("critique", "correction"))
     return {
         "critique": _text(value.get("critique"), "critique", required=True),
@@ -216,13 +295,13 @@ def resolve_label(task: str, value: dict, shown_order: list[int]) -> dict:
         return {"choice": value["choice"], "winner": None if side is None else shown_order[side]}
     if task == "ranking":
         return {"ranking": [shown_order[position] for position in value["ranking"]]}
-    return dict(value)  # a rating, a verdict or a critique is about the one completion shown
+    return dict(value)  # a rating, a verdict, a critique or turn verdicts: about the one completion shown
 
 
 def validate_gold(task: str, attributes: list[str], k: int, answer: Any) -> Any:
     """A gold answer (original indices) checked and normalised: pairwise the index of the better of
     two completions, ranking the original indices best first, binary a bool, rating ``{attribute:
-    1..7}``. Critiques have no gold answer."""
+    1..7}``. Critiques and turns have no gold answer."""
     check_task(task)
     if task == "pairwise":
         if k != 2:
@@ -234,6 +313,8 @@ def validate_gold(task: str, attributes: list[str], k: int, answer: Any) -> Any:
         return _scores(answer, list(attributes), "a rating gold answer")
     if task == "binary":
         return _boolean(answer, "a binary gold answer")
+    if task == "turns":
+        raise LabelError("turns projects have no gold answers")
     raise LabelError("critique projects have no gold answers (a critique has no single right text)")
 
 
@@ -253,15 +334,15 @@ def gold_agrees(task: str, gold_answer: Any, stored_value: dict) -> bool:
         return all(a in scores and abs(scores[a] - v) <= RATING_TOLERANCE for a, v in gold_answer.items())
     if task == "binary":
         return stored_value.get("good") == gold_answer
-    raise LabelError("critique projects have no gold answers")
+    raise LabelError(f"{task} projects have no gold answers")
 
 
 def labels_disagree(task: str, values: list[dict]) -> bool:
     """Whether labels of one item (stored values) disagree, for a reviewer's attention.
 
     Pairwise: different outcomes (a winner, a tie, both bad). Ranking: different best completions.
-    Rating: some attribute more than ±1 apart. Binary: different verdicts. Critiques are free text
-    and never "disagree".
+    Rating: some attribute more than ±1 apart. Binary: different verdicts. Turns: a different verdict
+    on any assistant turn. Critiques are free text and never "disagree".
     """
     if len(values) < 2 or task == "critique":
         return False
@@ -275,6 +356,8 @@ def labels_disagree(task: str, values: list[dict]) -> bool:
             max(v["scores"][a] for v in values) - min(v["scores"][a] for v in values) > RATING_TOLERANCE
             for a in attributes
         )
+    if task == "turns":
+        return len({tuple(v["turns"]) for v in values}) > 1
     return len({v["good"] for v in values}) > 1
 
 

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from rlhflab.app import quality
 from rlhflab.app.store import ProjectInfo, Store, Task, UserInfo
-from rlhflab.app.tasks import ROLES, TASKS
+from rlhflab.app.tasks import ROLES, TASKS, assistant_turns, conversation
 
 HERE = Path(__file__).resolve().parent
 TASK_TEMPLATES = {t: f"task_{t}.html" for t in TASKS}
@@ -36,6 +36,11 @@ SHORTCUTS = {
     "rating": [("1–7", "score the current attribute, then move to the next"), ("Enter", "submit")],
     "binary": [("g", "good"), ("x", "bad")],
     "critique": [("Ctrl+Enter", "submit (from the text boxes)")],
+    "turns": [
+        ("g", "the current assistant turn is good, then the next"),
+        ("x", "it is bad, then the next"),
+        ("Enter", "submit"),
+    ],
 }
 
 
@@ -64,6 +69,8 @@ def describe_label(value: Any, task: str) -> str:
         return ", ".join(f"{a}: {v}" for a, v in (value.get("scores") or {}).items())
     if task == "binary":
         return "good" if value.get("good") else "bad"
+    if task == "turns":
+        return ", ".join(f"turn {n + 1} {'good' if good else 'bad'}" for n, good in enumerate(value.get("turns", [])))
     if task == "critique":
         correction = value.get("correction")
         return str(value.get("critique", "")) + (f"\n\nCorrection:\n{correction}" if correction else "")
@@ -98,6 +105,19 @@ def prompt_view(prompt: Any) -> dict:
     if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
         return {"chat": [{"role": str(m.get("role", "")), "content": str(m["content"])} for m in prompt]}
     return {"text": prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2)}
+
+
+def conversation_view(prompt: Any, completion: Any) -> dict:
+    """A turns item's conversation as :func:`prompt_view`'s turns, each with ``judged`` (an assistant
+    turn's place among them, which its verdict field is named by; None for other turns) and ``final``
+    (part of the completion, not of the prompt)."""
+    messages = conversation(prompt, completion)
+    judged = {i: n for n, i in enumerate(assistant_turns(messages))}
+    turns = prompt_view(messages)["chat"]
+    return {"chat": [{**t, "judged": judged.get(i), "final": i >= len(prompt)} for i, t in enumerate(turns)]}
+
+
+ENV.globals["conversation_view"] = conversation_view  # the turns task's template builds its view
 
 
 def render(request: Request, name: str, who, status: int = 200, **context: Any) -> Response:

@@ -24,7 +24,7 @@ from rlhflab.app.live import LiveSampler
 from rlhflab.app.live import log as live_log
 from rlhflab.app.quality import agreement, annotator_quality, format_quality
 from rlhflab.app.store import NotFound, ProjectInfo, Store, UserInfo
-from rlhflab.app.tasks import ROLES, TASKS
+from rlhflab.app.tasks import ROLES, TASKS, check_conversations
 from rlhflab.app.text import unstorable_text
 from rlhflab.app.web import SERVE_OPTIONS_ENV, create_app, public_base
 from rlhflab.commands.collect import SampleConfig, run_sample
@@ -284,6 +284,8 @@ def run_feedback_create(cfg: FeedbackCreateConfig) -> ProjectInfo:
             raise DataError(str(path), None, None, f"not UTF-8 text ({e.reason})") from None
         if unstorable_text(instructions):
             raise DataError(str(path), None, None, unstorable_text(instructions))
+    if cfg.task == "turns" and cfg.samples:
+        check_conversations(cfg.samples)  # a string prompt: one line naming its file:line, suggesting binary
     reward = load_reward_source(cfg.reward) if cfg.reward else None
     if cfg.order != "position":
         check_scorer(cfg.order, reward)  # a --reward that cannot score fails before the project exists

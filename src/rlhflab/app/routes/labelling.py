@@ -12,13 +12,14 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from rlhflab.app.deps import Db, Form, Json, Principal, Who, parse_id, parse_int, parse_key, parse_seconds
-from rlhflab.app.store import ProjectInfo, Store
+from rlhflab.app.store import ProjectInfo, TaskPage
 from rlhflab.app.tasks import LabelError
 from rlhflab.app.views import SHORTCUTS, TASK_TEMPLATES, label_json, prompt_view, render, see_other, task_json
 
 router = APIRouter()
 RANK_FIELD = re.compile(r"rank_\d+")
 RANK_VALUE = re.compile(r"[0-9]{1,3}")  # ASCII digits: int() would also take "٣"
+TURN_FIELD = re.compile(r"turn_([0-9]{1,3})")  # a turns page's verdict of assistant turn N (0 first)
 
 
 def label_from_form(project: ProjectInfo, form: FormData) -> dict:
@@ -46,10 +47,24 @@ def label_from_form(project: ProjectInfo, form: FormData) -> dict:
         if good not in ("yes", "no"):
             raise LabelError("choose good or bad")
         return {"good": good == "yes"}
+    if project.task == "turns":
+        return {"turns": turn_verdicts(form)}
     # browsers send a text box's line breaks as CRLF; the text as typed has "\n"
     critique = str(form.get("critique", "")).replace("\r\n", "\n")
     correction = str(form.get("correction", "")).replace("\r\n", "\n")
     return {"critique": critique, "correction": correction if correction.strip() else None}
+
+
+def turn_verdicts(form: FormData) -> list[bool]:
+    """A turns page's ``turn_{n}`` radio answers (yes / no) as booleans, assistant turn 0 first; the
+    Store checks that there is one for each assistant turn of the item."""
+    given = {int(match[1]): form.get(name) for name in form.keys() if (match := TURN_FIELD.fullmatch(name))}
+    verdicts = []
+    for n in range(max(given, default=-1) + 1):
+        if given.get(n) not in ("yes", "no"):
+            raise LabelError(f"choose good or bad for assistant turn {n + 1}")
+        verdicts.append(given[n] == "yes")
+    return verdicts
 
 
 @router.get("/")
@@ -74,20 +89,19 @@ def instructions_read(project_id: int, who: Who, store: Db) -> Response:
     return see_other(f"/projects/{project_id}/label")
 
 
-def task_page(request: Request, who: Principal, store: Store, project: ProjectInfo, saved: str = "", error=""):
-    task = store.next_task(project.id, who.user)
+def task_page(request: Request, who: Principal, page: TaskPage, saved: str = "", error: str = "") -> Response:
+    """The labelling page (or, with no task left, the done page) of ``page``, one Store transaction."""
+    project, task = page.project, page.task
     if task is None:
-        done, total = store.progress(project.id, who.user)
-        status = store.qualification_status(project.id, who.user.id)
         return render(
             request,
             "done.html",
             who,
             422 if error else 200,
             project=project,
-            done=done,
-            total=total,
-            failed=status == "failed",
+            done=page.done,
+            total=page.total,
+            failed=page.qualification == "failed",
             saved=saved,
             error=error,
         )
@@ -114,25 +128,27 @@ def task_page(request: Request, who: Principal, store: Store, project: ProjectIn
 
 @router.get("/projects/{project_id:id}/label")
 def label_page(request: Request, project_id: int, who: Who, store: Db, saved: str = "", duplicate: str = ""):
-    project = store.project(project_id, who.user)
-    if not store.instructions_seen(project_id, who.user.id):
+    page = store.task_page(project_id, who.user)
+    if not page.instructions_seen:
         return see_other(f"/projects/{project_id}/instructions")
     message = ""
     if saved.isdigit():
         message = "That label was already saved." if duplicate else "Saved."
-    return task_page(request, who, store, project, saved=message)
+    return task_page(request, who, page, saved=message)
 
 
 @router.post("/projects/{project_id:id}/label")
 def submit_label(request: Request, project_id: int, who: Who, store: Db, form: Form) -> Response:
-    project = store.project(project_id, who.user)
+    """One transaction: the project (read for the form's task), the label and the assignment."""
     try:
         assignment_id = parse_id(form.get("assignment_id", ""), "assignment")
         key = parse_key(form.get("idempotency_key"))
-        value = label_from_form(project, form)
-        label = store.submit_label(assignment_id, who.user, value, key, parse_seconds(form.get("seconds")), project_id)
+        seconds = parse_seconds(form.get("seconds"))
+        label = store.submit_label(
+            assignment_id, who.user, lambda project: label_from_form(project, form), key, seconds, project_id
+        )
     except LabelError as exc:
-        return task_page(request, who, store, project, error=str(exc))
+        return task_page(request, who, store.task_page(project_id, who.user, unread_stops=False), error=str(exc))
     after = f"/projects/{project_id}/label?saved={label.id}"
     return see_other(after + ("&duplicate=1" if label.duplicate else ""))
 
@@ -146,13 +162,11 @@ def skip(project_id: int, who: Who, store: Db, form: Form) -> Response:
 
 @router.get("/api/projects/{project_id:id}/next")
 def api_next(project_id: int, who: Who, store: Db) -> dict:
-    project = store.project(project_id, who.user)
-    task = store.next_task(project_id, who.user)
-    done, total = store.progress(project_id, who.user)
+    page = store.task_page(project_id, who.user, unread_stops=False)
     return {
-        "task": task_json(task, project) if task is not None else None,
-        "qualification": store.qualification_status(project_id, who.user.id),
-        "progress": {"done": done, "total": total},
+        "task": task_json(page.task, page.project) if page.task is not None else None,
+        "qualification": page.qualification,
+        "progress": {"done": page.done, "total": page.total},
     }
 
 

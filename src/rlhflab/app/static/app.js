@@ -44,6 +44,7 @@
       return keys[event.key] ? press(keys[event.key]) : false;
     },
     rating: ratingKey,
+    turns: turnsKey,
     ranking: rankingKey,
     critique: function () { return false; },
   };
@@ -62,11 +63,12 @@
     if (handled) event.preventDefault();
   });
 
-  /* ---------- rating: digits score the current attribute, then move on ---------- */
-  const groups = Array.from(document.querySelectorAll("fieldset.likert"));
+  /* ---------- rating: digits score the current attribute, then move on (turns: g / x, the current turn) ---------- */
+  const GROUPS = "fieldset.likert, fieldset.turn-verdict";
+  const groups = Array.from(document.querySelectorAll(GROUPS));
 
   function currentGroup() {
-    const active = document.activeElement instanceof Element ? document.activeElement.closest("fieldset.likert") : null;
+    const active = document.activeElement instanceof Element ? document.activeElement.closest(GROUPS) : null;
     if (active) return groups.indexOf(active);
     const open = groups.findIndex(function (g) { return !g.querySelector("input:checked"); });
     return open >= 0 ? open : groups.length - 1;
@@ -76,26 +78,36 @@
     groups.forEach(function (g, i) { g.classList.toggle("is-current", i === index); });
   }
 
+  function pick(value) {
+    const index = currentGroup();
+    const radio = groups[index].querySelector('input[value="' + value + '"]');
+    if (!radio) return false;
+    radio.checked = true;
+    radio.dispatchEvent(new Event("change", { bubbles: true }));
+    const next = Math.min(index + 1, groups.length - 1);
+    const target = groups[next].querySelector("input:checked") || groups[next].querySelector("input");
+    if (next !== index && target) target.focus();
+    else radio.focus();
+    markCurrent(next);
+    return true;
+  }
+
   function ratingKey(event) {
     if (!groups.length) return false;
-    if (/^[1-7]$/.test(event.key)) {
-      const index = currentGroup();
-      const radio = groups[index].querySelector('input[value="' + event.key + '"]');
-      if (!radio) return false;
-      radio.checked = true;
-      radio.dispatchEvent(new Event("change", { bubbles: true }));
-      const next = Math.min(index + 1, groups.length - 1);
-      const target = groups[next].querySelector("input:checked") || groups[next].querySelector("input");
-      if (next !== index && target) target.focus();
-      else radio.focus();
-      markCurrent(next);
-      return true;
-    }
+    if (/^[1-7]$/.test(event.key)) return pick(event.key);
     if (event.key === "Enter") return press("submit");
     return false;
   }
 
-  if (task === "rating" && groups.length) {
+  function turnsKey(event) {
+    if (!groups.length) return false;
+    const verdict = { g: "yes", x: "no" }[event.key];
+    if (verdict) return pick(verdict);
+    if (event.key === "Enter") return press("submit");
+    return false;
+  }
+
+  if ((task === "rating" || task === "turns") && groups.length) {
     markCurrent(0);
     document.addEventListener("focusin", function () {
       const index = currentGroup();
