@@ -8,7 +8,10 @@ over several seeds, on the offline default models with simulated feedback.
 A run that was interrupted is resumed (``--resume``), a finished one is read, not rerun. Per run: the
 final policy's J and Ĵ − J on seen and unseen contexts, ΔJ against π_0, KL to π_0 and the final
 reward model's agreement with R* on the final policy's own samples; then mean ± std over seeds per
-number of rounds. The table goes to stdout and to benchmarks/results/loop_rounds.md.
+number of rounds. Runs made with ``-- --eval_every K`` also give, per round, J's measured fall along
+that round's update (``round-NN/frontier.json``: from the path's best J to its largest KL, paired by
+prompt) over seeds, and on how many seeds it reached 2 standard errors: whether over-optimisation
+shrinks round by round. The tables go to stdout and to benchmarks/results/loop_rounds.md.
 """
 
 from __future__ import annotations
@@ -60,6 +63,45 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def frontier_rows(run_dir: Path) -> list[dict]:
+    """Per round and context set of one run: J's measured fall along the round's update, and the KL
+    its path reached (``--eval_every``; none without it)."""
+    rows = []
+    for path in sorted(run_dir.glob("round-*/frontier.json")):
+        frontier = json.loads(path.read_text())
+        for contexts, entry in frontier["fits"][f"round {frontier['round']}"].items():
+            fall = entry["measured_fall"]
+            rows.append({"round": frontier["round"], "contexts": contexts, **fall})
+    return rows
+
+
+def frontier_table(root: Path) -> list[str]:
+    """Over-optimisation round by round over seeds; empty where no run was evaluated along its path."""
+    cells: dict[tuple, list[dict]] = {}
+    for seed_dir in sorted(root.glob("rounds-*/seed-*")):
+        rounds = int(seed_dir.parent.name.split("-")[1])
+        for row in frontier_rows(seed_dir):
+            cells.setdefault((rounds, row["round"], row["contexts"]), []).append(row)
+    if not cells:
+        return []
+    lines = [
+        "",
+        "Over-optimisation per round (`--eval_every`): J's measured fall along the round's update, from its",
+        "best point to its largest KL (paired by prompt; mean ± std over seeds), and the seeds where it",
+        "reached 2 se.",
+        "",
+        "| rounds | round | contexts | seeds | largest KL to π_0 | fall of J | seeds with fall ≥ 2 se |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (rounds, r, contexts), rows in sorted(cells.items()):
+        beyond = sum(1 for row in rows if row["z"] is not None and row["z"] >= 2)
+        lines.append(
+            f"| {rounds} | {r} | {contexts} | {len(rows)} | {_cell([row['last_kl'] for row in rows])} | "
+            f"{_cell([row['fall'] for row in rows])} | {beyond} of {len(rows)} |"
+        )
+    return lines
+
+
 def table(root: Path) -> str:
     by_rounds: dict[int, dict[int, dict]] = {}
     for rounds_dir in sorted(root.glob("rounds-*")):
@@ -94,7 +136,7 @@ def table(root: Path) -> str:
                 for s, r in sorted(seeds.items())
             )
         )
-    return "\n".join(lines + per_seed) + "\n"
+    return "\n".join(lines + per_seed + frontier_table(root)) + "\n"
 
 
 def main() -> int:

@@ -96,3 +96,26 @@ def test_a_resumed_run_keeps_a_rounds_frontier_and_refits_a_lost_one_without_tra
     out = capsys.readouterr().out
     assert "round 2: update policy: done before, kept" in out and "round 2: fit the round's frontier ..." in out
     assert (run_dir / "round-02" / "frontier.json").read_bytes() == fitted and policy.stat().st_mtime_ns == trained
+
+
+def test_the_rounds_benchmark_gathers_each_rounds_fall_over_seeds(along, tmp_path):
+    """benchmarks/loop_rounds.py: a run evaluated along its path adds the per-round fall table."""
+    import importlib.util
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "benchmarks" / "loop_rounds.py"
+    spec = importlib.util.spec_from_file_location("loop_rounds", source)
+    loop_rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loop_rounds)
+    for seed in (0, 1):  # the same run twice stands for two seeds
+        shutil.copytree(along, tmp_path / "rounds-2" / f"seed-{seed}")
+    rows = loop_rounds.frontier_rows(tmp_path / "rounds-2" / "seed-0")
+    assert [(row["round"], row["contexts"]) for row in rows] == [(1, "seen"), (1, "unseen"), (2, "seen"), (2, "unseen")]
+    fall = _frontier(along, 2)["fits"]["round 2"]["seen"]["measured_fall"]["fall"]
+    lines = [line for line in loop_rounds.table(tmp_path).splitlines() if line.startswith("| 2 | 2 | seen |")]
+    assert (
+        len(lines) == 1
+        and lines[0].split(" | ")[3] == "2"
+        and lines[0].split(" | ")[5] == loop_rounds._cell([fall, fall])
+    )
+    assert loop_rounds.frontier_table(tmp_path / "nothing") == []
