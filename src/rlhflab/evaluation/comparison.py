@@ -282,7 +282,8 @@ def summarize_seeds(
         with_path = [m for m in methods if len(data[m][1][0]) > 2]
         target = matched_kl
         if target is None and with_path:  # every path starts at KL 0, so each seed's reaches this one
-            target = min(k[-1] for m in with_path for k in data[m][1])
+            # (a plug-in KL estimate of a policy that barely moved can come out below 0: matched at π_0 then)
+            target = max(0.0, min(k[-1] for m in with_path for k in data[m][1]))
         out["matched_kl"][contexts] = target
         at_matched[contexts] = {}
         for method in methods:
