@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, bindparam, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
@@ -275,9 +275,48 @@ def _labels_done_statement() -> Any:
     return _labels_done()
 
 
+def _taken_items() -> Any:
+    """The ids of the project's items the user cannot be given: ever assigned to them, or with every
+    slot held (as :func:`_active_assignments` counts them), in one pass over the project's assignments."""
+    holds = and_(m.Assignment.status.in_(m.HOLDS_A_SLOT), m.Membership.excluded.is_(False))
+    return (
+        select(m.Assignment.item_id)
+        .outerjoin(
+            m.Membership,
+            and_(m.Membership.project_id == m.Assignment.project_id, m.Membership.user_id == m.Assignment.user_id),
+        )
+        .where(m.Assignment.project_id == PROJECT_ID)
+        .group_by(m.Assignment.item_id)
+        .having(
+            or_(
+                func.max(case((m.Assignment.user_id == USER_ID, 1), else_=0)) == 1,
+                func.count(case((holds, 1))) >= OVERLAP,
+            )
+        )
+    )
+
+
+def _available_items(*columns: Any) -> Any:
+    """``columns`` of the non-gold items of the project with a free slot that the user never had.
+
+    ``NOT IN`` an uncorrelated subquery (item ids are never NULL): the database computes the taken
+    items once per statement (PostgreSQL: a hashed subplan; SQLite: a temporary index) and probes
+    it per item, whatever its statistics say. A subquery per item instead (a NOT EXISTS and a count)
+    is a lookup per item at best, and on PostgreSQL, where the tables have no or stale statistics
+    (a new project; autovacuum off or behind), the planner scans the whole assignments table for
+    each item: cost quadratic in the project's size (issue 26)."""
+    return select(*columns).where(
+        m.Item.project_id == PROJECT_ID, m.Item.is_gold.is_(False), m.Item.id.not_in(_taken_items())
+    )
+
+
 @functools.cache
-def _candidates_statement() -> Any:
-    """The non-gold items with a free slot that the user never had, in queue order (see _claim_item)."""
+def _candidates_statement(per_item: bool) -> Any:
+    """The non-gold items with a free slot that the user never had, in queue order (see _claim_item).
+    ``per_item`` (SQLite): tested item by item in queue order, which stops at the first free one;
+    SQLite's planner always does that with index lookups. Else (PostgreSQL) as :func:`_available_items`."""
+    if not per_item:
+        return _available_items(m.Item).order_by(m.Item.position).limit(1)
     return (
         select(m.Item)
         .where(
@@ -307,8 +346,7 @@ def _progress_statement(annotating: bool, qualifying: bool) -> Any:
         unassigned = (m.Item.project_id == PROJECT_ID, ~_assigned_to(USER_ID))
         gold = (m.Item.is_gold.is_(True), *([m.Item.is_qualification.is_(False)] if qualifying else []))
         counts.append(select(func.count(m.Item.id)).where(*unassigned, *gold))
-        available = (m.Item.is_gold.is_(False), _active_assignments(m.Item.id) < OVERLAP)
-        counts.append(select(func.count(m.Item.id)).where(*unassigned, *available))
+        counts.append(_available_items(func.count(m.Item.id)))
         if qualifying:
             counts.append(select(func.count(m.Item.id)).where(*unassigned, m.Item.is_qualification.is_(True)))
     return select(*(c.scalar_subquery() for c in counts))
@@ -972,9 +1010,10 @@ class Store:
         transaction. On PostgreSQL rows other annotators are claiming right now are skipped (SKIP
         LOCKED); only when every candidate is being claimed does it wait for one. Once the lock is
         held the item's count is read again, by a statement that sees every claim committed before."""
-        candidates = _candidates_statement()
+        sqlite = session.bind.dialect.name == "sqlite"
+        candidates = _candidates_statement(per_item=sqlite)
         params = {"project_id": project.id, "user_id": user_id, "overlap": project.overlap}
-        if session.bind.dialect.name == "sqlite":
+        if sqlite:
             return session.scalars(candidates, params).first()  # BEGIN IMMEDIATE: no other writer until commit
         passed_over: list[int] = []
         while True:
