@@ -26,8 +26,12 @@ MEASURED: dict[tuple[str, str, str], str] = {
 }
 
 
-def why_not_met(case_label: str, kind: str, precision: str) -> str:
-    """The measured reason ``case_label`` misses its ``kind`` target under ``precision``."""
+def why_not_met(case_label: str, kind: str, precision: str, contended: bool = True) -> str:
+    """The measured reason ``case_label`` misses its ``kind`` target under ``precision``. The reasons above
+    were measured under contention, so they are quoted only for a run whose own contention probe showed it
+    (``contended``); a quiet run's misses are its own, not yet profiled."""
+    if not contended:
+        return "— (not profiled on an uncontended machine; this run's contention probe showed none)"
     if (case_label, kind, precision) in MEASURED:
         return MEASURED[(case_label, kind, precision)]
     for (label, k, p), reason in MEASURED.items():
