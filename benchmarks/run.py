@@ -375,14 +375,14 @@ def render_markdown(results: dict) -> str:
             for when, p in probe.items()
             if p and "error" not in p
         ]
-        worst = max(p[f"ms_{THREADS}_threads"] / p["ms_1_threads"] for p in probe.values() if p and "error" not in p)
+        worst = _contention_slowdown(results)
         lines[-1] += (
             " Contention probe (a (8, 128, 576) cast + product): "
             + "; ".join(parts)
             + (
                 f" — {worst:.0f}× slower multi-threaded: the CPUs are oversubscribed, every small op waits at "
                 "OpenMP barriers, and these figures measure the machine's contention more than either framework."
-                if worst > 3
+                if _contended(results)
                 else "."
             )
         )
@@ -542,13 +542,18 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _contended(results: dict) -> bool:
-    """Whether this run's contention probe found the CPUs oversubscribed (a multi-threaded small op over 3×
-    slower than single-threaded at the start or end); runs without a probe count as contended."""
+def _contention_slowdown(results: dict) -> float | None:
+    """How much slower the contention probe's small op ran multi-threaded than single-threaded, at the worse
+    of the run's start and end; None without a probe."""
     probes = [p for p in results.get("contention", {}).values() if p and "error" not in p]
-    if not probes:
-        return True
-    return max(p[f"ms_{THREADS}_threads"] / p["ms_1_threads"] for p in probes) > 3
+    return max(p[f"ms_{THREADS}_threads"] / p["ms_1_threads"] for p in probes) if probes else None
+
+
+def _contended(results: dict) -> bool:
+    """Whether the CPUs were oversubscribed (the probe over 3× slower multi-threaded); runs without a probe
+    count as contended."""
+    slowdown = _contention_slowdown(results)
+    return slowdown is None or slowdown > 3
 
 
 def main(argv=None) -> int:
