@@ -92,3 +92,27 @@ def test_an_annotator_judges_each_assistant_turn_and_the_export_has_a_row_per_tu
     ]
     assert len(exported) == 4 and {r["annotator"] for r in exported} == {"alice"}
     browser_log.assert_clean()
+
+
+def test_a_reviewer_sets_a_disagreeing_conversations_gold_verdicts(world, server, new_browser_page, browser_log):
+    rows = [{"prompt": CONVERSATION, "completions": [REPLY]}]
+    project = world.add_project("sourdough gold", "turns", rows, overlap=2, instructions="Judge every reply.")
+    for name, verdicts in (("alice", [False, True]), ("bob", [True, True])):
+        user = world.users[name]
+        world.store.mark_instructions_seen(project.id, user.id)
+        task = world.store.next_task(project.id, user)
+        world.store.submit_label(task.assignment_id, user, {"turns": verdicts}, f"key-{name}", 3.0)
+    page = new_browser_page()
+    sign_in(page, server, "rita")
+    page.goto(f"{server.url}/projects/{project.id}/review")
+    expect(page.locator(".turn-gold")).to_have_count(2)
+    page.click("button:has-text('Save gold answer')")  # the browser refuses: no turn judged yet
+    expect(page.locator("#saved")).to_have_count(0)
+    page.check('.turn-gold input[name="answer_0"][value="no"]')
+    page.check('.turn-gold input[name="answer_1"][value="yes"]')
+    page.click("button:has-text('Save gold answer')")
+    expect(page.locator("#saved")).to_be_visible()
+    expect(page.locator(".review-item")).to_contain_text("Gold answer: turn 1 bad, turn 2 good")
+    [item] = world.store.disagreements(project.id, world.users["rita"])
+    assert item["is_gold"] and item["gold_answer"] == [False, True]
+    browser_log.assert_clean()

@@ -16,6 +16,7 @@ from rlhflab.app.tasks import (
     LabelError,
     answer_size,
     conversation,
+    gold_agrees,
     items_from_samples,
     labels_disagree,
     read_gold,
@@ -109,12 +110,45 @@ def test_turns_disagree_when_any_turn_does():
     assert not labels_disagree("turns", [{"turns": [True, False]}])
 
 
-def test_turns_projects_refuse_gold_in_one_line(tmp_path):
+def test_a_turns_gold_row_gives_every_assistant_turn_a_verdict(tmp_path):
+    good = {"prompt": CHAT, "completions": ["Sorry: it is 4."], "answer": [False, True]}
+    [(prompt, completions, answer)] = read_gold(write_jsonl(tmp_path / "gold.jsonl", [good]), "turns", [])
+    assert (prompt, completions, answer) == (CHAT, ["Sorry: it is 4."], [False, True])
+    for bad, field, problem in [
+        ({**good, "answer": [True]}, "answer", "each of the 2 assistant turns, got 1"),
+        ({**good, "answer": [True, "no"]}, "answer", r"turns\[1\] must be true or false"),
+        ({**good, "completions": ["4.", "5."]}, "completions", "judges exactly 1 completion, got 2"),
+        ({**good, "prompt": "What is 2 + 2?"}, "prompt", "is a string, but a turns item is a conversation"),
+    ]:
+        path = write_jsonl(tmp_path / "bad.jsonl", [good, bad])
+        with pytest.raises(DataError, match=f"bad.jsonl:2: field '{field}': .*{problem}"):
+            read_gold(path, "turns", [])
+    assert validate_gold("turns", [], 2, [False, True]) == [False, True]
+
+
+def test_a_turns_label_agrees_with_gold_only_on_every_turn():
+    gold = [False, True]
+    assert gold_agrees("turns", gold, {"turns": [False, True]})
+    assert not gold_agrees("turns", gold, {"turns": [True, True]})  # the missed bad turn
+    rows = [
+        row("A", 1, {"turns": [False, True]}, "turns", gold=True, gold_answer=gold),
+        row("B", 1, {"turns": [True, True]}, "turns", gold=True, gold_answer=gold),
+    ]
+    assert {q.annotator: q.gold_agreement for q in annotator_quality(rows)} == {"A": 1.0, "B": 0.0}
+
+
+def test_a_turns_project_hands_out_its_gold_items_and_scores_them(store, tmp_path):
+    store.create_user("ann", PASSWORD, "annotator")
     gold = write_jsonl(tmp_path / "gold.jsonl", [{"prompt": CHAT, "completions": ["4."], "answer": [False, True]}])
-    with pytest.raises(DataError, match=r"gold.jsonl: turns projects have no gold answers$"):
-        read_gold(gold, "turns", [])
-    with pytest.raises(LabelError, match="^turns projects have no gold answers$"):
-        validate_gold("turns", [], 1, [False, True])
+    samples = write_jsonl(tmp_path / "s.jsonl", SAMPLES)
+    project = store.create_project("g", "turns", samples, gold=gold, gold_rate=0.5, qualification_items=1)
+    store.add_members("g", ["ann"])
+    user = next(u for u in store.users() if u.username == "ann")
+    task = store.next_task(project.id, user)  # the qualification item comes first
+    assert task.is_gold and answer_size("turns", task.prompt, task.completions) == 2
+    store.submit_label(task.assignment_id, user, {"turns": [False, True]}, uuid.uuid4().hex, 2.0)
+    [quality] = annotator_quality(store.label_rows(project.id))
+    assert quality.n_gold == 1 and quality.gold_agreement == 1.0
 
 
 # ---- agreement ----------------------------------------------------------------------------------
@@ -256,6 +290,28 @@ def test_a_reviewer_resolves_a_turns_item_on_the_adjudication_page(world):
     form = {"item_id": str(item_id), "cause": "annotator_error", "note": "", "turn_0": "no", "turn_1": "yes"}
     assert rita.post(f"/projects/{project.id}/adjudicate", form).status_code == 303
     assert world.store.adjudication_queue(project.id)[0]["adjudication"]["value"] == {"turns": [False, True]}
+
+
+def test_a_reviewer_makes_a_disagreeing_turns_item_gold_on_the_review_page(world):
+    project = world.project("turns")
+    for name, verdicts in (("alice", ("no", "yes")), ("bob", ("yes", "yes"))):
+        client = world.client(name)
+        fields = hidden_fields(start_labelling(client, project), "label-form")
+        assert client.post(f"/projects/{project.id}/label", {**fields, "turn_0": verdicts[0], "turn_1": verdicts[1]}).status_code == 303  # fmt: skip
+    rita = world.client("rita")
+    page = rita.get(f"/projects/{project.id}/review").text
+    assert 'name="answer_0" value="yes" required' in page and 'name="answer_1" value="no"' in page
+    assert 'name="answer_2"' not in page  # two assistant turns, two choices
+    item_id = world.store.disagreements(project.id, world.users["rita"])[0]["item_id"]
+    short = rita.post(f"/projects/{project.id}/gold", {"item_id": item_id, "answer_0": "no"})
+    assert short.status_code == 422 and "each of the 2 assistant turns, got 1" in short.text
+    unchosen = rita.post(f"/projects/{project.id}/gold", {"item_id": item_id, "answer_0": "no", "answer_1": ""})
+    assert unchosen.status_code == 422 and "choose good or bad for assistant turn 2" in unchosen.text
+    saved = rita.post(f"/projects/{project.id}/gold", {"item_id": item_id, "answer_0": "no", "answer_1": "yes"})
+    assert saved.status_code == 303
+    assert 'Gold answer: <span class="text">turn 1 bad, turn 2 good</span>' in rita.get(saved.headers["location"]).text
+    [item] = world.store.disagreements(project.id, world.users["rita"])
+    assert item["is_gold"] and item["gold_answer"] == [False, True]
 
 
 def test_rlhflab_kto_trains_on_a_turns_export(tmp_path, model_cache):

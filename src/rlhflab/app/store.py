@@ -1353,7 +1353,8 @@ class Store:
                     )
                 item.is_gold, item.gold_answer = False, None
                 return
-            item.gold_answer = validate_gold(project.task, project.attributes, len(item.completions), answer)
+            k = answer_size(project.task, item.prompt, item.completions)
+            item.gold_answer = validate_gold(project.task, project.attributes, k, answer)
             item.is_gold = True
 
         self._write_retrying(mark)

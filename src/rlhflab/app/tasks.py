@@ -13,8 +13,8 @@ agreement, Section 7.3.3) can be measured; :func:`gold_agrees` is that compariso
 A ``turns`` item is one multi-turn conversation: a chat prompt (a list of ``{"role", "content"}``
 messages) and one completion, the reply that ends it. The annotator gives every assistant turn (the
 prompt's earlier ones and the completion) a good / bad verdict: ``{"turns": [true, false, ...]}`` in
-the order the assistant turns come (:func:`conversation`, :func:`assistant_turns`). Turns projects
-have no gold answers (yet): their quality is measured by agreement between annotators.
+the order the assistant turns come (:func:`conversation`, :func:`assistant_turns`). A turns gold
+item's answer is that list, and a label agrees with it only if every verdict does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rlhflab.data import Samples, read_rows
 from rlhflab.errors import DataError, RlhflabError
 
 TASKS = ("pairwise", "ranking", "rating", "binary", "critique", "turns")
-NO_GOLD_TASKS = ("critique", "turns")
+NO_GOLD_TASKS = ("critique",)
 ROLES = ("admin", "annotator", "reviewer")
 PAIRWISE_CHOICES = ("left", "right", "tie", "both_bad")
 RATING_MIN, RATING_MAX = 1, 7  # the rating scale is Likert 1..7 ("likert:7" in exports)
@@ -224,7 +224,8 @@ def read_gold(source: str | os.PathLike, task: str, attributes: list[str]) -> li
     "answer"}`` rows (answers in original completion indices, see :func:`validate_gold`).
 
     Every problem is a one-line DataError naming the file, the line and the field. Pairwise rows
-    hold exactly 2 completions; rating and binary rows exactly 1 (the completion judged).
+    hold exactly 2 completions; rating, binary and turns rows exactly 1 (the completion judged; a
+    turns row's prompt is the conversation before it, and its answer a verdict per assistant turn).
     """
     name, rows = read_rows(source)
     if task in NO_GOLD_TASKS:
@@ -239,16 +240,22 @@ def read_gold(source: str | os.PathLike, task: str, attributes: list[str]) -> li
             if not _usable(c):
                 raise DataError(name, line, f"completions[{i}]", "is empty")
         k = len(record.completions)
-        if task in ("rating", "binary") and k != 1:
+        if task in ("rating", "binary", "turns") and k != 1:
             raise DataError(name, line, "completions", f"a {task} gold item judges exactly 1 completion, got {k}")
         if task == "ranking" and k < 2:
             raise DataError(name, line, "completions", f"a ranking gold item needs at least 2 completions, got {k}")
         if task in ("pairwise", "ranking") and len(_distinct(record.completions)) != k:
             raise DataError(name, line, "completions", "repeats a completion (a gold order needs distinct texts)")
+        if task == "turns":
+            problem = conversation_problem(record.prompt)
+            if problem:
+                raise DataError(name, line, "prompt", problem)
         if "answer" not in row:
             raise DataError(name, line, "answer", "missing required column")
         try:
-            answer = validate_gold(task, attributes, k, row["answer"])
+            answer = validate_gold(
+                task, attributes, answer_size(task, record.prompt, record.completions), row["answer"]
+            )
         except LabelError as e:
             raise DataError(name, line, "answer" if task != "pairwise" or k == 2 else "completions", str(e)) from None
         gold.append((record.prompt, list(record.completions), answer))
@@ -301,7 +308,8 @@ def resolve_label(task: str, value: dict, shown_order: list[int]) -> dict:
 def validate_gold(task: str, attributes: list[str], k: int, answer: Any) -> Any:
     """A gold answer (original indices) checked and normalised: pairwise the index of the better of
     two completions, ranking the original indices best first, binary a bool, rating ``{attribute:
-    1..7}``. Critiques and turns have no gold answer."""
+    1..7}``, turns a bool per assistant turn (``k`` of them, see :func:`answer_size`). Critiques have
+    no gold answer."""
     check_task(task)
     if task == "pairwise":
         if k != 2:
@@ -314,7 +322,7 @@ def validate_gold(task: str, attributes: list[str], k: int, answer: Any) -> Any:
     if task == "binary":
         return _boolean(answer, "a binary gold answer")
     if task == "turns":
-        raise LabelError("turns projects have no gold answers")
+        return _verdicts(answer, k)
     raise LabelError("critique projects have no gold answers (a critique has no single right text)")
 
 
@@ -323,7 +331,8 @@ def gold_agrees(task: str, gold_answer: Any, stored_value: dict) -> bool:
 
     Pairwise: the same winner (a tie or "both bad" disagrees). Ranking: the same best completion
     (the full order of close completions is too strict a test of care). Rating: every attribute
-    within ±1. Binary: the same verdict.
+    within ±1. Binary: the same verdict. Turns: the same verdict on every assistant turn (one missed
+    bad turn is the lapse a check item is there to catch).
     """
     if task == "pairwise":
         return stored_value.get("winner") == gold_answer
@@ -334,6 +343,8 @@ def gold_agrees(task: str, gold_answer: Any, stored_value: dict) -> bool:
         return all(a in scores and abs(scores[a] - v) <= RATING_TOLERANCE for a, v in gold_answer.items())
     if task == "binary":
         return stored_value.get("good") == gold_answer
+    if task == "turns":
+        return stored_value.get("turns") == list(gold_answer)
     raise LabelError(f"{task} projects have no gold answers")
 
 

@@ -86,6 +86,8 @@ def describe_gold(answer: Any, task: str) -> str:
         return "good" if answer else "bad"
     if task == "rating" and isinstance(answer, dict):
         return ", ".join(f"{a}: {v}" for a, v in answer.items())
+    if task == "turns" and isinstance(answer, list):
+        return describe_label({"turns": answer}, task)
     return json.dumps(answer, ensure_ascii=False)
 
 

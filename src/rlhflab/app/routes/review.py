@@ -19,7 +19,7 @@ from rlhflab.app.deps import Db, Form, Who, parse_id, parse_int
 from rlhflab.app.export import KINDS as EXPORT_KINDS
 from rlhflab.app.export import TASK_KINDS
 from rlhflab.app.store import ProjectInfo
-from rlhflab.app.tasks import LabelError
+from rlhflab.app.tasks import LabelError, answer_size
 from rlhflab.app.views import project_stats, prompt_view, render, see_other
 
 router = APIRouter()
@@ -40,6 +40,15 @@ def gold_from_form(project: ProjectInfo, form: FormData) -> Any:
         return {
             a: parse_int(form.get(f"answer_{i}", ""), f"the score for '{a}'") for i, a in enumerate(project.attributes)
         }
+    if project.task == "turns":
+        # answer_0, answer_1, ...: one good / bad choice per assistant turn (the store checks the count)
+        verdicts = []
+        while f"answer_{len(verdicts)}" in form:
+            choice = form.get(f"answer_{len(verdicts)}")
+            if choice not in ("yes", "no"):
+                raise LabelError(f"choose good or bad for assistant turn {len(verdicts) + 1}")
+            verdicts.append(choice == "yes")
+        return verdicts
     raise LabelError(f"a {project.task} project has no gold answers")
 
 
@@ -67,6 +76,8 @@ def review(request: Request, project_id: int, who: Who, store: Db, saved: str = 
     items = store.disagreements(project_id, who.user)
     for item in items:
         item["prompt_view"] = prompt_view(item.get("prompt", ""))
+        if project.task == "turns" and item.get("completions"):
+            item["turns_judged"] = answer_size("turns", item["prompt"], item["completions"])
     return render(request, "review.html", who, project=project, items=items, saved=saved == "gold")
 
 
