@@ -1,0 +1,121 @@
+"""The real-model frontier over several seeds, as one table: where does each method's J stand at its
+largest KL, does J fall from its peak, and where do the Gao et al. fits put the over-optimisation point?
+
+    python benchmarks/frontier_seeds.py --seeds 0 1 2 --root runs/frontier-seeds   # `rlhflab frontier` per seed
+    python benchmarks/frontier_seeds.py --tabulate runs/frontier-seeds/seed-*       # only tabulates finished runs
+    python benchmarks/frontier_seeds.py --seeds 0 1 2 -- --methods bon,ppo         # options after -- go to frontier
+
+A seed whose directory holds ``frontier.json`` is kept; one left unfinished is redone. Per seed, method
+and context set: the KL and ΔJ (± se over prompts) at the method's last point, ΔĴ there, the measured
+fall of J from its highest point to the last (in standard errors), and the fitted J peak's KL with its
+interval and whether Ĵ still rises there; then ΔJ at the last point averaged over seeds (± se over
+seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+
+def seed_rows(run_dir: Path) -> list[dict]:
+    """One row per curve and context set of a finished frontier run."""
+    data = json.loads((run_dir / "frontier.json").read_text())
+    seed = data["config"]["seed"]
+    curves: dict[tuple[str, str], list[dict]] = {}
+    for p in data["points"]:
+        # a DPO-family run over several β names each curve by its β ("dpo β=0.1"), fits keyed alike
+        curves.setdefault((p["method"], p["contexts"]), []).append(p)
+    rows = []
+    for (curve, contexts), points in curves.items():
+        last = max(points, key=lambda p: p["kl"] if p["method"] == "bon" else p["step"])
+        fit = data["fits"].get(curve, {}).get(contexts, {})
+        j_fit, fall = fit.get("J") or {}, fit.get("measured_fall") or {}
+        rows.append(
+            {
+                "seed": seed,
+                "curve": curve,
+                "contexts": contexts,
+                "kl": last["kl"],
+                "dJ": last["delta_J"],
+                "dJ_se": last["delta_J_se"],
+                "dJ_hat": last["delta_J_hat"],
+                "fall_z": fall.get("z"),
+                "peak_kl": j_fit.get("peak_kl"),
+                "peak_kl_ci": j_fit.get("peak_kl_ci"),
+                "J_hat_rising": fit.get("J_hat_rising_at_J_peak"),
+                "seconds": data["seconds"].get(points[0]["method"]),
+            }
+        )
+    return rows
+
+
+def _peak(r: dict) -> str:
+    if r["peak_kl"] is None or r["peak_kl"] == float("inf"):
+        return "no peak"
+    low, high = r["peak_kl_ci"] or (None, None)
+    ci = f" [{low:.3g}, {'unbounded' if high == float('inf') else format(high, '.3g')}]"
+    rising = "; Ĵ rising" if r["J_hat_rising"] else ""
+    return f"{r['peak_kl']:.3g}{ci if low is not None else ''}{rising}"
+
+
+def table(rows: list[dict]) -> str:
+    head = "| curve | contexts | seed | KL at last point | ΔJ (z) | ΔĴ | J's fall from its peak | fitted J peak (KL) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    ordered = sorted(rows, key=lambda r: (r["curve"], r["contexts"], r["seed"]))
+    for r in ordered:
+        z = r["dJ"] / r["dJ_se"] if r["dJ_se"] else float("nan")
+        fall = "none" if not r["fall_z"] else f"{r['fall_z']:.1f} se"
+        lines.append(
+            f"| {r['curve']} | {r['contexts']} | {r['seed']} | {r['kl']:.2f} | {r['dJ']:+.3f} ± {r['dJ_se']:.3f} "
+            f"({z:+.1f}) | {r['dJ_hat']:+.3f} | {fall} | {_peak(r)} |"
+        )
+    lines += ["", "| curve | contexts | seeds | mean KL | mean ΔJ ± se over seeds | seeds with ΔJ > 2 se |"]
+    lines += ["|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in ordered:
+        groups.setdefault((r["curve"], r["contexts"]), []).append(r)
+    for (curve, contexts), group in groups.items():
+        gains = [r["dJ"] for r in group]
+        se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
+        beyond = sum(r["dJ"] > 2 * r["dJ_se"] for r in group)
+        lines.append(
+            f"| {curve} | {contexts} | {len(group)} | {statistics.mean(r['kl'] for r in group):.2f} "
+            f"| {statistics.mean(gains):+.3f} ± {se:.3f} | {beyond} of {len(group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--root", default="runs/frontier-seeds", help="Run directories go to ROOT/seed-N.")
+    parser.add_argument("--tabulate", nargs="*", help="Only tabulate these finished run directories.")
+    parser.add_argument("frontier_args", nargs=argparse.REMAINDER, help="Further `rlhflab frontier` options after --.")
+    args = parser.parse_args()
+    if args.tabulate:
+        dirs = [Path(d) for d in args.tabulate]
+    else:
+        dirs = []
+        for seed in args.seeds:
+            run_dir = Path(args.root) / f"seed-{seed}"
+            if (run_dir / "frontier.json").is_file():
+                print(f"[frontier_seeds] seed {seed}: finished before ({run_dir}), kept", flush=True)
+            else:
+                if run_dir.exists():
+                    print(f"[frontier_seeds] seed {seed}: {run_dir} was left unfinished, redoing it", flush=True)
+                    shutil.rmtree(run_dir)
+                extra = [a for a in args.frontier_args if a != "--"]
+                command = [sys.executable, "-m", "rlhflab.cli", "frontier", "--seed", str(seed)]
+                subprocess.run([*command, "--output_dir", str(run_dir), *extra], check=True)
+            dirs.append(run_dir)
+    print(table([row for d in dirs for row in seed_rows(d)]))
+
+
+if __name__ == "__main__":
+    main()
