@@ -115,20 +115,27 @@ def server_cpu_seconds(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
 
-def database_cpu_seconds(db_url: str) -> float | None:
-    """CPU seconds the PostgreSQL server's processes have used so far (None for SQLite, which runs
+def database_cpu_seconds(db_url: str) -> dict[int, float] | None:
+    """CPU seconds each PostgreSQL server process has used so far, by pid (None for SQLite, which runs
     inside the app's process, or where this user may not read them)."""
     if not db_url.startswith("postgresql"):
         return None
-    total = 0.0
+    used = {}
     for process in psutil.process_iter(["name"]):
         if process.info["name"] in ("postgres", "postmaster"):
             try:
-                total += sum(process.cpu_times()[:2])
-            except (psutil.AccessDenied, psutil.NoSuchProcess):
-                if process.info["name"] == "postmaster":
-                    return None
-    return total
+                used[process.pid] = sum(process.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.AccessDenied:
+                return None
+    return used
+
+
+def cpu_used_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """The CPU seconds processes used between two readings: a backend that ended in between is not
+    counted (its time is gone with it), so this is a lower bound, never a negative one."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def fsync_ms(folder: Path, repeats: int = 50) -> float:
@@ -244,7 +251,7 @@ def bench_labelling(db_url: str, levels: list[int], labels_each: int, think: flo
             # against what the machine can serve
             client_cpu = time.process_time() - client0
             database1 = database_cpu_seconds(db_url)
-            database_cpu = database1 - database0 if database0 is not None and database1 is not None else None
+            database_cpu = cpu_used_since(database0, database1) if database0 is not None and database1 else None
             for kind in ("page", "submit"):
                 server_ms, client_ms = timings[kind]["server"], timings[kind]["client"]
                 rows.append(
