@@ -123,6 +123,21 @@ def test_a_bf16_sft_run_computes_close_to_fp32_not_identically_with_fp32_weights
     assert {t.dtype for t in saved.values()} == {torch.float32}  # fp32 master weights
 
 
+def test_training_inside_a_command_wide_autocast_sees_every_step(model_cache, tmp_path):
+    """The pool commands hold one autocast block around the whole command, and autocast keeps its
+    bf16 casts of the weights until the outermost block ends: the loop must drop them after each
+    optimiser step, or every later forward runs on the weights as they were (the policy then never
+    moves in its own rollouts while its saved weights drift). So the same run inside such a block
+    and outside it are the same run, step for step."""
+    steps = ["max_steps=4", "mixed_precision=bf16"]
+    train_entry_main(["sft", str(tmp_path / "alone"), *steps])
+    with hardware.autocast("bf16", "cpu"):
+        train_entry_main(["sft", str(tmp_path / "inside"), *steps])
+    alone, inside = _metrics(tmp_path / "alone"), _metrics(tmp_path / "inside")
+    assert len(alone) == len(inside) == 4
+    assert [m["loss"] for m in inside] == pytest.approx([m["loss"] for m in alone], rel=1e-6)
+
+
 def test_gradient_checkpointing_is_on_and_changes_no_loss(model_cache, tmp_path, monkeypatch):
     """Recomputing activations gives the same gradients: the same losses, step by step. (The
     run's models are caught as the loop enables checkpointing on them.)"""

@@ -538,6 +538,10 @@ def train(
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
                 counts["grad_norm"] = counts.get("grad_norm", 0) + 1
             optimizer.step()
+            # Autocast caches its bf16 casts of the weights until the *outermost* autocast block ends,
+            # and the pool commands hold one around the whole command: without this, every forward
+            # after the first step would run on the weights as they were before it (stale casts).
+            torch.clear_autocast_cache()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
