@@ -351,3 +351,23 @@ def test_shared_prompt_logits_and_gradients_equal_the_full_forward(policy, monke
         torch.testing.assert_close(grad, plain[2][name], atol=1e-5, rtol=1e-4)
     # No two rows share a prompt: nothing to share, the plain forward runs.
     assert rollout.shared_prompt_logits(model, batch.select([0, 1])) is None
+
+
+def test_token_logprobs_and_their_gradient_match_log_softmax():
+    from rlhflab.sampling.rollout import _TokenLogprob, logprobs_from_logits
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 13, (3, 7))
+    exact = torch.randn(3, 7, 13, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _TokenLogprob.apply(x, tokens), (exact,))
+    logits = torch.randn(3, 7, 13, dtype=torch.bfloat16) * 4
+    for temperature in (1.0, 0.7):
+        ours_in = logits.clone().requires_grad_(True)
+        plain_in = logits.clone().requires_grad_(True)
+        ours = logprobs_from_logits(ours_in, tokens, temperature)
+        plain = torch.log_softmax(plain_in.float() / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        assert ours.dtype == torch.float32 and torch.allclose(ours, plain, atol=1e-5)
+        weights = torch.randn(3, 7)
+        (ours * weights).sum().backward()
+        (plain * weights).sum().backward()
+        assert ours_in.grad.dtype == torch.bfloat16 and torch.allclose(ours_in.grad.float(), plain_in.grad.float())

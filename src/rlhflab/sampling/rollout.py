@@ -198,13 +198,35 @@ def _sharded(model) -> bool:
 _PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "gpt2"}
 
 
+class _TokenLogprob(torch.autograd.Function):
+    """log softmax(x)[t] = x_t − logsumexp(x) with a hand-written backward, onehot(t) − softmax(x)
+    scaled by the incoming gradient: one fused softmax, one in-place scale and a scatter of the token
+    terms, where autograd's graph for the same expression allocates and passes over the (…, V) logits
+    five times (logsumexp's sub / exp / mul, the gather's zero-filled gradient, and their sum). Nothing
+    V-sized is saved beyond the logits themselves."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        log_normaliser = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, tokens)
+        return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - log_normaliser
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, tokens = ctx.saved_tensors
+        grad_logits = torch.softmax(logits, dim=-1)
+        grad_logits.mul_(grad.neg().unsqueeze(-1))
+        grad_logits.scatter_add_(-1, tokens.unsqueeze(-1), grad.unsqueeze(-1))
+        return grad_logits, None
+
+
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(token | prefix) for each position; logsumexp avoids a second V-sized tensor."""
+    """log pi(token | prefix) for each position, in fp32 (the logits upcast) and without a second
+    V-sized tensor in the forward pass (:class:`_TokenLogprob`)."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return _TokenLogprob.apply(logits, tokens)
 
 
 def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
