@@ -4,12 +4,15 @@ largest KL, does J fall from its peak, and where do the Gao et al. fits put the 
     python benchmarks/frontier_seeds.py --seeds 0 1 2 --root runs/frontier-seeds   # `rlhflab frontier` per seed
     python benchmarks/frontier_seeds.py --tabulate runs/frontier-seeds/seed-*       # only tabulates finished runs
     python benchmarks/frontier_seeds.py --seeds 0 1 2 -- --methods bon,ppo         # options after -- go to frontier
+    python benchmarks/frontier_seeds.py --tabulate runs/frontier-seeds/seed-* --plot docs/frontier.png
 
 A seed whose directory holds ``frontier.json`` is kept; one left unfinished is redone. Per seed, method
 and context set: the KL and ΔJ (± se over prompts) at the method's last point, ΔĴ there, the measured
 fall of J from its highest point to the last (in standard errors), and the fitted J peak's KL with its
 interval and whether Ĵ still rises there; then ΔJ at the last point averaged over seeds (± se over
-seeds).
+seeds). ``--plot`` draws the seed-averaged frontier: each method's points matched by name across seeds
+("n=4", "iteration 6"), KL, J and Ĵ averaged (± se over seeds), and the Eq. 17 reference curves
+averaged on a common KL grid up to the smallest seed's largest reference KL.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from rlhflab.evaluation.frontier import plot_frontier
 
 
 def seed_rows(run_dir: Path) -> list[dict]:
@@ -91,11 +98,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None)
+
+
+def seed_mean_frontier(dirs: list[Path]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Points and reference curves averaged over the seeds' runs (see the module docstring); a point
+    missing from some seed is averaged over the seeds that have it."""
+    runs = [json.loads((d / "frontier.json").read_text()) for d in dirs]
+    matched: dict[tuple[str, str, str], list[dict]] = {}
+    for data in runs:
+        for p in data["points"]:
+            matched.setdefault((p["method"], p["contexts"], p["point"]), []).append(p)
+    points = []
+    for (method, contexts, name), group in matched.items():
+        point = {"method": method, "contexts": contexts, "point": name, "seeds": len(group)}
+        for key in ("kl", "J", "J_hat"):
+            point[key], point[f"{key}_se"] = _mean_se([p[key] for p in group])
+        points.append(point)
+    reference = {}
+    for contexts in dict.fromkeys(c for data in runs for c in data["reference"]):
+        curves = [sorted(data["reference"][contexts], key=lambda p: p["kl"]) for data in runs]
+        grid = np.linspace(0.0, min(c[-1]["kl"] for c in curves), 40)
+        J = np.mean([np.interp(grid, [p["kl"] for p in c], [p["J"] for p in c]) for c in curves], axis=0)
+        reference[contexts] = [{"kl": float(k), "J": float(j)} for k, j in zip(grid, J)]
+    return points, reference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/frontier-seeds", help="Run directories go to ROOT/seed-N.")
     parser.add_argument("--tabulate", nargs="*", help="Only tabulate these finished run directories.")
+    parser.add_argument("--plot", help="Write the seed-averaged frontier plot here (default ROOT/frontier_seeds.png).")
     parser.add_argument("frontier_args", nargs=argparse.REMAINDER, help="Further `rlhflab frontier` options after --.")
     args = parser.parse_args()
     if args.tabulate:
@@ -115,6 +150,11 @@ def main() -> None:
                 subprocess.run([*command, "--output_dir", str(run_dir), *extra], check=True)
             dirs.append(run_dir)
     print(table([row for d in dirs for row in seed_rows(d)]))
+    plot = Path(args.plot) if args.plot else (None if args.tabulate else Path(args.root) / "frontier_seeds.png")
+    if plot:
+        points, reference = seed_mean_frontier(dirs)
+        plot_frontier(points, reference, {}, plot)
+        print(f"[frontier_seeds] plot of the mean over {len(dirs)} seeds: {plot}")
 
 
 if __name__ == "__main__":
