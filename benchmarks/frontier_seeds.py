@@ -12,7 +12,9 @@ fall of J from its highest point to the last (in standard errors), and the fitte
 interval and whether Ĵ still rises there; then ΔJ at the last point averaged over seeds (± se over
 seeds). ``--plot`` draws the seed-averaged frontier: each method's points matched by name across seeds
 ("n=4", "iteration 6"), KL, J and Ĵ averaged (± se over seeds), and the Eq. 17 reference curves
-averaged on a common KL grid up to the smallest seed's largest reference KL.
+averaged on a common KL grid up to the smallest seed's largest reference KL. Last, ΔJ at matched KL
+(0.5, 1 and 2 nats; each curve interpolated linearly in KL, per prompt) and each curve's gap to
+best-of-n there, paired by prompt within a seed and pooled over seeds.
 """
 
 from __future__ import annotations
@@ -125,6 +127,71 @@ def seed_mean_frontier(dirs: list[Path]) -> tuple[list[dict], dict[str, list[dic
     return points, reference
 
 
+MATCHED_KL = (0.5, 1.0, 2.0)
+
+
+def _per_prompt_at(points: list[dict], kl: float) -> np.ndarray | None:
+    """Each prompt's ΔJ on one curve at ``kl``, linear between the curve's points ordered by KL (as
+    plotted); None where the curve never reaches ``kl``."""
+    ordered = sorted(points, key=lambda p: p["kl"])
+    if ordered[-1]["kl"] < kl:
+        return None
+    xs = [p["kl"] for p in ordered]
+    per_prompt = np.array([p["per_prompt_J"] for p in ordered])  # (points, prompts)
+    return np.array([np.interp(kl, xs, column) for column in per_prompt.T]) - per_prompt[0]
+
+
+def matched_kl_table(dirs: list[Path], levels=MATCHED_KL) -> str:
+    """ΔJ of every curve at the same KL, and each curve's gap to best-of-n there, paired by prompt
+    within each seed (the methods are evaluated on the same prompts) and pooled over seeds: the
+    comparison at equal KL that a table at equal steps cannot make."""
+    runs = [json.loads((d / "frontier.json").read_text()) for d in dirs]
+    lines = [
+        "| contexts | KL | curve | seeds reaching it | ΔJ (mean over seeds) | best-of-n − curve, paired (± se over seed × prompt) | z | seeds where best-of-n is ahead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    curves = list(dict.fromkeys(p["method"] for data in runs for p in data["points"]))
+    for contexts in ("seen", "unseen"):
+        for kl in levels:
+            reference = []
+            for data in runs:
+                ref = sorted(data["reference"].get(contexts, []), key=lambda p: p["kl"])
+                if ref and ref[-1]["kl"] >= kl:
+                    reference.append(float(np.interp(kl, [p["kl"] for p in ref], [p["J"] for p in ref])) - ref[0]["J"])
+            if reference:
+                lines.append(
+                    f"| {contexts} | {kl:g} | reference (Eq. 17, R*) | {len(reference)} of {len(runs)} "
+                    f"| {statistics.mean(reference):+.3f} | – | – | – |"
+                )
+            for curve in curves:
+                gains, gaps, ahead = [], [], 0
+                for data in runs:
+                    mine = [p for p in data["points"] if p["method"] == curve and p["contexts"] == contexts]
+                    bon = [p for p in data["points"] if p["method"] == "bon" and p["contexts"] == contexts]
+                    at = _per_prompt_at(mine, kl) if mine else None
+                    if at is None:
+                        continue
+                    gains.append(float(at.mean()))
+                    bon_at = _per_prompt_at(bon, kl) if bon and curve != "bon" else None
+                    if bon_at is not None:
+                        gaps.append(bon_at - at)
+                        ahead += float((bon_at - at).mean()) > 0
+                if not gains:
+                    continue
+                gap = "–"
+                z = "–"
+                if gaps:
+                    pooled = np.concatenate(gaps)
+                    mean, se = float(pooled.mean()), float(pooled.std(ddof=1) / len(pooled) ** 0.5)
+                    gap, z = f"{mean:+.3f} ± {se:.3f}", f"{mean / se:+.1f}" if se else "–"
+                ahead_cell = f"{ahead} of {len(gaps)}" if gaps else "–"
+                lines.append(
+                    f"| {contexts} | {kl:g} | {curve} | {len(gains)} of {len(runs)} | {statistics.mean(gains):+.3f} "
+                    f"| {gap} | {z} | {ahead_cell} |"
+                )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
@@ -150,6 +217,8 @@ def main() -> None:
                 subprocess.run([*command, "--output_dir", str(run_dir), *extra], check=True)
             dirs.append(run_dir)
     print(table([row for d in dirs for row in seed_rows(d)]))
+    print()
+    print(matched_kl_table(dirs))
     plot = Path(args.plot) if args.plot else (None if args.tabulate else Path(args.root) / "frontier_seeds.png")
     if plot:
         points, reference = seed_mean_frontier(dirs)
