@@ -42,7 +42,8 @@ def lab():
 # 1-9 reached the bar at 60-90. A broken loss never reaches the bar and fails after the budget.
 # Budgets: 600 iterations (PPO and RLOO: 300 × 2 epochs; A2C 800); DPO 2000 steps of 128 pairs. With
 # one thread, the bar was reached at iteration PPO 120-230, A2C 160-250, REINFORCE 90-190 (seeds 0-4)
-# and RLOO 70-110 (seeds 0-9); at the earlier 450-iteration budget, over seeds 0-4 × {AVX-512 with 1
+# and RLOO 70-110 (seeds 0-9; seeds 0-2 with 2 threads 60-80, with ATEN_CPU_CAPABILITY=avx2
+# 80-110); at the earlier 450-iteration budget, over seeds 0-4 × {AVX-512 with 1
 # and 2 threads, ATEN_CPU_CAPABILITY=avx2, default}, PPO 70-170, A2C 110-230, REINFORCE 80-280, RLOO
 # 50-140, DPO 200-600. TEST_SEED (RLHFLAB_TEST_SEED) seeds the trainers.
 BARS = {"ppo": 0.98, "a2c": 0.98, "reinforce": 0.98, "rloo": 0.98, "dpo": 0.95}
