@@ -13,7 +13,7 @@ interval and whether Ĵ still rises there; then ΔJ at the last point averaged o
 seeds). ``--plot`` draws the seed-averaged frontier: each method's points matched by name across seeds
 ("n=4", "iteration 6"), KL, J and Ĵ averaged (± se over seeds), and the Eq. 17 reference curves
 averaged on a common KL grid up to the smallest seed's largest reference KL. Last, ΔJ at matched KL
-(0.5, 1 and 2 nats; each curve interpolated linearly in KL, per prompt) and each curve's gap to
+(0.5, 1 and 2 nats; each curve interpolated linearly, per prompt, where its path first reaches the KL) and each curve's gap to
 best-of-n there, paired by prompt within a seed and pooled over seeds.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhflab.evaluation.comparison import value_at_kl
 from rlhflab.evaluation.frontier import plot_frontier
 
 
@@ -131,14 +132,12 @@ MATCHED_KL = (0.5, 1.0, 2.0)
 
 
 def _per_prompt_at(points: list[dict], kl: float) -> np.ndarray | None:
-    """Each prompt's ΔJ on one curve at ``kl``, linear between the curve's points ordered by KL (as
-    plotted); None where the curve never reaches ``kl``."""
-    ordered = sorted(points, key=lambda p: p["kl"])
-    if ordered[-1]["kl"] < kl:
-        return None
-    xs = [p["kl"] for p in ordered]
+    """Each prompt's ΔJ on one curve where its path, in the order it was reached, first gets to
+    ``kl`` (:func:`rlhflab.evaluation.comparison.value_at_kl`); None where it never does."""
+    ordered = sorted(points, key=lambda p: p["step"])
     per_prompt = np.array([p["per_prompt_J"] for p in ordered])  # (points, prompts)
-    return np.array([np.interp(kl, xs, column) for column in per_prompt.T]) - per_prompt[0]
+    values, _, reached = value_at_kl([p["kl"] for p in ordered], per_prompt, kl)
+    return values - per_prompt[0] if reached else None
 
 
 def matched_kl_table(dirs: list[Path], levels=MATCHED_KL) -> str:
